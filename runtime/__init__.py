@@ -1,0 +1,1 @@
+"""svd_trt.runtime"""
