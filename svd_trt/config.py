@@ -201,8 +201,16 @@ def preset(name: str, num_frames: int | None = None) -> SVDConfig:
                 num_frames=4,
                 sample_size=32,
             ),
-            vae=VAEConfig(down_block_types=("DownEncoderBlock2D",) * 2, block_out_channels=(32, 64), layers_per_block=1),
-            clip=CLIPConfig(hidden_size=32, intermediate_size=37, projection_dim=32, num_hidden_layers=2, num_attention_heads=4),
+            vae=VAEConfig(
+                down_block_types=("DownEncoderBlock2D",) * 2, block_out_channels=(32, 64), layers_per_block=1
+            ),
+            clip=CLIPConfig(
+                hidden_size=32,
+                intermediate_size=37,
+                projection_dim=32,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+            ),
         )
     elif name == "small":
         cfg = SVDConfig(
@@ -217,7 +225,13 @@ def preset(name: str, num_frames: int | None = None) -> SVDConfig:
                 sample_size=32,
             ),
             vae=VAEConfig(block_out_channels=(32, 32, 64, 64), layers_per_block=1),
-            clip=CLIPConfig(hidden_size=64, intermediate_size=128, projection_dim=64, num_hidden_layers=2, num_attention_heads=4),
+            clip=CLIPConfig(
+                hidden_size=64,
+                intermediate_size=128,
+                projection_dim=64,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+            ),
         )
     elif name == "full":
         cfg = SVDConfig()

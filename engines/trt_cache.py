@@ -1,0 +1,80 @@
+"""What makes a TensorRT engine reusable, and where the shared timing cache lives.
+
+An engine is reusable only for the same ONNX bytes (graph and external weights), the
+same profile and precision, on the same TensorRT version and GPU. The key hashes all
+of them, so a build on another TensorRT or GPU never picks up a foreign engine, and
+the runtime refuses one by the platform recorded beside the key. Pure stdlib.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from svd_trt.manifest import ComponentEntry, ManifestError, load_manifest
+from svd_trt.runtime.trt_runner import Platform
+
+# Bump when the builder settings change (flags, workspace, ...): old engines then rebuild.
+BUILDER_VERSION = 1
+
+
+def onnx_files(path: Path) -> list[Path]:
+    """An exported graph and its external weights (`<name>.onnx.data`, as onnx_export writes them)."""
+    data = path.with_name(path.name + ".data")
+    return [path, data] if data.exists() else [path]
+
+
+def onnx_hash(path: str | Path) -> str:
+    """sha256 over the graph and its external data, streamed (the UNet's weights are GBs)."""
+    h = hashlib.sha256()
+    for p in onnx_files(Path(path)):
+        h.update(p.name.encode())
+        with open(p, "rb") as f:
+            while chunk := f.read(1 << 24):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def engine_key(onnx_sha256: str, profile: dict[str, Any], precision: str, platform: Platform) -> str:
+    """One engine's identity: ONNX bytes, profile, precision, TensorRT version, GPU."""
+    payload = {
+        "onnx": onnx_sha256,
+        "profile": profile,
+        "precision": precision,
+        "platform": dataclasses.asdict(platform),
+        "builder": BUILDER_VERSION,
+    }
+    text = json.dumps(payload, sort_keys=True)  # tuples and lists serialise alike
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def cache_dir() -> Path:
+    """The user cache directory ($XDG_CACHE_HOME/svd-trt, else ~/.cache/svd-trt)."""
+    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(root) / "svd-trt"
+
+
+def default_timing_cache(platform: Platform) -> Path:
+    """A timing cache per TensorRT version and GPU: TensorRT rejects a cache from another one."""
+    gpu = re.sub(r"[^A-Za-z0-9]+", "-", platform.gpu).strip("-").lower()
+    return cache_dir() / f"timing-trt{platform.tensorrt_version}-sm{platform.compute_capability}-{gpu}.cache"
+
+
+def previous_engines(out: Path) -> dict[str, ComponentEntry]:
+    """The entries of an existing, complete TensorRT engine directory at `out` (else none)."""
+    try:
+        manifest = load_manifest(out)
+    except ManifestError:
+        return {}
+    return manifest.components if manifest.backend == "tensorrt" else {}
+
+
+def reusable(old: dict[str, ComponentEntry], name: str, key: str) -> ComponentEntry | None:
+    """The old entry of `name` when its key equals `key` (load_manifest checked its file)."""
+    entry = old.get(name)
+    return entry if entry is not None and entry.key == key else None

@@ -1,0 +1,232 @@
+"""Read a Hugging Face diffusers SVD snapshot into the port, strictly, without pickle.
+
+A snapshot is the directory `StableVideoDiffusionPipeline.save_pretrained` writes:
+`model_index.json`, `unet/`, `vae/`, `image_encoder/`, `scheduler/`, `feature_extractor/`.
+Weights are `*.safetensors`, their `.fp16` variants, or shards listed in a
+`*.safetensors.index[.fp16].json`. Every failure is a `CheckpointError` whose message
+is one line naming the file (and key) at fault.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from torch import nn
+
+from svd_trt.config import (
+    CLIPConfig,
+    FeatureExtractorConfig,
+    SchedulerConfig,
+    SVDConfig,
+    UNetConfig,
+    VAEConfig,
+)
+
+log = logging.getLogger(__name__)
+
+
+class CheckpointError(Exception):
+    """A snapshot that cannot be read as SVD: the message is one line naming file and key."""
+
+
+@dataclass(frozen=True)
+class Component:
+    """Where one model of the snapshot lives and how its weights are named."""
+
+    folder: str
+    config_file: str
+    weights_stem: str
+
+
+COMPONENTS = {
+    "unet": Component("unet", "config.json", "diffusion_pytorch_model"),
+    "vae": Component("vae", "config.json", "diffusion_pytorch_model"),
+    "image_encoder": Component("image_encoder", "config.json", "model"),
+}
+
+VARIANTS = (None, "fp16")
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: missing") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+
+
+def read_config(snapshot: str | Path) -> SVDConfig:
+    """The snapshot's configs; raises CheckpointError if it is not an SVD snapshot."""
+    root = Path(snapshot)
+    if not root.is_dir():
+        raise CheckpointError(f"{root}: not a directory")
+    index = _read_json(root / "model_index.json")
+    missing = [c for c in ("unet", "vae", "image_encoder", "scheduler") if c not in index]
+    if missing:
+        raise CheckpointError(
+            f"{root / 'model_index.json'}: not an SVD snapshot (no {', '.join(missing)}; "
+            f"class {index.get('_class_name')!r})"
+        )
+    unet = _read_json(root / "unet" / "config.json")
+    if unet.get("_class_name", "UNetSpatioTemporalConditionModel") != "UNetSpatioTemporalConditionModel":
+        raise CheckpointError(f"{root / 'unet' / 'config.json'}: {unet['_class_name']} is not SVD's UNet")
+    fe_path = root / "feature_extractor" / "preprocessor_config.json"
+    fe = _read_json(fe_path) if fe_path.exists() else {}
+    return SVDConfig(
+        unet=UNetConfig.from_dict(unet),
+        vae=VAEConfig.from_dict(_read_json(root / "vae" / "config.json")),
+        clip=CLIPConfig.from_dict(_read_json(root / "image_encoder" / "config.json")),
+        scheduler=SchedulerConfig.from_dict(_read_json(root / "scheduler" / "scheduler_config.json")),
+        feature_extractor=FeatureExtractorConfig.from_dict(fe),
+    )
+
+
+def weight_files(folder: Path, stem: str, variant: str | None) -> list[Path]:
+    """The safetensors file(s) of one variant, or [] if that variant is absent."""
+    infix = f".{variant}" if variant else ""
+    single = folder / f"{stem}{infix}.safetensors"
+    if single.exists():
+        return [single]
+    for index in (
+        folder / f"{stem}.safetensors.index{infix}.json",
+        folder / f"{stem}{infix}.safetensors.index.json",
+    ):
+        if index.exists():
+            weight_map = _read_json(index).get("weight_map")
+            if not isinstance(weight_map, dict):
+                raise CheckpointError(f"{index}: no weight_map")
+            shards = [folder / name for name in sorted(set(weight_map.values()))]
+            for shard in shards:
+                if not shard.exists():
+                    raise CheckpointError(f"{shard}: missing shard listed in {index.name}")
+            return shards
+    return []
+
+
+def find_weights(folder: Path, stem: str, variant: str | None = "auto") -> list[Path]:
+    """Weights of `variant` (None = fp32 files, 'fp16', or 'auto' = fp32 if present else fp16)."""
+    order = VARIANTS if variant == "auto" else (variant,)
+    for v in order:
+        files = weight_files(folder, stem, v)
+        if files:
+            return files
+    if list(folder.glob("*.bin")) or list(folder.glob("*.ckpt")):
+        raise CheckpointError(
+            f"{folder}: only pickle weights (.bin/.ckpt) found; svd-trt reads safetensors only"
+        )
+    wanted = "any variant" if variant == "auto" else f"variant {variant or 'fp32'}"
+    raise CheckpointError(f"{folder}: no {stem}*.safetensors weights ({wanted})")
+
+
+def read_safetensors(files: list[Path]) -> dict[str, torch.Tensor]:
+    """All tensors of the given files; a corrupt or truncated file is a CheckpointError."""
+    state: dict[str, torch.Tensor] = {}
+    for path in files:
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                for key in f.keys():
+                    if key in state:
+                        raise CheckpointError(f"{path}: key {key} also stored in another shard")
+                    state[key] = f.get_tensor(key)
+        except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+            first_line = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise CheckpointError(f"{path}: corrupt or truncated safetensors file ({first_line})") from None
+    return state
+
+
+def load_strict(
+    module: nn.Module,
+    state: dict[str, torch.Tensor],
+    source: str,
+    derived: dict[str, Callable[[torch.Tensor], bool]] | None = None,
+) -> None:
+    """Load `state` into `module`: every key used, none missing, every shape equal.
+
+    `derived` names keys some checkpoints store that the port computes instead (for
+    example CLIP's position_ids); each is checked with its predicate and dropped.
+    """
+    state = dict(state)
+    for key, is_valid in (derived or {}).items():
+        if key in state:
+            if not is_valid(state[key]):
+                raise CheckpointError(f"{source}: key {key} does not hold the values the model derives")
+            del state[key]
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise CheckpointError(f"{source}: missing key {missing[0]}{more}")
+    if unexpected:
+        more = f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""
+        raise CheckpointError(f"{source}: unexpected key {unexpected[0]}{more}")
+    for key, ref in expected.items():
+        if tuple(state[key].shape) != tuple(ref.shape):
+            raise CheckpointError(
+                f"{source}: key {key} has shape {tuple(state[key].shape)}, the config expects {tuple(ref.shape)}"
+            )
+    module.load_state_dict(state, strict=True)
+
+
+def _is_arange(t: torch.Tensor) -> bool:
+    flat = t.reshape(-1)
+    return bool(torch.equal(flat.long(), torch.arange(flat.numel())))
+
+
+def build_module(name: str, cfg: SVDConfig) -> nn.Module:
+    """An un-loaded port module for one component."""
+    if name == "unet":
+        from svd_trt.export.unet import UNetSpatioTemporal
+
+        return UNetSpatioTemporal(cfg.unet)
+    if name == "vae":
+        from svd_trt.export.vae import TemporalVAE
+
+        return TemporalVAE(cfg.vae)
+    if name == "image_encoder":
+        from svd_trt.export.clip import CLIPVisionWithProjection
+
+        return CLIPVisionWithProjection(cfg.clip)
+    raise ValueError(f"unknown component {name!r}")
+
+
+def derived_keys(name: str) -> dict[str, Callable[[torch.Tensor], bool]]:
+    if name == "image_encoder":
+        from svd_trt.export.clip import DERIVED_KEYS
+
+        return {k: _is_arange for k in DERIVED_KEYS}
+    return {}
+
+
+def load_component(
+    snapshot: str | Path,
+    name: str,
+    cfg: SVDConfig | None = None,
+    dtype: torch.dtype = torch.float32,
+    variant: str | None = "auto",
+) -> nn.Module:
+    """The port of component `name` ('unet', 'vae', 'image_encoder') with the snapshot's weights."""
+    root = Path(snapshot)
+    cfg = cfg or read_config(root)
+    comp = COMPONENTS[name]
+    folder = root / comp.folder
+    files = find_weights(folder, comp.weights_stem, variant)
+    state = read_safetensors(files)
+    module = build_module(name, cfg)
+    source = str(files[0]) if len(files) == 1 else f"{folder}/{comp.weights_stem} shards"
+    # load_state_dict copies with a dtype cast, so fp16 files fill an fp32 module directly.
+    load_strict(module, state, source, derived_keys(name))
+    log.info("loaded %s from %s (%d tensors)", name, source, len(state))
+    return module.to(dtype).eval()
+
+
+def parameter_count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())

@@ -1,0 +1,250 @@
+"""Export the port's four components to ONNX with dynamic axes, into a self-contained directory.
+
+Graph choices (why): the legacy TorchScript exporter at opset 17, because it takes
+`dynamic_axes` directly and writes nn.GroupNorm as Reshape -> InstanceNormalization
+(the form every TensorRT parser handles; the native GroupNormalization op of opsets
+18/21 has had parser bugs); constant folding on; frames flow through reshapes of the
+input shape, so the graph has no Loop or Sequence op. Files past 2 GB keep their
+weights in one `<name>.onnx.data` beside the graph, and the checker runs on the path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from svd_trt.export.checkpoint import COMPONENTS, find_weights, load_component, read_config
+from torch import nn
+
+from svd_trt.config import SVDConfig
+from svd_trt.manifest import MANIFEST_NAME, ComponentEntry, Manifest, ManifestError, load_manifest
+from svd_trt.spec import ComponentSpec, component_specs
+
+log = logging.getLogger(__name__)
+
+OPSET = 17
+ONNX_PROTO_LIMIT = 2**31 - 1
+# Which checkpoint folder feeds each exported component.
+SOURCE = {"image_encoder": "image_encoder", "vae_encoder": "vae", "unet": "unet", "vae_decoder": "vae"}
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """What an export produces; every field is part of the cache key."""
+
+    precisions: dict[str, str] = field(default_factory=dict)
+    opset: int = OPSET
+    variant: str = "auto"
+
+    def precision(self, component: str) -> str:
+        return self.precisions.get(component, "fp32")
+
+
+def default_precisions(backend: str, specs: dict[str, ComponentSpec]) -> dict[str, str]:
+    """fp32 everywhere for ONNX Runtime on CPU; the spec's GPU precision for TensorRT."""
+    if backend == "tensorrt":
+        return {name: spec.gpu_precision for name, spec in specs.items()}
+    return dict.fromkeys(specs, "fp32")
+
+
+class _Call(nn.Module):
+    """Wraps one method of a module as forward, so the VAE exports as two graphs."""
+
+    def __init__(self, module: nn.Module, method: str) -> None:
+        super().__init__()
+        self.module = module
+        self.method = method
+
+    def forward(self, *args: torch.Tensor) -> torch.Tensor:
+        return getattr(self.module, self.method)(*args)
+
+
+def trace_sizes(cfg: SVDConfig) -> dict[str, int]:
+    """The shape the exporter traces at: B, F > 1 and h != w so no axis is taken for a constant."""
+    down = 2 ** (len(cfg.unet.block_out_channels) - 1)
+    h, w = 2 * down, 3 * down
+    s = cfg.vae.scale_factor
+    return {"B": 2, "F": 3, "h": h, "w": w, "H": h * s, "W": w * s}
+
+
+def hash_files(paths: list[Path]) -> str:
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(p.name.encode())
+        with open(p, "rb") as f:
+            h.update(hashlib.file_digest(f, "sha256").digest())
+    return h.hexdigest()
+
+
+def component_key(weights_hash: str, name: str, precision: str, opts: ExportOptions) -> str:
+    text = (
+        f"{weights_hash}|{name}|{precision}|opset{opts.opset}|torch{torch.__version__}|onnx{onnx.__version__}"
+    )
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def export_onnx(
+    module: nn.Module,
+    spec: ComponentSpec,
+    path: Path,
+    precision: str,
+    sizes: dict[str, int],
+    opset: int = OPSET,
+) -> Path:
+    """Trace `module` at `sizes` and write `path` (+ `path.data` past 2 GB); returns path."""
+    rng = np.random.default_rng(0)
+    inputs = {k: torch.from_numpy(v) for k, v in spec.sample_inputs(sizes, rng, precision).items()}
+    work = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{spec.name}-"))
+    try:
+        raw = work / path.name
+        with torch.no_grad():
+            torch.onnx.export(
+                module,
+                tuple(inputs.values()),
+                str(raw),
+                input_names=spec.input_names,
+                output_names=spec.output_names,
+                dynamic_axes=spec.dynamic_axes(),
+                opset_version=opset,
+                do_constant_folding=True,
+                dynamo=False,
+            )
+        _save_single(raw, path)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    onnx.checker.check_model(str(path))
+    return path
+
+
+def _save_single(raw: Path, path: Path) -> None:
+    """Move the exported graph to `path`; gather scattered external tensors into one file."""
+    extras = [p for p in raw.parent.iterdir() if p != raw]
+    if not extras:
+        raw.replace(path)
+        return
+    model = onnx.load(str(raw), load_external_data=True)
+    onnx.save_model(
+        model,
+        str(path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=path.name + ".data",
+        size_threshold=1024,
+    )
+
+
+def _component_files(directory: Path, entry: ComponentEntry) -> list[Path]:
+    return [p for p in (directory / entry.file, directory / (entry.file + ".data")) if p.exists()]
+
+
+def _reusable(out: Path) -> dict[str, ComponentEntry]:
+    try:
+        return load_manifest(out).components
+    except ManifestError:
+        return {}
+
+
+def build_onnx_dir(
+    snapshot: str | Path,
+    out: str | Path,
+    backend: str = "onnxruntime",
+    precisions: dict[str, str] | None = None,
+    variant: str = "auto",
+    on_component: Callable[[str, str, float], None] | None = None,
+) -> Manifest:
+    """Export every component into `out` (atomically) and write its manifest.
+
+    Components whose key (weights hash, precision, opset, exporter versions) matches the
+    existing directory's are reused. The new directory is assembled beside `out` and
+    swapped in only when complete.
+    """
+    snapshot, out = Path(snapshot), Path(out)
+    cfg = read_config(snapshot)
+    specs = component_specs(cfg)
+    opts = ExportOptions({**default_precisions(backend, specs), **(precisions or {})}, variant=variant)
+    old = _reusable(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
+    try:
+        entries = _export_all(snapshot, cfg, specs, opts, out, old, stage, on_component)
+        manifest = Manifest(backend, cfg, entries, source=str(snapshot.resolve()))
+        manifest.save(stage)
+        _swap_in(stage, out)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    return manifest
+
+
+def _export_all(snapshot, cfg, specs, opts, out, old, stage, on_component) -> dict[str, ComponentEntry]:
+    hashes = {
+        folder: hash_files(find_weights(snapshot / folder, comp.weights_stem, opts.variant))
+        for folder, comp in COMPONENTS.items()
+    }
+    entries = {}
+    loaded: dict[tuple[str, str], nn.Module] = {}
+    last_user = {SOURCE[n]: n for n in specs}  # free each checkpoint after its last component
+    for name, spec in specs.items():
+        precision = opts.precision(name)
+        key = component_key(hashes[SOURCE[name]], name, precision, opts)
+        start = time.perf_counter()
+        if name in old and old[name].key == key:
+            for f in _component_files(out, old[name]):
+                _link_or_copy(f, stage / f.name)
+            entries[name] = old[name]
+            status = "reused"
+        else:
+            module = _module_for(snapshot, cfg, name, precision, opts.variant, loaded)
+            export_onnx(module, spec, stage / spec.onnx_file, precision, trace_sizes(cfg), opts.opset)
+            entries[name] = ComponentEntry.describe(spec, spec.onnx_file, precision, key)
+            status = "exported"
+        if last_user[SOURCE[name]] == name:
+            loaded.pop((SOURCE[name], precision), None)  # the real UNet is 6 GB in fp32
+        seconds = time.perf_counter() - start
+        log.info("%s: %s (%s) in %.1f s", name, status, precision, seconds)
+        if on_component:
+            on_component(name, status, seconds)
+    return entries
+
+
+def _module_for(snapshot, cfg, name, precision, variant, loaded) -> nn.Module:
+    dtype = torch.float16 if precision == "fp16" else torch.float32
+    source = SOURCE[name]
+    if (source, precision) not in loaded:
+        loaded[(source, precision)] = load_component(snapshot, source, cfg, dtype=dtype, variant=variant)
+    module = loaded[(source, precision)]
+    if name == "vae_encoder":
+        return _Call(module, "encode")
+    if name == "vae_decoder":
+        return _Call(module, "decode")
+    return module
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _swap_in(stage: Path, out: Path) -> None:
+    """Replace `out` by the complete `stage` directory; the old one is removed after."""
+    if not (stage / MANIFEST_NAME).exists():
+        raise RuntimeError(f"{stage}: no manifest; refusing to install an incomplete directory")
+    trash = None
+    if out.exists():
+        trash = out.with_name(f".{out.name}.old-{os.getpid()}")
+        out.rename(trash)
+    stage.rename(out)
+    if trash:
+        shutil.rmtree(trash, ignore_errors=True)

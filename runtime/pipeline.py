@@ -1,0 +1,238 @@
+"""Image to video with the exported components: diffusers' StableVideoDiffusionPipeline in numpy.
+
+Same steps, order of random draws and dtypes as diffusers (pipeline_stable_video_diffusion.py):
+CLIP on the original image, VAE on the H x W image plus noise augmentation, Euler
+with Karras sigmas and v-prediction, per-frame CFG with the UNet called once per step
+at batch 2, chunked decode. Only `runners` differ between backends.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from svd_trt.manifest import Manifest, load_manifest
+from svd_trt.runtime import euler, guidance
+from svd_trt.runtime.clip_preprocess import clip_pixel_values
+from svd_trt.runtime.image_preprocess import added_time_ids, postprocess, vae_pixel_values
+from svd_trt.runtime.runners import Runner, open_runner
+
+log = logging.getLogger(__name__)
+
+COMPONENTS = ("image_encoder", "vae_encoder", "unet", "vae_decoder")
+
+
+class PipelineError(ValueError):
+    """Bad input to a generation: the message is one line."""
+
+
+@dataclass(frozen=True)
+class GenerationOptions:
+    """diffusers' __call__ arguments and defaults; None = the model's own value."""
+
+    num_frames: int | None = None
+    height: int = 576
+    width: int = 1024
+    num_inference_steps: int = 25
+    min_guidance_scale: float = 1.0
+    max_guidance_scale: float = 3.0
+    fps: int = 7
+    motion_bucket_id: int = 127
+    noise_aug_strength: float = 0.02
+    decode_chunk_size: int | None = None
+    seed: int | None = None
+
+
+@dataclass
+class Timings:
+    """Seconds per stage; `overhead` is wall time spent outside component calls."""
+
+    clip: float = 0.0
+    vae_encode: float = 0.0
+    unet_steps: list[float] = field(default_factory=list)
+    decode: float = 0.0
+    total: float = 0.0
+
+    @property
+    def unet(self) -> float:
+        return float(sum(self.unet_steps))
+
+    @property
+    def overhead(self) -> float:
+        return self.total - self.clip - self.vae_encode - self.unet - self.decode
+
+    def summary(self) -> str:
+        steps = len(self.unet_steps) or 1
+        return (
+            f"CLIP {self.clip:.3f} s | VAE encode {self.vae_encode:.3f} s | "
+            f"UNet {self.unet:.3f} s ({self.unet / steps:.3f} s/step x {len(self.unet_steps)}) | "
+            f"decode {self.decode:.3f} s | overhead {self.overhead:.3f} s "
+            f"({100 * self.overhead / max(self.total, 1e-9):.2f}%) | total {self.total:.3f} s"
+        )
+
+
+@dataclass
+class VideoOutput:
+    frames: np.ndarray  # [F, H, W, 3] float32 in [0, 1]
+    timings: Timings
+
+
+class _Timed:
+    """Calls a runner and adds the wall time to one Timings field."""
+
+    def __init__(self, runner: Runner, timings: Timings, stage: str) -> None:
+        self.runner, self.timings, self.stage = runner, timings, stage
+
+    def __call__(self, **inputs: np.ndarray) -> np.ndarray:
+        start = time.perf_counter()
+        (out,) = self.runner.run(inputs).values()
+        elapsed = time.perf_counter() - start
+        if self.stage == "unet_steps":
+            self.timings.unet_steps.append(elapsed)
+        else:
+            setattr(self.timings, self.stage, getattr(self.timings, self.stage) + elapsed)
+        return np.asarray(out, dtype=np.float32)
+
+
+class SVDPipeline:
+    """Built once from an engine directory; each call renders one video."""
+
+    def __init__(self, manifest: Manifest, runners: dict[str, Runner]) -> None:
+        self.manifest = manifest
+        self.cfg = manifest.model
+        self.runners = runners
+
+    @classmethod
+    def from_engine_dir(cls, engine_dir: str | Path, backend: str | None = None, **options) -> SVDPipeline:
+        """Open every component of `engine_dir` with `backend` (default: the one it was built for)."""
+        manifest = load_manifest(engine_dir)
+        backend = backend or manifest.backend
+        runners = {
+            name: open_runner(engine_dir, name, manifest.components[name], backend, **options)
+            for name in COMPONENTS
+        }
+        return cls(manifest, runners)
+
+    def resolve(self, opts: GenerationOptions) -> GenerationOptions:
+        """Fill model defaults and reject what the engines cannot run, each with one line."""
+        num_frames = opts.num_frames if opts.num_frames is not None else self.cfg.unet.num_frames
+        chunk = opts.decode_chunk_size if opts.decode_chunk_size is not None else num_frames
+        opts = dataclasses.replace(opts, num_frames=num_frames, decode_chunk_size=chunk)
+        for name in ("num_frames", "num_inference_steps", "decode_chunk_size", "height", "width"):
+            if getattr(opts, name) <= 0:
+                raise PipelineError(f"{name.replace('_', '-')} must be positive, got {getattr(opts, name)}")
+        if opts.height % 8 or opts.width % 8:
+            raise PipelineError(f"height and width must be multiples of 8, got {opts.height}x{opts.width}")
+        unit = self.size_unit()
+        if opts.height % unit or opts.width % unit:
+            raise PipelineError(
+                f"this model needs height and width in multiples of {unit}, got {opts.height}x{opts.width}"
+            )
+        return opts
+
+    def size_unit(self) -> int:
+        """Pixels per step of size the UNet accepts: each down block halves the latent."""
+        return self.cfg.vae.scale_factor * 2 ** (len(self.cfg.unet.block_out_channels) - 1)
+
+    def __call__(
+        self,
+        image: Image.Image | np.ndarray,
+        options: GenerationOptions | None = None,
+        latents: np.ndarray | None = None,
+        image_noise: np.ndarray | None = None,
+        on_step: Callable[[int, int], None] | None = None,
+        **kwargs,
+    ) -> VideoOutput:
+        """Frames [F, H, W, 3] in [0, 1], as diffusers returns with output_type='np'."""
+        opts = self.resolve(dataclasses.replace(options or GenerationOptions(), **kwargs))
+        image = _as_pil(image)
+        timings = Timings()
+        start = time.perf_counter()
+        image_noise, latents = self.draw_noise(opts, image_noise, latents)
+        cfg_on = guidance.do_cfg(opts.max_guidance_scale)
+        embeds = self.encode_image(image, cfg_on, timings)
+        image_latents = self.encode_vae(image, image_noise, opts, cfg_on, timings)
+        latents = self.denoise(latents, embeds, image_latents, opts, cfg_on, timings, on_step)
+        frames = self.decode(latents, opts, timings)
+        timings.total = time.perf_counter() - start
+        return VideoOutput(frames, timings)
+
+    def latent_shape(self, opts: GenerationOptions) -> tuple[int, ...]:
+        s = self.cfg.vae.scale_factor
+        return (1, opts.num_frames, self.cfg.vae.latent_channels, opts.height // s, opts.width // s)
+
+    def draw_noise(self, opts, image_noise, latents) -> tuple[np.ndarray, np.ndarray]:
+        """diffusers' order: the image noise is drawn first, the initial latents second."""
+        rng = np.random.default_rng(opts.seed)
+        shapes = {"image noise": (1, 3, opts.height, opts.width), "latents": self.latent_shape(opts)}
+        arrays = []
+        for (what, shape), given in zip(shapes.items(), (image_noise, latents)):
+            if given is None:
+                given = rng.standard_normal(shape, dtype=np.float32)
+            elif tuple(given.shape) != shape:
+                raise PipelineError(f"{what} must have shape {list(shape)}, got {list(given.shape)}")
+            arrays.append(np.asarray(given, dtype=np.float32))
+        return arrays[0], arrays[1]
+
+    def encode_image(self, image: Image.Image, cfg_on: bool, timings: Timings) -> np.ndarray:
+        """CLIP embedding of the original image, [B, 1, D]; the unconditional one is zeros."""
+        pixels = clip_pixel_values(image, self.cfg.feature_extractor, self.cfg.clip.image_size)
+        embeds = _Timed(self.runners["image_encoder"], timings, "clip")(pixel_values=pixels)[:, None]
+        return np.concatenate([np.zeros_like(embeds), embeds]) if cfg_on else embeds
+
+    def encode_vae(self, image, noise, opts, cfg_on, timings) -> np.ndarray:
+        """Mode of the noise-augmented image's latent, unscaled, repeated over frames: [B, F, C, h, w]."""
+        pixels = vae_pixel_values(image, opts.height, opts.width) + np.float32(opts.noise_aug_strength) * noise
+        latent = _Timed(self.runners["vae_encoder"], timings, "vae_encode")(image=pixels)
+        if cfg_on:
+            latent = np.concatenate([np.zeros_like(latent), latent])
+        return np.repeat(latent[:, None], opts.num_frames, axis=1)
+
+    def denoise(self, latents, embeds, image_latents, opts, cfg_on, timings, on_step=None) -> np.ndarray:
+        """Euler over Karras sigmas; one UNet call per step, at batch 2 when CFG is on."""
+        schedule = euler.make_schedule(self.cfg.scheduler, opts.num_inference_steps)
+        batch = image_latents.shape[0]
+        time_ids = added_time_ids(opts.fps, opts.motion_bucket_id, opts.noise_aug_strength, batch)
+        scale = guidance.guidance_scale(opts.min_guidance_scale, opts.max_guidance_scale, opts.num_frames, 1)
+        unet = _Timed(self.runners["unet"], timings, "unet_steps")
+        latents = latents * np.float32(schedule.init_noise_sigma)
+        for i, (sigma, t) in enumerate(zip(schedule.sigmas[:-1], schedule.timesteps)):
+            model_in = np.concatenate([latents] * batch) if cfg_on else latents
+            model_in = np.concatenate([euler.scale_model_input(model_in, sigma), image_latents], axis=2)
+            pred = unet(
+                sample=model_in,
+                timestep=np.full((batch,), t, dtype=np.float32),
+                encoder_hidden_states=embeds,
+                added_time_ids=time_ids,
+            )
+            if cfg_on:
+                pred = guidance.combine(pred[:1], pred[1:], scale)
+            latents = euler.step(pred, latents, sigma, schedule.sigmas[i + 1])
+            if on_step:
+                on_step(i + 1, opts.num_inference_steps)
+        return latents
+
+    def decode(self, latents: np.ndarray, opts: GenerationOptions, timings: Timings) -> np.ndarray:
+        """Chunks of decode_chunk_size frames, each decoded on its own (as diffusers): [F, H, W, 3]."""
+        z = latents[0] / np.float32(self.cfg.vae.scaling_factor)
+        decoder = _Timed(self.runners["vae_decoder"], timings, "decode")
+        chunks = [decoder(latents=z[i : i + opts.decode_chunk_size]) for i in range(0, len(z), opts.decode_chunk_size)]
+        return postprocess(np.concatenate(chunks))
+
+
+def _as_pil(image: Image.Image | np.ndarray) -> Image.Image:
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    arr = np.asarray(image)
+    if arr.ndim != 3 or arr.shape[2] != 3:
+        raise PipelineError(f"image array must be [H, W, 3], got shape {list(arr.shape)}")
+    if arr.dtype != np.uint8:
+        arr = (np.clip(arr, 0.0, 1.0) * 255.0).round().astype(np.uint8)
+    return Image.fromarray(arr)

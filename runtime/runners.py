@@ -1,0 +1,86 @@
+"""Backends behind one interface: `run(inputs: dict[str, ndarray]) -> dict[str, ndarray]`.
+
+A runner owns one component. The pipeline and the accuracy check see only this
+interface, so ONNX Runtime, TensorRT and the torch port are interchangeable. Each
+backend's library is imported only when that backend is asked for.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from svd_trt.manifest import ComponentEntry
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("onnxruntime", "tensorrt")
+
+
+class Runner(Protocol):
+    name: str
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+
+def _physical_cores() -> int:
+    # ONNX Runtime is fastest with one thread per physical core; hyperthreads only contend.
+    n = os.cpu_count() or 1
+    try:
+        import re
+
+        with open("/proc/cpuinfo") as f:
+            cores = {
+                (p, c)
+                for p, c in re.findall(r"physical id\s*:\s*(\d+).*?core id\s*:\s*(\d+)", f.read(), re.S)
+            }
+        return max(1, min(n, len(cores) or n))
+    except OSError:
+        return n
+
+
+class OrtRunner:
+    """One ONNX Runtime session; inputs are cast to the dtypes the graph declares."""
+
+    def __init__(self, path: str | Path, name: str = "", device: str = "cpu", threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        self.name = name or Path(path).stem
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.intra_op_num_threads = threads or _physical_cores()
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.log_severity_level = 3
+        providers = ["CPUExecutionProvider"]
+        if device == "cuda":
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise RuntimeError("onnxruntime here has no CUDAExecutionProvider (pip install onnxruntime-gpu)")
+            providers.insert(0, "CUDAExecutionProvider")
+        self.session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+        self.dtypes = {i.name: _ORT_DTYPES[i.type] for i in self.session.get_inputs()}
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        feed = {k: np.ascontiguousarray(v, dtype=self.dtypes[k]) for k, v in inputs.items()}
+        outs = self.session.run(self.output_names, feed)
+        return dict(zip(self.output_names, outs))
+
+
+_ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64}
+
+
+def open_runner(engine_dir: str | Path, name: str, entry: ComponentEntry, backend: str, **options) -> Runner:
+    """The runner of one component of an engine directory."""
+    path = Path(engine_dir) / entry.file
+    if backend == "onnxruntime":
+        return OrtRunner(path, name=name, **options)
+    if backend == "tensorrt":
+        from svd_trt.runtime.trt_runner import TrtEngineRunner
+
+        return TrtEngineRunner(path, name=name, entry=entry)
+    raise ValueError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")

@@ -1,0 +1,233 @@
+"""The TensorRT backend: one engine per component, behind the Runner interface.
+
+An engine runs only on the TensorRT version and GPU it was built for, so the manifest
+entry records them (`extra["platform"]`) and a mismatch is refused before loading,
+never deserialized by luck. Requests outside the build's optimization profile
+(`extra["profile"]`) are one-line errors naming the dim and the range.
+
+Execution uses Polygraphy's CUDA wrapper and the engine's name-based I/O API (TensorRT
+>= 8.5, the only one in 10.x) rather than Polygraphy's TrtRunner: TrtRunner imports
+torch whenever it is installed (its is_torch check) and returns views of host buffers
+it overwrites on the next call. Here device buffers are allocated once, at the
+profile's max shapes, and every call returns fresh numpy arrays. No torch import.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from svd_trt.manifest import ComponentEntry, ManifestError
+
+log = logging.getLogger(__name__)
+
+INSTALL_HINT = (
+    "TensorRT is not installed; install the tensorrt extra from NVIDIA's index: "
+    "pip install 'svd-trt[tensorrt]' --extra-index-url https://pypi.nvidia.com"
+)
+REBUILD_HINT = "rebuild on this machine with svd-export build-engines --backend tensorrt"
+# cuDeviceGetAttribute ids (cuda.h): CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR / _MINOR.
+_CC_MAJOR, _CC_MINOR = 75, 76
+
+
+class TrtError(ManifestError):
+    """TensorRT or its engines cannot be used here (missing, no GPU, foreign engine): one line."""
+
+
+class ProfileError(ValueError):
+    """A request outside the engine's optimization profile: one line naming the dim and range."""
+
+
+@dataclass(frozen=True)
+class Platform:
+    """What a TensorRT engine is bound to."""
+
+    tensorrt_version: str
+    gpu: str
+    compute_capability: str
+
+
+def tensorrt_version() -> str:
+    """The installed TensorRT's version; TrtError with the install command when missing."""
+    try:
+        import tensorrt
+    except (ImportError, OSError):  # OSError: the wheel is there but libnvinfer is not
+        raise TrtError(INSTALL_HINT) from None
+    return str(tensorrt.__version__)
+
+
+def gpu_identity(device: int = 0) -> tuple[str, str]:
+    """(name, compute capability) of CUDA device `device`, from the driver API via ctypes."""
+    try:
+        lib = ctypes.CDLL("nvcuda.dll" if sys.platform == "win32" else "libcuda.so.1")
+    except OSError:
+        raise TrtError("no CUDA GPU: the NVIDIA driver (libcuda) is not installed") from None
+    dev = ctypes.c_int()
+    if lib.cuInit(0) != 0 or lib.cuDeviceGet(ctypes.byref(dev), device) != 0:
+        raise TrtError(f"no CUDA GPU: CUDA device {device} is not available")
+    name = ctypes.create_string_buffer(256)
+    major, minor = ctypes.c_int(), ctypes.c_int()
+    lib.cuDeviceGetName(name, len(name), dev)
+    lib.cuDeviceGetAttribute(ctypes.byref(major), _CC_MAJOR, dev)
+    lib.cuDeviceGetAttribute(ctypes.byref(minor), _CC_MINOR, dev)
+    return name.value.decode(errors="replace"), f"{major.value}.{minor.value}"
+
+
+def current_platform() -> Platform:
+    """This machine's TensorRT version and GPU; TrtError when either is missing."""
+    return Platform(tensorrt_version(), *gpu_identity())
+
+
+def platform_mismatch(recorded: Platform, current: Platform) -> str | None:
+    """Why an engine built on `recorded` cannot run on `current`, or None when it can."""
+    if recorded.tensorrt_version != current.tensorrt_version:
+        return (
+            f"built with TensorRT {recorded.tensorrt_version} "
+            f"but TensorRT {current.tensorrt_version} is installed"
+        )
+    if (recorded.gpu, recorded.compute_capability) != (current.gpu, current.compute_capability):
+        return (
+            f"built for {recorded.gpu} (compute capability {recorded.compute_capability}) "
+            f"but this GPU is {current.gpu} (compute capability {current.compute_capability})"
+        )
+    return None
+
+
+def recorded_platform(path: str | Path, entry: ComponentEntry | None) -> Platform:
+    """The platform a manifest entry was built on; TrtError when it is no TensorRT build."""
+    extra = entry.extra if entry is not None else {}
+    try:
+        return Platform(**extra["platform"])
+    except (KeyError, TypeError):
+        raise TrtError(f"{path}: no TensorRT build record in the manifest; {REBUILD_HINT}") from None
+
+
+_LABELS = {
+    "B": "batch",
+    "F": "frames",
+    "H": "height",
+    "W": "width",
+    "h": "latent height",
+    "w": "latent width",
+}
+_FLAGS = {"F": "--num-frames", "H": "--height", "h": "--height", "W": "--width", "w": "--width"}
+
+
+def shape_error(
+    component: str,
+    dims: Mapping[str, list[Any]],
+    profile: Mapping[str, Mapping[str, list[int]]],
+    shapes: Mapping[str, tuple[int, ...]],
+) -> str | None:
+    """The first way `shapes` falls outside `profile` (input -> min/opt/max), or None."""
+    missing = sorted(set(profile) - set(shapes))
+    unknown = sorted(set(shapes) - set(profile))
+    if missing or unknown:
+        return f"{component}: inputs {sorted(shapes)} do not match the engine's {sorted(profile)}"
+    for name, shape in shapes.items():
+        lo, hi = profile[name]["min"], profile[name]["max"]
+        if len(shape) != len(lo):
+            return f"{component}: {name} has {len(shape)} dims, the engine takes {len(lo)} ({dims[name]})"
+        for axis, (value, a, b) in enumerate(zip(shape, lo, hi)):
+            if not a <= value <= b:
+                return _out_of_range(component, name, dims[name][axis], axis, value, a, b)
+    return None
+
+
+def _out_of_range(component: str, name: str, dim: Any, axis: int, value: int, lo: int, hi: int) -> str:
+    label = f"dim {dim} ({_LABELS[dim]})" if dim in _LABELS else f"axis {axis}"
+    flag = "--decode-chunk-size" if component == "vae_decoder" and dim == "F" else _FLAGS.get(dim)
+    hint = f"; rebuild the engines with a {flag} range that covers it" if flag else ""
+    return f"{component}: {name} {label} = {value} is outside the engine's profile {lo}..{hi}{hint}"
+
+
+def load_engine(path: str | Path) -> Any:
+    """Deserialize an engine file with Polygraphy (trt.ICudaEngine)."""
+    from polygraphy.backend.trt import engine_from_bytes
+
+    return engine_from_bytes(Path(path).read_bytes())
+
+
+class EngineSession:
+    """One execution context; device buffers allocated once at the profile's max shapes."""
+
+    def __init__(self, engine: Any, max_shapes: Mapping[str, tuple[int, ...]]) -> None:
+        import tensorrt as trt
+        from polygraphy import cuda
+
+        self.engine = engine
+        self.context = engine.create_execution_context()
+        self.stream = cuda.Stream()
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        self.inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self.outputs = [n for n in names if n not in self.inputs]
+        self.dtypes = {n: np.dtype(trt.nptype(engine.get_tensor_dtype(n))) for n in names}
+        for n in self.inputs:  # output sizes at max follow from the inputs at max
+            self._set_shape(n, tuple(max_shapes[n]))
+        self.buffers = {}
+        for n in names:
+            size = int(np.prod(tuple(self.context.get_tensor_shape(n))))
+            self.buffers[n] = cuda.DeviceArray(shape=(size,), dtype=self.dtypes[n])
+            # Addresses never change: every later shape fits the max-size buffer.
+            if not self.context.set_tensor_address(n, self.buffers[n].ptr):
+                raise RuntimeError(f"TensorRT refused the address of {n}")
+
+    def _set_shape(self, name: str, shape: tuple[int, ...]) -> None:
+        if tuple(self.context.get_tensor_shape(name)) == shape:
+            return  # set_input_shape re-runs shape inference; skip it when unchanged (as Polygraphy does)
+        if not self.context.set_input_shape(name, shape):
+            raise RuntimeError(f"TensorRT refused shape {list(shape)} for {name}")
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Inputs cast to the engine's dtypes; outputs as new host arrays in the engine's dtypes."""
+        host = {n: np.ascontiguousarray(inputs[n], dtype=self.dtypes[n]) for n in self.inputs}
+        for n, arr in host.items():
+            self._set_shape(n, arr.shape)
+            self.buffers[n].copy_from(arr, self.stream)
+        if not self.context.execute_async_v3(self.stream.ptr):
+            raise RuntimeError("TensorRT execute_async_v3 failed; see the TensorRT log")
+        outs = {}
+        for n in self.outputs:
+            out = np.empty(tuple(self.context.get_tensor_shape(n)), dtype=self.dtypes[n])
+            self.buffers[n].view((out.size,)).copy_to(out, self.stream)
+            outs[n] = out
+        self.stream.synchronize()  # `host` stays referenced until the copies are done
+        return outs
+
+    def close(self) -> None:
+        """Free the device buffers and the stream now (Polygraphy's arrays have no finalizer)."""
+        for buf in self.buffers.values():
+            buf.free()
+        self.buffers = {}
+        self.stream.free()
+
+
+class TrtEngineRunner:
+    """A component's engine, checked against this machine before it is loaded, loaded once."""
+
+    def __init__(self, path: str | Path, name: str = "", entry: ComponentEntry | None = None) -> None:
+        self.name = name or Path(path).stem
+        recorded = recorded_platform(path, entry)
+        problem = platform_mismatch(recorded, current_platform())
+        if problem:
+            raise TrtError(f"{path}: engine {problem}; {REBUILD_HINT}")
+        self.profile = entry.extra["profile"]
+        self.dims = {k: v["dims"] for k, v in entry.inputs.items()}
+        max_shapes = {k: tuple(v["max"]) for k, v in self.profile.items()}
+        self.session = EngineSession(load_engine(path), max_shapes)
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        problem = shape_error(self.name, self.dims, self.profile, {k: np.shape(v) for k, v in inputs.items()})
+        if problem:
+            raise ProfileError(problem)
+        return self.session.run(inputs)
+
+    def close(self) -> None:
+        self.session.close()

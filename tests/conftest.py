@@ -1,0 +1,86 @@
+"""Shared fixtures: small random SVD checkpoints built with diffusers' and transformers' own
+classes and saved in the real Hugging Face layout (the reference our port must equal)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from svd_trt.config import SVDConfig, preset
+
+
+def rel_err(ours, ref) -> float:
+    """max |ours - ref| / max |ref|: the relative error the issues' tolerances refer to."""
+    ours, ref = np.asarray(ours, dtype=np.float64), np.asarray(ref, dtype=np.float64)
+    return float(np.abs(ours - ref).max() / max(np.abs(ref).max(), 1e-30))
+
+
+def perturb_(module, scale: float = 0.02, seed: int = 0) -> None:
+    """Add noise to every parameter so zero- or identity-initialised ones cannot hide a bug."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(torch.randn(p.shape, generator=g, dtype=p.dtype) * scale)
+
+
+def _kwargs(d: dict) -> dict:
+    return {k: v for k, v in d.items() if not k.startswith("_")}
+
+
+def diffusers_pipeline(cfg: SVDConfig, seed: int = 0):
+    """StableVideoDiffusionPipeline with random weights for `cfg` (perturbed, see perturb_)."""
+    import torch
+    from diffusers import (
+        AutoencoderKLTemporalDecoder,
+        EulerDiscreteScheduler,
+        StableVideoDiffusionPipeline,
+        UNetSpatioTemporalConditionModel,
+    )
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    torch.manual_seed(seed)
+    unet = UNetSpatioTemporalConditionModel(**_kwargs(cfg.unet.to_dict()))
+    vae = AutoencoderKLTemporalDecoder(**_kwargs(cfg.vae.to_dict()))
+    clip_fields = {f.name: getattr(cfg.clip, f.name) for f in dataclasses.fields(cfg.clip)}
+    image_encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(**clip_fields))
+    for i, m in enumerate((unet, vae, image_encoder)):
+        perturb_(m, seed=seed + i)
+    scheduler = EulerDiscreteScheduler(**_kwargs(cfg.scheduler.to_dict()))
+    fe = cfg.feature_extractor
+    feature_extractor = CLIPImageProcessor(
+        crop_size=224, size=224, image_mean=list(fe.image_mean), image_std=list(fe.image_std)
+    )
+    pipe = StableVideoDiffusionPipeline(
+        vae=vae, image_encoder=image_encoder, unet=unet, scheduler=scheduler, feature_extractor=feature_extractor
+    )
+    return pipe.to(torch.float32)
+
+
+def save_snapshot(pipe, path: Path, **kwargs) -> Path:
+    pipe.save_pretrained(str(path), **kwargs)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_pipe():
+    return diffusers_pipeline(preset("tiny"))
+
+
+@pytest.fixture(scope="session")
+def tiny_snapshot(tiny_pipe, tmp_path_factory) -> Path:
+    return save_snapshot(tiny_pipe, tmp_path_factory.mktemp("snapshots") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def small_pipe():
+    return diffusers_pipeline(preset("small"), seed=1)
+
+
+@pytest.fixture(scope="session")
+def small_snapshot(small_pipe, tmp_path_factory) -> Path:
+    return save_snapshot(small_pipe, tmp_path_factory.mktemp("snapshots") / "small")

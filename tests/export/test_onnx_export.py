@@ -1,0 +1,124 @@
+"""ONNX export: every component runs in ONNX Runtime at shapes other than the traced ones and
+equals the torch port; the directory is self-contained, cached and written atomically."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from conftest import rel_err
+
+from svd_trt.export import onnx_export
+from svd_trt.export.checkpoint import CheckpointError, load_component
+from svd_trt.export.onnx_export import build_onnx_dir, trace_sizes
+from svd_trt.manifest import load_manifest
+from svd_trt.runtime.runners import OrtRunner
+from svd_trt.spec import component_specs
+
+# fp32 graph vs fp32 eager: only op ordering and ORT's fusions differ, ~1e-6 relative.
+ONNX_TOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def small_onnx(small_snapshot, tmp_path_factory):
+    out = tmp_path_factory.mktemp("onnx") / "engines"
+    statuses = []
+    manifest = build_onnx_dir(small_snapshot, out, on_component=lambda n, s, t: statuses.append(s))
+    assert statuses == ["exported"] * 4
+    return out, manifest
+
+
+def _port(snapshot, name, cfg):
+    source = {"image_encoder": "image_encoder", "unet": "unet"}.get(name, "vae")
+    module = load_component(snapshot, source, cfg)
+    if name == "vae_encoder":
+        return module.encode
+    if name == "vae_decoder":
+        return module.decode
+    return module
+
+
+@pytest.mark.parametrize(
+    "sizes",
+    [
+        {"B": 1, "F": 5, "H": 256, "W": 320},  # batch 1, more frames, other size
+        {"B": 2, "F": 1, "H": 192, "W": 128},  # one frame (a tail chunk), portrait
+    ],
+    ids=["b1f5", "b2f1-portrait"],
+)
+def test_components_match_port_at_other_shapes(small_snapshot, small_onnx, sizes):
+    out, manifest = small_onnx
+    cfg = manifest.model
+    s = cfg.vae.scale_factor
+    sizes = {**sizes, "h": sizes["H"] // s, "w": sizes["W"] // s}
+    assert sizes != trace_sizes(cfg)
+    for name, spec in component_specs(cfg).items():
+        inputs = spec.sample_inputs(sizes, np.random.default_rng(1))
+        ours = OrtRunner(out / spec.onnx_file).run(inputs)[spec.output_names[0]]
+        with torch.no_grad():
+            ref = _port(small_snapshot, name, cfg)(*(torch.from_numpy(v) for v in inputs.values())).numpy()
+        assert ours.shape == ref.shape == spec.outputs[0].shape(sizes)
+        err = rel_err(ours, ref)
+        assert err <= ONNX_TOL, f"{name}: rel err {err:.2e}"
+
+
+def test_graphs_are_clean_for_tensorrt(small_onnx):
+    out, manifest = small_onnx
+    for entry in manifest.components.values():
+        model = onnx.load(str(out / entry.file))
+        ops = Counter(n.op_type for n in model.graph.node)
+        assert model.opset_import[0].version >= 17
+        for banned in ("Loop", "SequenceConstruct", "SequenceAt", "GroupNormalization", "If"):
+            assert banned not in ops, f"{entry.file} has {banned}"
+    unet_ops = Counter(n.op_type for n in onnx.load(str(out / "unet.onnx")).graph.node)
+    assert unet_ops["InstanceNormalization"] > 0 and unet_ops["Softmax"] > 0
+
+
+def test_manifest_is_self_contained(small_onnx):
+    out, manifest = small_onnx
+    again = load_manifest(out)
+    assert again.model == manifest.model
+    assert again.model.vae.scaling_factor == 0.18215
+    assert again.components["unet"].inputs["timestep"]["dtype"] == "float32"
+    assert set(again.components) == {"image_encoder", "vae_encoder", "unet", "vae_decoder"}
+
+
+def test_rerun_reuses_and_precision_change_reexports(small_snapshot, small_onnx, tmp_path):
+    out, _ = small_onnx
+    copy = tmp_path / "engines"
+    import shutil
+
+    shutil.copytree(out, copy)
+    statuses = {}
+    build_onnx_dir(small_snapshot, copy, on_component=lambda n, s, t: statuses.update({n: s}))
+    assert set(statuses.values()) == {"reused"}
+    build_onnx_dir(small_snapshot, copy, precisions={"image_encoder": "fp16"},
+                   on_component=lambda n, s, t: statuses.update({n: s}))
+    assert statuses["image_encoder"] == "exported" and statuses["unet"] == "reused"
+    m = load_manifest(copy)
+    assert m.components["image_encoder"].inputs["pixel_values"]["dtype"] == "float16"
+
+
+def test_interrupted_export_leaves_no_complete_looking_dir(small_snapshot, tmp_path, monkeypatch):
+    real = onnx_export.export_onnx
+
+    def fail_on_unet(module, spec, *args, **kwargs):
+        if spec.name == "unet":
+            raise KeyboardInterrupt
+        return real(module, spec, *args, **kwargs)
+
+    monkeypatch.setattr(onnx_export, "export_onnx", fail_on_unet)
+    out = tmp_path / "engines"
+    with pytest.raises(KeyboardInterrupt):
+        build_onnx_dir(small_snapshot, out)
+    assert not out.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_not_an_svd_snapshot(tmp_path):
+    (tmp_path / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline"}')
+    with pytest.raises(CheckpointError, match="not an SVD snapshot"):
+        build_onnx_dir(tmp_path, tmp_path / "out")
