@@ -36,11 +36,15 @@ def _parse_precisions(items: tuple[str, ...]) -> dict[str, str]:
 @click.option("-v", "--verbose", is_flag=True, help="Log at INFO level.")
 def main(verbose: bool) -> None:
     """svd-export: Stable Video Diffusion checkpoints to ONNX Runtime / TensorRT engines."""
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s"
+    )
 
 
 @main.command("make-checkpoint")
-@click.option("--size", type=click.Choice(["tiny", "small", "full", "full-14"]), default="small", show_default=True)
+@click.option(
+    "--size", type=click.Choice(["tiny", "small", "full", "full-14"]), default="small", show_default=True
+)
 @click.option("--out", required=True, type=click.Path(), help="Snapshot directory to write.")
 @click.option("--variant", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True)
 @click.option("--num-frames", type=int, default=None, help="The UNet's default frame count.")
@@ -51,7 +55,9 @@ def make_checkpoint(size: str, out: str, variant: str, num_frames: int | None, s
     from svd_trt.export.random_checkpoint import write_random_checkpoint
 
     start = time.perf_counter()
-    path = write_random_checkpoint(out, preset(size, num_frames), None if variant == "fp32" else variant, seed)
+    path = write_random_checkpoint(
+        out, preset(size, num_frames), None if variant == "fp32" else variant, seed
+    )
     click.echo(f"wrote {size} random checkpoint to {path} in {time.perf_counter() - start:.1f} s")
 
 

@@ -16,6 +16,7 @@ import os
 import shutil
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,10 +24,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
-from svd_trt.export.checkpoint import COMPONENTS, find_weights, load_component, read_config
 from torch import nn
 
 from svd_trt.config import SVDConfig
+from svd_trt.export.checkpoint import COMPONENTS, find_weights, load_component, read_config
 from svd_trt.manifest import MANIFEST_NAME, ComponentEntry, Manifest, ManifestError, load_manifest
 from svd_trt.spec import ComponentSpec, component_specs
 
@@ -107,7 +108,11 @@ def export_onnx(
     work = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{spec.name}-"))
     try:
         raw = work / path.name
-        with torch.no_grad():
+        # The legacy exporter warns about every un-foldable Slice and traced shape check; the
+        # graph is verified by running it at other shapes (tests), so keep the console clean.
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
             torch.onnx.export(
                 module,
                 tuple(inputs.values()),

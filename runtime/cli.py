@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import sys
-from pathlib import Path
 
 import click
 import numpy as np
@@ -36,7 +35,9 @@ def _load_npy(path: str | None, what: str) -> np.ndarray | None:
 @click.option("-v", "--verbose", is_flag=True, help="Log at INFO level.")
 def main(verbose: bool) -> None:
     """svd-trt: run Stable Video Diffusion engines."""
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s"
+    )
 
 
 @main.command()
@@ -49,18 +50,26 @@ def main(verbose: bool) -> None:
 @click.option("--num-inference-steps", type=int, default=25, show_default=True)
 @click.option("--min-guidance-scale", type=float, default=1.0, show_default=True)
 @click.option("--max-guidance-scale", type=float, default=3.0, show_default=True)
-@click.option("--fps", type=int, default=7, show_default=True, help="Conditioning fps (the model sees fps-1).")
+@click.option(
+    "--fps", type=int, default=7, show_default=True, help="Conditioning fps (the model sees fps-1)."
+)
 @click.option("--motion-bucket-id", type=int, default=127, show_default=True)
 @click.option("--noise-aug-strength", type=float, default=0.02, show_default=True)
 @click.option("--decode-chunk-size", type=int, default=None, help="Default: all frames at once.")
 @click.option("--seed", type=int, default=None)
 @click.option("--backend", type=click.Choice(BACKENDS), default=None, help="Default: the engines' own.")
-@click.option("--latents", "latents_path", type=click.Path(), default=None, help="Initial noise [1,F,C,h,w] .npy.")
-@click.option("--image-noise", "noise_path", type=click.Path(), default=None, help="Noise-aug draw [1,3,H,W] .npy.")
+@click.option(
+    "--latents", "latents_path", type=click.Path(), default=None, help="Initial noise [1,F,C,h,w] .npy."
+)
+@click.option(
+    "--image-noise", "noise_path", type=click.Path(), default=None, help="Noise-aug draw [1,3,H,W] .npy."
+)
 @click.option("--output-fps", type=float, default=None, help="Frame rate of the file; default --fps.")
 @click.option("--contact-sheet", type=click.Path(), default=None, help="Also write a PNG grid of the frames.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
-def infer(engine_dir, image, out, latents_path, noise_path, output_fps, contact_sheet, backend, progress, **kw):
+def infer(
+    engine_dir, image, out, latents_path, noise_path, output_fps, contact_sheet, backend, progress, **kw
+):
     """Render a video from IMAGE with the engines in ENGINES."""
     from svd_trt.runtime.infer import InferError, infer_to_file
 

@@ -38,7 +38,11 @@ def vae_pixel_values(image: Image.Image, height: int, width: int, vae_scale_fact
 
 
 def added_time_ids(
-    fps: float, motion_bucket_id: float, noise_aug_strength: float, batch: int = 1, dtype: np.dtype = np.float32
+    fps: float,
+    motion_bucket_id: float,
+    noise_aug_strength: float,
+    batch: int = 1,
+    dtype: np.dtype = np.float32,
 ) -> np.ndarray:
     """[fps - 1, motion_bucket_id, noise_aug_strength] per row, [B, 3]; SVD was conditioned on fps - 1.
 

@@ -189,7 +189,10 @@ class SVDPipeline:
 
     def encode_vae(self, image, noise, opts, cfg_on, timings) -> np.ndarray:
         """Mode of the noise-augmented image's latent, unscaled, repeated over frames: [B, F, C, h, w]."""
-        pixels = vae_pixel_values(image, opts.height, opts.width) + np.float32(opts.noise_aug_strength) * noise
+        pixels = (
+            vae_pixel_values(image, opts.height, opts.width, self.cfg.vae.scale_factor)
+            + np.float32(opts.noise_aug_strength) * noise
+        )
         latent = _Timed(self.runners["vae_encoder"], timings, "vae_encode")(image=pixels)
         if cfg_on:
             latent = np.concatenate([np.zeros_like(latent), latent])
@@ -223,7 +226,10 @@ class SVDPipeline:
         """Chunks of decode_chunk_size frames, each decoded on its own (as diffusers): [F, H, W, 3]."""
         z = latents[0] / np.float32(self.cfg.vae.scaling_factor)
         decoder = _Timed(self.runners["vae_decoder"], timings, "decode")
-        chunks = [decoder(latents=z[i : i + opts.decode_chunk_size]) for i in range(0, len(z), opts.decode_chunk_size)]
+        chunks = [
+            decoder(latents=z[i : i + opts.decode_chunk_size])
+            for i in range(0, len(z), opts.decode_chunk_size)
+        ]
         return postprocess(np.concatenate(chunks))
 
 

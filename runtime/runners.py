@@ -46,7 +46,9 @@ def _physical_cores() -> int:
 class OrtRunner:
     """One ONNX Runtime session; inputs are cast to the dtypes the graph declares."""
 
-    def __init__(self, path: str | Path, name: str = "", device: str = "cpu", threads: int | None = None) -> None:
+    def __init__(
+        self, path: str | Path, name: str = "", device: str = "cpu", threads: int | None = None
+    ) -> None:
         import onnxruntime as ort
 
         self.name = name or Path(path).stem
@@ -59,7 +61,9 @@ class OrtRunner:
         providers = ["CPUExecutionProvider"]
         if device == "cuda":
             if "CUDAExecutionProvider" not in ort.get_available_providers():
-                raise RuntimeError("onnxruntime here has no CUDAExecutionProvider (pip install onnxruntime-gpu)")
+                raise RuntimeError(
+                    "onnxruntime here has no CUDAExecutionProvider (pip install onnxruntime-gpu)"
+                )
             providers.insert(0, "CUDAExecutionProvider")
         self.session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
         self.dtypes = {i.name: _ORT_DTYPES[i.type] for i in self.session.get_inputs()}

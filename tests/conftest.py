@@ -56,7 +56,11 @@ def diffusers_pipeline(cfg: SVDConfig, seed: int = 0):
         crop_size=224, size=224, image_mean=list(fe.image_mean), image_std=list(fe.image_std)
     )
     pipe = StableVideoDiffusionPipeline(
-        vae=vae, image_encoder=image_encoder, unet=unet, scheduler=scheduler, feature_extractor=feature_extractor
+        vae=vae,
+        image_encoder=image_encoder,
+        unet=unet,
+        scheduler=scheduler,
+        feature_extractor=feature_extractor,
     )
     return pipe.to(torch.float32)
 
@@ -84,3 +88,23 @@ def small_pipe():
 @pytest.fixture(scope="session")
 def small_snapshot(small_pipe, tmp_path_factory) -> Path:
     return save_snapshot(small_pipe, tmp_path_factory.mktemp("snapshots") / "small")
+
+
+@pytest.fixture(scope="session")
+def small_engines(small_snapshot, tmp_path_factory):
+    """ONNX Runtime engine directory of the small model: (path, manifest, per-component status)."""
+    from svd_trt.export.onnx_export import build_onnx_dir
+
+    out = tmp_path_factory.mktemp("engines") / "small"
+    statuses: list[str] = []
+    manifest = build_onnx_dir(small_snapshot, out, on_component=lambda n, s, t: statuses.append(s))
+    return out, manifest, statuses
+
+
+@pytest.fixture(scope="session")
+def tiny_engines(tiny_snapshot, tmp_path_factory) -> Path:
+    from svd_trt.export.onnx_export import build_onnx_dir
+
+    out = tmp_path_factory.mktemp("engines") / "tiny"
+    build_onnx_dir(tiny_snapshot, out)
+    return out

@@ -90,7 +90,10 @@ def _edit_unet(snap: Path, edit) -> None:
 @pytest.mark.parametrize(
     "edit, message",
     [
-        (lambda s: s.pop("conv_in.weight"), r"unet/diffusion_pytorch_model\.safetensors: missing key conv_in\.weight"),
+        (
+            lambda s: s.pop("conv_in.weight"),
+            r"unet/diffusion_pytorch_model\.safetensors: missing key conv_in\.weight",
+        ),
         (lambda s: s.update(extra=torch.zeros(1)), r"unexpected key extra"),
         (lambda s: s.update({"conv_in.bias": torch.zeros(3)}), r"key conv_in\.bias has shape \(3,\)"),
     ],
@@ -128,7 +131,9 @@ def test_pickle_only_is_refused(tiny_snapshot, tmp_path):
 
 
 def test_not_an_svd_snapshot(tmp_path):
-    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline", "unet": []}))
+    (tmp_path / "model_index.json").write_text(
+        json.dumps({"_class_name": "StableDiffusionPipeline", "unet": []})
+    )
     with pytest.raises(CheckpointError, match="not an SVD snapshot"):
         read_config(tmp_path)
     with pytest.raises(CheckpointError, match="not a directory"):

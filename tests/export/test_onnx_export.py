@@ -23,10 +23,8 @@ ONNX_TOL = 1e-4
 
 
 @pytest.fixture(scope="module")
-def small_onnx(small_snapshot, tmp_path_factory):
-    out = tmp_path_factory.mktemp("onnx") / "engines"
-    statuses = []
-    manifest = build_onnx_dir(small_snapshot, out, on_component=lambda n, s, t: statuses.append(s))
+def small_onnx(small_engines):
+    out, manifest, statuses = small_engines
     assert statuses == ["exported"] * 4
     return out, manifest
 
@@ -95,8 +93,12 @@ def test_rerun_reuses_and_precision_change_reexports(small_snapshot, small_onnx,
     statuses = {}
     build_onnx_dir(small_snapshot, copy, on_component=lambda n, s, t: statuses.update({n: s}))
     assert set(statuses.values()) == {"reused"}
-    build_onnx_dir(small_snapshot, copy, precisions={"image_encoder": "fp16"},
-                   on_component=lambda n, s, t: statuses.update({n: s}))
+    build_onnx_dir(
+        small_snapshot,
+        copy,
+        precisions={"image_encoder": "fp16"},
+        on_component=lambda n, s, t: statuses.update({n: s}),
+    )
     assert statuses["image_encoder"] == "exported" and statuses["unet"] == "reused"
     m = load_manifest(copy)
     assert m.components["image_encoder"].inputs["pixel_values"]["dtype"] == "float16"

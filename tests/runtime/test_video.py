@@ -12,6 +12,7 @@ import av
 import numpy as np
 import pytest
 from PIL import Image
+
 from svd_trt.runtime import video
 from svd_trt.runtime.video import contact_sheet, save_frames, to_uint8
 
