@@ -235,6 +235,16 @@ def _module_for(snapshot, cfg, name, precision, variant, loaded) -> nn.Module:
     return module
 
 
+def _relax_permissions(directory: Path) -> None:
+    """mkdtemp makes 0700 directories and onnx writes 0600 data files; an engine directory is
+    shared like any build output, so give it the umask's usual modes."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(directory, 0o777 & ~umask)
+    for f in directory.iterdir():
+        os.chmod(f, 0o666 & ~umask)
+
+
 def _link_or_copy(src: Path, dst: Path) -> None:
     try:
         os.link(src, dst)
@@ -246,6 +256,7 @@ def _swap_in(stage: Path, out: Path) -> None:
     """Replace `out` by the complete `stage` directory; the old one is removed after."""
     if not (stage / MANIFEST_NAME).exists():
         raise RuntimeError(f"{stage}: no manifest; refusing to install an incomplete directory")
+    _relax_permissions(stage)
     trash = None
     if out.exists():
         trash = out.with_name(f".{out.name}.old-{os.getpid()}")

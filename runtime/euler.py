@@ -110,18 +110,18 @@ def _check(cfg: SchedulerConfig, num_inference_steps: int) -> None:
 def make_schedule(cfg: SchedulerConfig, num_inference_steps: int) -> Schedule:
     """diffusers' set_timesteps(num_inference_steps) with Karras sigmas, and its init_noise_sigma."""
     _check(cfg, num_inference_steps)
-    sigmas = karras_sigmas(cfg.sigma_min, cfg.sigma_max, num_inference_steps)
+    karras = karras_sigmas(cfg.sigma_min, cfg.sigma_max, num_inference_steps)
     continuous = cfg.timestep_type == "continuous" and cfg.prediction_type == "v_prediction"
     need_train = not continuous or cfg.final_sigmas_type == "sigma_min"
     train = train_sigmas(cfg) if need_train else None
     last = train[0] if cfg.final_sigmas_type == "sigma_min" else 0.0
-    sigmas = np.append(sigmas, last).astype(F32)
+    sigmas = np.append(karras, last).astype(F32)
     if continuous:
-        # EDM's c_noise = ln(sigma) / 4, in float32 like torch's sigma.log()
+        # EDM's c_noise = ln(sigma) / 4 of the float32 sigmas; float64's log rounded once
+        # (torch's float32 log is not correctly rounded: it can differ by 1 ulp)
         timesteps = F32(0.25) * np.log(sigmas[:-1].astype(np.float64)).astype(F32)
     else:
         # diffusers interpolates the float64 Karras sigmas, before their float32 cast
-        karras = karras_sigmas(cfg.sigma_min, cfg.sigma_max, num_inference_steps)
         timesteps = sigma_to_t(karras, np.log(train)).astype(F32)
         if num_inference_steps > 1 and timesteps[0] == timesteps[1]:
             # diffusers would start at index 1 (index_for_timestep) and step past the last sigma

@@ -130,16 +130,7 @@ class SVDPipeline:
                 raise PipelineError(f"{name.replace('_', '-')} must be positive, got {getattr(opts, name)}")
         if opts.height % 8 or opts.width % 8:
             raise PipelineError(f"height and width must be multiples of 8, got {opts.height}x{opts.width}")
-        unit = self.size_unit()
-        if opts.height % unit or opts.width % unit:
-            raise PipelineError(
-                f"this model needs height and width in multiples of {unit}, got {opts.height}x{opts.width}"
-            )
         return opts
-
-    def size_unit(self) -> int:
-        """Pixels per step of size the UNet accepts: each down block halves the latent."""
-        return self.cfg.vae.scale_factor * 2 ** (len(self.cfg.unet.block_out_channels) - 1)
 
     def __call__(
         self,

@@ -32,6 +32,7 @@ INSTALL_HINT = (
     "TensorRT is not installed; install the tensorrt extra from NVIDIA's index: "
     "pip install 'svd-trt[tensorrt]' --extra-index-url https://pypi.nvidia.com"
 )
+PIP_POLYGRAPHY = "pip install 'polygraphy>=0.49'"
 REBUILD_HINT = "rebuild on this machine with svd-export build-engines --backend tensorrt"
 # cuDeviceGetAttribute ids (cuda.h): CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR / _MINOR.
 _CC_MAJOR, _CC_MINOR = 75, 76
@@ -55,11 +56,17 @@ class Platform:
 
 
 def tensorrt_version() -> str:
-    """The installed TensorRT's version; TrtError with the install command when missing."""
+    """The installed TensorRT's version; TrtError with the install command when it or Polygraphy is missing."""
     try:
         import tensorrt
     except (ImportError, OSError):  # OSError: the wheel is there but libnvinfer is not
         raise TrtError(INSTALL_HINT) from None
+    try:
+        import polygraphy  # noqa: F401  (builds, loads and feeds engines)
+    except ImportError:
+        raise TrtError(
+            f"Polygraphy is not installed (the TensorRT backend uses it): {PIP_POLYGRAPHY}"
+        ) from None
     return str(tensorrt.__version__)
 
 

@@ -70,6 +70,13 @@ def test_missing_tensorrt_is_one_line_with_the_install_command(no_tensorrt):
     assert "pypi.nvidia.com" in INSTALL_HINT and "\n" not in INSTALL_HINT
 
 
+def test_missing_polygraphy_is_one_line(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(__version__="10.8.0.43"))
+    monkeypatch.setitem(sys.modules, "polygraphy", None)
+    with pytest.raises(TrtError, match=r"^Polygraphy is not installed .*pip install 'polygraphy>=0.49'$"):
+        trt_runner.tensorrt_version()
+
+
 def test_build_engine_reaches_tensorrt_through_polygraphy(no_tensorrt, tmp_path):
     """The real Polygraphy loaders accept our arguments; only the TensorRT import is missing."""
     from polygraphy.exception import PolygraphyException
@@ -344,10 +351,9 @@ def test_session_reuses_buffers_casts_inputs_and_returns_fresh_arrays(fake_trt, 
     first = runner.run({"x": x1, "t": np.arange(1, 5)})
     second = runner.run({"x": x2, "t": np.array([0.5])})
     assert first["y"].dtype == np.float16 and first["y"].shape == (4, 3) and second["y"].shape == (1, 3)
-    np.testing.assert_array_equal(
-        first["y"], x1.astype(np.float16) * np.arange(1, 5, dtype=np.float32)[:, None]
-    )
-    np.testing.assert_array_equal(second["y"], x2.astype(np.float16) * np.float32(0.5))
+    t1 = np.arange(1, 5, dtype=np.float32)[:, None]
+    np.testing.assert_array_equal(first["y"], (x1.astype(np.float16) * t1).astype(np.float16))
+    np.testing.assert_array_equal(second["y"], (x2.astype(np.float16) * np.float32(0.5)).astype(np.float16))
     assert len(FakeDeviceArray.allocated) == 3 and session.context.addresses == addresses
     shape_sets = session.context.shape_sets
     runner.run({"x": x2, "t": np.array([0.5])})
@@ -391,7 +397,7 @@ def test_manifest_round_trip_with_profile_and_platform(tmp_path):
         assert json.loads(json.dumps(entries[name].extra)) == entry.extra
         assert recorded_platform(tmp_path / entry.file, entry) == PLATFORM
     unet = loaded.components["unet"]
-    assert unet.extra["profile"]["sample"]["max"] == [2, 6, 8, 32, 32]
+    assert unet.extra["profile"]["sample"]["max"] == [2, 6, 8, 64, 64]
     # fp16 engine, but the timestep stays fp32 (the spec pins it).
     assert unet.inputs["sample"]["dtype"] == "float16" and unet.inputs["timestep"]["dtype"] == "float32"
 
@@ -523,8 +529,8 @@ def test_precision_override_and_bad_precisions(tiny_ckpt, shared_onnx, tmp_path,
 
 def test_range_and_tensorrt_errors_come_before_any_export(tiny_ckpt, tmp_path, no_tensorrt):
     onnx = tmp_path / "onnx"
-    with pytest.raises(ValueError, match="--height 64:100: this model needs multiples of 4"):
-        _build(tiny_ckpt, tmp_path / "e", onnx, dataclasses.replace(SMALL_REQUEST, height=(64, 100)))
+    with pytest.raises(ValueError, match="--height 64:102: this model needs multiples of 4"):
+        _build(tiny_ckpt, tmp_path / "e", onnx, dataclasses.replace(SMALL_REQUEST, height=(64, 102)))
     with pytest.raises(TrtError, match="TensorRT is not installed"):
         _build(tiny_ckpt, tmp_path / "e", onnx)
     assert not onnx.exists() and not (tmp_path / "e").exists()

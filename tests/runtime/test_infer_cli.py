@@ -96,10 +96,3 @@ def test_wrong_shape_arrays(tiny_engines, tmp_path):
 
 def test_unknown_output_type(tiny_engines, tmp_path):
     assert_one_line_error(infer(tiny_engines, tmp_path / "v.avi"), "unknown output type", tmp_path / "v.avi")
-
-
-def test_size_the_engines_cannot_run(small_engines, tmp_path):
-    """The small model halves its latent three times: sizes must be multiples of 64 pixels."""
-    engines = small_engines[0]
-    out = tmp_path / "v.mp4"
-    assert_one_line_error(infer(engines, out, "--height", "72"), "multiples of 64", out)

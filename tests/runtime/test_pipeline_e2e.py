@@ -166,3 +166,16 @@ def test_seeded_runs_repeat_and_differ(tiny_runtime):
     assert np.array_equal(a, b) and not np.array_equal(a, c)
     noise, latents = draws(tiny_runtime, opts, seed=1)
     assert np.array_equal(tiny_runtime(image, opts, latents=latents, image_noise=noise).frames, a)
+
+
+def test_small_model_at_sizes_that_do_not_halve_evenly(small_engines, small_pipe, monkeypatch):
+    """72x120 px = 9x15 latents: the 4-block UNet's skips are 9->5->3 (diffusers' upsample_size path)."""
+    pipe = SVDPipeline.from_engine_dir(small_engines[0])
+    opts = GenerationOptions(num_frames=2, height=72, width=120, num_inference_steps=2)
+    image = Image.open(ASSETS / "rocket.jpg").convert("RGB")
+    noise, latents = draws(pipe, opts, seed=7)
+    ours = pipe(image, opts, latents=latents, image_noise=noise).frames
+    ref = run_diffusers(small_pipe, image, pipe.resolve(opts), latents, noise, monkeypatch)
+    err = float(np.abs(ours - ref).max())
+    print(f"small 72x120: max abs frame error vs diffusers {err:.2e}")
+    assert err <= FRAME_TOL
