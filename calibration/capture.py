@@ -149,14 +149,15 @@ def capture_calibration(
     images: Sequence[str | Path] | None,
     out_dir: str | Path,
     runs: int = 8,
-    steps: int = 10,
+    steps: int = 25,
     frames: int | None = None,
-    height: int = 256,
-    width: int = 256,
-    max_bytes: int = 512 * 2**20,
+    height: int = 576,
+    width: int = 1024,
+    max_bytes: int = 2**30,
     seed: int = 0,
     held_out: float = 0.25,
     threads: int | None = None,
+    device: str = "cpu",
 ) -> dict:
     """Run the float pipeline `runs` times and record the UNet inputs of every step; returns the index.
 
@@ -170,25 +171,33 @@ def capture_calibration(
     out.mkdir(parents=True, exist_ok=True)
     for old in out.glob("step-*.npz"):  # a re-capture replaces the data, never mixes with it
         old.unlink()
-    pipe = _float_pipeline(engine_dir, threads)
+    pipe = _float_pipeline(engine_dir, threads, device)
     base = GenerationOptions(
         num_frames=frames, height=height, width=width, num_inference_steps=steps, decode_chunk_size=frames
     )
     base = pipe.resolve(base)
-    total = runs * steps
-    keep = choose_calls(total, max_bytes // sample_bytes(pipe, base))
+    total, one = runs * steps, sample_bytes(pipe, base)
+    if max_bytes < one:
+        raise CalibrationError(f"the size cap ({max_bytes} bytes) holds no UNet call ({one} bytes each)")
+    keep = choose_calls(total, max_bytes // one)
     writer = _Writer(out, keep, max_bytes)
     plans = plan_runs(paths, runs, seed, held_out)
     for plan in plans:
         _run_one(pipe, plan, base, writer)
-        log.info("run %d/%d (%s): %d samples so far", plan.run + 1, runs, Path(plan.image).name, len(writer.entries))
+        log.info(
+            "run %d/%d (%s): %d samples so far",
+            plan.run + 1,
+            runs,
+            Path(plan.image).name,
+            len(writer.entries),
+        )
     index = _index(engine_dir, base, plans, writer, total, max_bytes)
     (out / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
     return index
 
 
-def _float_pipeline(engine_dir: str | Path, threads: int | None) -> SVDPipeline:
-    pipe = SVDPipeline.from_engine_dir(engine_dir, backend="onnxruntime", threads=threads)
+def _float_pipeline(engine_dir: str | Path, threads: int | None, device: str) -> SVDPipeline:
+    pipe = SVDPipeline.from_engine_dir(engine_dir, backend="onnxruntime", threads=threads, device=device)
     precision = pipe.manifest.components["unet"].precision
     if precision != "fp32":
         raise CalibrationError(f"{engine_dir}: calibration needs the fp32 UNet, this one is {precision}")
@@ -232,6 +241,7 @@ def _index(engine_dir, opts: GenerationOptions, plans: list[RunPlan], writer: _W
         "calls_total": total,
         "calls_kept": kept,
         "subsampled": kept < total,
+        "skipped_over_cap": writer.refused,
         "note": (
             f"size cap {max_bytes} bytes: kept {kept} of {total} UNet calls, evenly spaced over runs x steps"
             if kept < total

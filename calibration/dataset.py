@@ -33,7 +33,9 @@ def load_index(directory: str | Path) -> dict:
         raise CalibrationDataError(f"{path}: missing; not a calibration directory (run svd-export calibrate)")
     index = json.loads(path.read_text())
     if index.get("format_version") != FORMAT_VERSION:
-        raise CalibrationDataError(f"{path}: format version {index.get('format_version')} is not {FORMAT_VERSION}")
+        raise CalibrationDataError(
+            f"{path}: format version {index.get('format_version')} is not {FORMAT_VERSION}"
+        )
     return index
 
 
@@ -54,4 +56,3 @@ def load_calibration(directory: str | Path, split: str = "all") -> list[dict[str
     """Every recorded UNet call of `split`, in capture order."""
     index = load_index(directory)
     return [load_sample(directory, e) for e in select(index, split)]
-

@@ -56,7 +56,7 @@ class Platform:
 
 
 def tensorrt_version() -> str:
-    """The installed TensorRT's version; TrtError with the install command when it or Polygraphy is missing."""
+    """The installed TensorRT's version; TrtError (one line, how to install) without it or Polygraphy."""
     try:
         import tensorrt
     except (ImportError, OSError):  # OSError: the wheel is there but libnvinfer is not

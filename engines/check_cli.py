@@ -1,0 +1,100 @@
+"""`svd-export check`: compare an engine directory with the torch port; registered on `svd-export`.
+
+Parses, builds one CheckOptions, calls `check_engines`, writes the report. Exit codes: 0 all
+passed, 1 an accuracy check failed, 2 a usage error (one line on stderr). Heavy imports
+(torch, Polygraphy) happen inside the command so `svd-export --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+@click.command("check")
+@click.option("--engines", "engine_dir", required=True, type=click.Path(), help="Engine directory to check.")
+@click.option(
+    "--model", "snapshot", required=True, type=click.Path(), help="The diffusers snapshot it was built from."
+)
+@click.option(
+    "--backend",
+    type=click.Choice(["onnxruntime", "tensorrt"]),
+    default=None,
+    help="Runtime for the engines. [default: the directory's]",
+)
+@click.option("--num-frames", type=int, default=None, help="Frames. [default: the model's]")
+@click.option("--height", type=int, default=576, show_default=True, help="Pixel height.")
+@click.option("--width", type=int, default=1024, show_default=True, help="Pixel width.")
+@click.option(
+    "--decode-chunk-size", type=int, default=None, help="Frames per VAE decode. [default: all frames]"
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the inputs and noise.")
+@click.option(
+    "--device", default="auto", show_default=True, help="torch device of the fp32 reference (cpu, cuda)."
+)
+@click.option(
+    "--report",
+    "report_dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Where report.json and report.md go. [default: ENGINES/accuracy]",
+)
+@click.option(
+    "--end-to-end", is_flag=True, help="Also run the whole pipeline through both and compare frames."
+)
+@click.option("--steps", type=int, default=3, show_default=True, help="End to end: denoising steps.")
+@click.option(
+    "--image",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="End to end: input image. [default: coffee.jpg]",
+)
+def check(engine_dir: str, snapshot: str, report_dir: str | None, image: str | None, **fields) -> None:
+    """Compare every engine of ENGINES with the torch port of MODEL in fp32 (Polygraphy)."""
+    from svd_trt.engines.accuracy import DEFAULT_IMAGE, CheckOptions, check_engines, write_report
+
+    options = CheckOptions(
+        engine_dir=Path(engine_dir), snapshot=Path(snapshot), image=Path(image or DEFAULT_IMAGE), **fields
+    )
+    report = _run(check_engines, options)
+    json_path, md_path = write_report(report, report_dir or Path(engine_dir) / "accuracy")
+    failed = [c.name for c in report.components if not c.passed]
+    if report.end_to_end is not None:
+        e = report.end_to_end
+        max_abs = "n/a" if e.max_abs is None else f"{e.max_abs:.3g}"
+        click.echo(f"end to end: {'PASS' if e.passed else 'FAIL'} (PSNR {e.psnr_text()}, max abs {max_abs})")
+        if not e.passed:
+            failed.append("end-to-end")
+    if failed:
+        click.echo(f"accuracy FAILED ({', '.join(failed)}); report: {md_path}", err=True)
+        sys.exit(EXIT_FAILED)
+    click.echo(f"accuracy passed; report: {md_path} ({json_path.name} beside it)")
+
+
+def _echo_component(result) -> None:
+    """One line per component as it finishes."""
+    errors = [o.max_abs for o in result.outputs if o.max_abs is not None]
+    comparable = errors and len(errors) == len(result.outputs)
+    detail = f"max abs {max(errors):.3g}, atol {result.atol:g}" if comparable else "outputs not comparable"
+    click.echo(f"{result.name} ({result.precision}): {'PASS' if result.passed else 'FAIL'} ({detail})")
+
+
+def _run(check_engines, options):
+    """The library call; expected failures are one line with exit code 2."""
+    from svd_trt.engines.accuracy import CheckError
+    from svd_trt.export.checkpoint import CheckpointError
+    from svd_trt.manifest import ManifestError
+    from svd_trt.runtime.pipeline import PipelineError
+    from svd_trt.runtime.trt_runner import ProfileError
+
+    try:
+        return check_engines(options, on_component=_echo_component)
+    # ManifestError includes TrtError: TensorRT or a GPU missing, or engines built elsewhere.
+    except (CheckError, CheckpointError, ManifestError, PipelineError, ProfileError) as e:
+        click.echo(f"Error: {str(e).splitlines()[0]}", err=True)
+        sys.exit(EXIT_USAGE)

@@ -1,0 +1,624 @@
+"""Our runtime against diffusers' StableVideoDiffusionPipeline: same checkpoint, image, latents, noise.
+
+    .venv/bin/python scripts/bench.py --size small                       # CPU: ours (ONNX Runtime) vs diffusers
+    .venv/bin/python scripts/bench.py --size full --device cuda --dtype fp16 \\
+        --frames 25 --height 576 --width 1024 --steps 25 --contenders diffusers ours-torch
+
+One child process per contender and round, contenders interleaved (A B A B ...), so a
+noisy machine slows every contender alike; medians with min/max over all timed runs.
+Each child warms up once (one step at the same shapes) before its timed runs. Frames of
+every contender are compared with diffusers' (max abs error) before any time is
+reported. The report (the machine, versions, the command) replaces its own section of
+docs/benchmarks.md, so CPU and GPU runs update the same file independently.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import flops  # noqa: E402  (the sibling script; scripts/ is not a package)
+
+from svd_trt.config import preset  # noqa: E402
+
+log = logging.getLogger("bench")
+ROOT = Path(__file__).resolve().parents[1]
+IMAGE = ROOT / "runtime" / "assets" / "coffee.jpg"
+DOCS = ROOT / "docs" / "benchmarks.md"
+CONTENDERS = ("diffusers", "ours-ort", "ours-torch")
+# Max abs frame error (frames in [0, 1]) that counts as equal output: fp32 is the e2e tests'
+# bound; fp16 pipelines differ by rounding (diffusers rounds latents to fp16 every step).
+TOLERANCE = {"fp32": 1e-3, "fp16": 3e-2}
+
+
+@dataclass(frozen=True)
+class Case:
+    """One benchmark setting; every contender runs exactly this."""
+
+    size: str = "small"
+    frames: int = 8
+    height: int = 256
+    width: int = 448
+    steps: int = 4
+    chunk: int = 8
+    device: str = "cpu"
+    dtype: str = "fp32"
+
+    @property
+    def name(self) -> str:
+        return (
+            f"{self.size}-{self.frames}f-{self.height}x{self.width}-{self.steps}s-{self.device}-{self.dtype}"
+        )
+
+
+# ----------------------------------------------------------------------------- children
+
+
+def _rss_mb() -> float:
+    """Current resident set of this process."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _peak_mb() -> float:
+    """Peak resident set of this process since its exec (VmHWM).
+
+    ru_maxrss is not used alone: Linux carries the parent's resident set at fork into the
+    child's ru_maxrss, so a child of a parent that imported torch reports torch's footprint.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def _timed_method(obj, attr: str, sink: dict[str, list[float]], key: str, device: str) -> None:
+    """Wrap obj.attr so each call adds its wall time to sink[key] (synchronised on CUDA)."""
+    inner = getattr(obj, attr)
+
+    def wrapper(*args, **kwargs):
+        _sync(device)
+        start = time.perf_counter()
+        out = inner(*args, **kwargs)
+        _sync(device)
+        sink.setdefault(key, []).append(time.perf_counter() - start)
+        return out
+
+    setattr(obj, attr, wrapper)
+
+
+class DiffusersContender:
+    """diffusers' pipeline, fed our latents and our noise-augmentation draw; stages timed by hooks."""
+
+    def __init__(self, snapshot: Path, case: Case, noise: np.ndarray) -> None:
+        import torch
+        from diffusers import StableVideoDiffusionPipeline
+        from diffusers.pipelines.stable_video_diffusion import pipeline_stable_video_diffusion as svd_mod
+
+        self.torch, self.case = torch, case
+        self.dtype = torch.float16 if case.dtype == "fp16" else torch.float32
+        variant = "fp16" if case.dtype == "fp16" else None
+        self.pipe = StableVideoDiffusionPipeline.from_pretrained(
+            str(snapshot), torch_dtype=self.dtype, variant=variant
+        ).to(case.device)
+        self.pipe.set_progress_bar_config(disable=True)
+        real = svd_mod.randn_tensor
+
+        def fake_randn(shape, generator=None, device=None, dtype=None, **kw):
+            if tuple(shape) == noise.shape:  # the image noise: ours; anything else: diffusers' own
+                return torch.from_numpy(noise).to(device=device, dtype=dtype)
+            return real(shape, generator=generator, device=device, dtype=dtype, **kw)
+
+        svd_mod.randn_tensor = fake_randn
+        self.stages: dict[str, list[float]] = {}
+        p, dev = self.pipe, case.device
+        _timed_method(p.image_encoder, "forward", self.stages, "clip", dev)
+        _timed_method(p.vae, "encode", self.stages, "vae_encode", dev)
+        _timed_method(p.unet, "forward", self.stages, "unet_steps", dev)
+        _timed_method(p.vae, "decode", self.stages, "decode", dev)
+
+    def __call__(self, image, latents: np.ndarray, steps: int) -> tuple[np.ndarray, dict]:
+        torch, c = self.torch, self.case
+        self.stages.clear()
+        lat = torch.from_numpy(latents).to(c.device, self.dtype)
+        _sync(c.device)
+        start = time.perf_counter()
+        with torch.no_grad():
+            out = self.pipe(
+                image,
+                height=c.height,
+                width=c.width,
+                num_frames=c.frames,
+                num_inference_steps=steps,
+                decode_chunk_size=c.chunk,
+                latents=lat,
+                output_type="np",
+            )
+        _sync(c.device)
+        total = time.perf_counter() - start
+        s = self.stages
+        stages = {k: float(sum(s.get(k, []))) for k in ("clip", "vae_encode", "decode")}
+        stages["unet_steps"] = list(s.get("unet_steps", []))
+        return np.asarray(out.frames[0]), _stage_dict(stages, total)
+
+
+def _stage_dict(stages: dict, total: float) -> dict:
+    unet = float(sum(stages["unet_steps"]))
+    overhead = total - unet - stages["clip"] - stages["vae_encode"] - stages["decode"]
+    return {**stages, "unet": unet, "total": total, "overhead": overhead}
+
+
+class OursContender:
+    """svd_trt.runtime's SVDPipeline over ONNX Runtime sessions or the torch port."""
+
+    def __init__(self, snapshot: Path, engines: Path | None, case: Case, backend: str) -> None:
+        from svd_trt.runtime.pipeline import SVDPipeline
+
+        self.case = case
+        if backend == "onnxruntime":
+            self.pipe = SVDPipeline.from_engine_dir(engines, backend="onnxruntime")
+        else:
+            self.pipe = SVDPipeline(*_torch_parts(snapshot, case))
+
+    def __call__(self, image, latents: np.ndarray, steps: int, noise: np.ndarray) -> tuple[np.ndarray, dict]:
+        from svd_trt.runtime.pipeline import GenerationOptions
+
+        c = self.case
+        opts = GenerationOptions(
+            num_frames=c.frames,
+            height=c.height,
+            width=c.width,
+            num_inference_steps=steps,
+            decode_chunk_size=c.chunk,
+        )
+        out = self.pipe(image, opts, latents=latents, image_noise=noise)
+        t = out.timings
+        stages = {
+            "clip": t.clip,
+            "vae_encode": t.vae_encode,
+            "decode": t.decode,
+            "unet_steps": list(t.unet_steps),
+        }
+        return out.frames, _stage_dict(stages, t.total)
+
+
+def _torch_parts(snapshot: Path, case: Case):
+    """(manifest, runners) of the torch backend: the fast path on CUDA, the plain fp32 port on CPU."""
+    from svd_trt.export.checkpoint import read_config
+    from svd_trt.manifest import Manifest
+
+    cfg = read_config(snapshot)
+    if case.device.startswith("cuda"):
+        from svd_trt.export.torch_fast import fast_runners
+
+        runners = fast_runners(snapshot, cfg, device=case.device)
+    else:
+        from svd_trt.export.torch_runner import torch_runners
+
+        runners = torch_runners(snapshot, cfg)
+    return Manifest("torch", cfg, {}, source=str(snapshot)), runners
+
+
+def run_child(args: argparse.Namespace) -> None:
+    """One contender in this process: load, warm up, time `repeat` runs, write a JSON result."""
+    from PIL import Image
+
+    case = Case(**json.loads(args.case))
+    work = Path(args.work)
+    noise, latents = np.load(work / "noise.npy"), np.load(work / "latents.npy")
+    image = Image.open(IMAGE).convert("RGB")
+    start = time.perf_counter()
+    if args.contender == "diffusers":
+        contender = DiffusersContender(Path(args.snapshot), case, noise)
+        call = contender
+    else:
+        backend = "onnxruntime" if args.contender == "ours-ort" else "torch"
+        contender = OursContender(Path(args.snapshot), Path(args.engines), case, backend)
+
+        def call(image, latents, steps):
+            return contender(image, latents, steps, noise)
+
+    load_s = time.perf_counter() - start
+    rss_loaded = _rss_mb()
+    call(image, latents, min(case.steps, 1))  # warm-up at the same shapes (arenas, autotuning, graphs)
+    runs = []
+    for _ in range(args.repeat):
+        frames, timing = call(image, latents, case.steps)
+        runs.append(timing)
+    np.save(work / f"frames-{args.contender}.npy", frames)
+    result = {"contender": args.contender, "load_s": load_s, "rss_loaded_mb": rss_loaded, "runs": runs}
+    result.update(_memory())
+    Path(args.result).write_text(json.dumps(result))
+
+
+def _memory() -> dict:
+    out = {"peak_rss_mb": _peak_mb()}
+    if "torch" in sys.modules:
+        import torch
+
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            out["cuda_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
+
+
+def run_decode_child(args: argparse.Namespace) -> None:
+    """Decode the benchmark's latents with one chunk size; report peak memory above the loaded model."""
+    case = Case(**json.loads(args.case))
+    z = np.load(Path(args.work) / "latents.npy")[0] * np.float32(4.0)  # latent magnitudes near the end
+    decode = _decoder(args.contender, Path(args.snapshot), Path(args.engines) if args.engines else None, case)
+    rss_loaded = _rss_mb()
+    start = time.perf_counter()
+    for i in range(0, len(z), case.chunk):
+        decode(z[i : i + case.chunk])
+    seconds = time.perf_counter() - start
+    result = {
+        "contender": args.contender,
+        "chunk": case.chunk,
+        "seconds": seconds,
+        "rss_loaded_mb": rss_loaded,
+    }
+    result.update(_memory())
+    Path(args.result).write_text(json.dumps(result))
+
+
+def _decoder(contender: str, snapshot: Path, engines: Path | None, case: Case):
+    """A callable decoding one chunk [n, C, h, w] (unscaled latents) to frames, on the host."""
+    if contender == "ours-ort":
+        from svd_trt.manifest import load_manifest
+        from svd_trt.runtime.runners import open_runner
+
+        entry = load_manifest(engines).components["vae_decoder"]
+        runner = open_runner(engines, "vae_decoder", entry, "onnxruntime")
+        return lambda chunk: runner.run({"latents": chunk})
+    import torch
+
+    dtype = torch.float16 if case.dtype == "fp16" else torch.float32
+    if contender == "ours-torch":
+        from svd_trt.export.torch_fast import speed_up_attention
+        from svd_trt.export.torch_runner import torch_runner
+
+        runner = torch_runner(snapshot, "vae_decoder", device=case.device, dtype=dtype)
+        if case.device.startswith("cuda"):
+            speed_up_attention(runner.module)
+        return lambda chunk: runner.run({"latents": chunk})
+    from diffusers import AutoencoderKLTemporalDecoder
+
+    variant = "fp16" if case.dtype == "fp16" else None
+    vae = AutoencoderKLTemporalDecoder.from_pretrained(
+        str(snapshot / "vae"), torch_dtype=dtype, variant=variant
+    )
+    vae = vae.to(case.device).eval()
+
+    def decode(chunk: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            x = torch.from_numpy(chunk).to(case.device, dtype)
+            return vae.decode(x, num_frames=len(chunk)).sample.float().cpu().numpy()
+
+    return decode
+
+
+# ----------------------------------------------------------------------------- parent
+
+
+def prepare(case: Case, work: Path, contenders: list[str], seed: int = 0) -> tuple[Path, Path | None]:
+    """The random checkpoint (written once per size and dtype), ONNX engines if needed, the draws."""
+    from svd_trt.export.random_checkpoint import write_random_checkpoint
+
+    cfg = preset(case.size)
+    variant = "fp16" if case.dtype == "fp16" else None
+    snapshot = work.parent / f"{case.size}-{case.dtype}-snapshot"  # shared by every case of this size
+    if not (snapshot / "model_index.json").exists():
+        log.info("writing a random %s checkpoint to %s", case.size, snapshot)
+        write_random_checkpoint(snapshot, cfg, variant)
+    engines = None
+    if "ours-ort" in contenders:
+        from svd_trt.export.onnx_export import build_onnx_dir
+
+        engines = work.parent / f"{case.size}-{case.dtype}-onnx"
+        build_onnx_dir(snapshot, engines)  # reuses what is already exported
+    rng = np.random.default_rng(seed)
+    s = cfg.vae.scale_factor
+    noise = rng.standard_normal((1, 3, case.height, case.width), dtype=np.float32)
+    latents = rng.standard_normal(
+        (1, case.frames, cfg.vae.latent_channels, case.height // s, case.width // s)
+    )
+    # fp16 pipelines start from fp16 latents; round ours the same way so both begin equal.
+    latents = latents.astype(np.float16 if case.dtype == "fp16" else np.float32).astype(np.float32)
+    np.save(work / "noise.npy", noise)
+    np.save(work / "latents.npy", latents)
+    return snapshot, engines
+
+
+def _spawn(
+    mode: str, contender: str, case: Case, work: Path, snapshot: Path, engines, repeat: int = 0
+) -> dict:
+    result = Path(tempfile.mkstemp(dir=work, suffix=".json")[1])
+    cmd = [
+        sys.executable,
+        __file__,
+        mode,
+        "--contender",
+        contender,
+        "--case",
+        json.dumps(dataclasses.asdict(case)),
+    ]
+    cmd += [
+        "--work",
+        str(work),
+        "--snapshot",
+        str(snapshot),
+        "--engines",
+        str(engines or ""),
+        "--result",
+        str(result),
+    ]
+    cmd += ["--repeat", str(repeat)]
+    log.info("%s %s (%s)", mode, contender, case.name)
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{mode} {contender} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(result.read_text())
+
+
+def interleaved(case, work, snapshot, engines, contenders, rounds, repeat) -> dict[str, list[dict]]:
+    """rounds x (one child per contender, in order): A B A B ..."""
+    results: dict[str, list[dict]] = {c: [] for c in contenders}
+    for r in range(rounds):
+        for c in contenders:
+            results[c].append(_spawn("child", c, case, work, snapshot, engines, repeat))
+            runs = results[c][-1]["runs"]
+            log.info("round %d %s: %s", r + 1, c, ", ".join(f"{x['total']:.2f}s" for x in runs))
+    return results
+
+
+def frame_errors(work: Path, contenders: list[str], reference: str = "diffusers") -> dict[str, float]:
+    ref = np.load(work / f"frames-{reference}.npy")
+    out = {}
+    for c in contenders:
+        if c != reference:
+            ours = np.load(work / f"frames-{c}.npy")
+            assert ours.shape == ref.shape, (ours.shape, ref.shape)
+            out[c] = float(np.abs(ours - ref).max())
+    return out
+
+
+def stats(values: list[float]) -> dict[str, float]:
+    return {"median": float(np.median(values)), "min": float(np.min(values)), "max": float(np.max(values))}
+
+
+def summarise(results: dict[str, list[dict]]) -> dict[str, dict]:
+    """Per contender: stats of every stage over all timed runs of all rounds, and peak memory."""
+    out = {}
+    for c, children in results.items():
+        runs = [r for child in children for r in child["runs"]]
+        per_step = [s for r in runs for s in r["unet_steps"]]
+        s = {
+            k: stats([r[k] for r in runs])
+            for k in ("total", "clip", "vae_encode", "unet", "decode", "overhead")
+        }
+        s["unet_step"] = stats(per_step) if per_step else stats([0.0])
+        s["overhead_pct"] = stats([100 * r["overhead"] / r["total"] for r in runs])
+        s["peak_rss_mb"] = max(ch["peak_rss_mb"] for ch in children)
+        s["load_s"] = stats([ch["load_s"] for ch in children])
+        if any("cuda_peak_mb" in ch for ch in children):
+            s["cuda_peak_mb"] = max(ch.get("cuda_peak_mb", 0.0) for ch in children)
+        s["runs"] = len(runs)
+        out[c] = s
+    return out
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def environment() -> dict[str, str]:
+    import onnxruntime
+
+    env = {"python": platform.python_version(), "onnxruntime": onnxruntime.__version__}
+    for name in ("torch", "diffusers", "transformers"):
+        try:
+            env[name] = __import__(name).__version__
+        except ImportError:
+            env[name] = "-"
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    env["cpu"] = f"{cpu}, {os.cpu_count()} logical cores"
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            env["gpu"] = torch.cuda.get_device_name()
+    except ImportError:
+        pass
+    return env
+
+
+def _ms(s: dict[str, float], scale: float = 1.0) -> str:
+    return f"{s['median'] * scale:.3f} ({s['min'] * scale:.3f}-{s['max'] * scale:.3f})"
+
+
+def markdown(case: Case, summary: dict, errors: dict, decode_mem: list[dict], env: dict, command: str) -> str:
+    """The section of docs/benchmarks.md for one case."""
+    f = flops.run_flops(preset(case.size), case.frames, case.height, case.width, case.steps, case.chunk)
+    ref = summary.get("diffusers")
+    lines = [
+        f"Case `{case.name}`: {case.frames} frames {case.height}x{case.width}, {case.steps} steps, CFG (UNet at batch 2), "
+        f"decode chunk {case.chunk}, random `{case.size}` checkpoint, runtime/assets/coffee.jpg.",
+        "",
+        f"Command: `{command}`",
+        "",
+        "Machine: " + "; ".join(f"{k} {v}" for k, v in env.items()),
+        "",
+        "Max abs frame error vs diffusers (frames in [0, 1]): "
+        + ", ".join(f"{c} {e:.2e}" for c, e in errors.items())
+        + f" (tolerance {TOLERANCE[case.dtype]:g}).",
+        "",
+        "Seconds, median (min-max) over every timed run; runtime overhead = wall time outside model calls.",
+        "",
+        "| contender | runs | total | speed-up vs diffusers | CLIP | VAE encode | UNet | UNet per step | decode | overhead | overhead % | peak RSS MB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for c, s in summary.items():
+        speed = ref["total"]["median"] / s["total"]["median"] if ref else float("nan")
+        mem = f"{s['peak_rss_mb']:.0f}" + (f" (GPU {s['cuda_peak_mb']:.0f})" if "cuda_peak_mb" in s else "")
+        lines.append(
+            f"| {c} | {s['runs']} | {_ms(s['total'])} | {speed:.2f}x | {_ms(s['clip'])} | {_ms(s['vae_encode'])} | "
+            f"{_ms(s['unet'])} | {_ms(s['unet_step'])} | {_ms(s['decode'])} | {_ms(s['overhead'])} | "
+            f"{s['overhead_pct']['median']:.2f}% | {mem} |"
+        )
+    lines += [
+        "",
+        "Work per stage (FLOPs counted from the architecture, scripts/flops.py) and rate reached:",
+        "",
+    ]
+    lines += ["| stage | GFLOP | " + " | ".join(f"{c} GFLOP/s" for c in summary) + " |"]
+    lines += ["|---|---|" + "---|" * len(summary)]
+    for stage, key in (
+        ("CLIP", "clip"),
+        ("VAE encode", "vae_encode"),
+        ("UNet (all steps)", "unet"),
+        ("decode", "decode"),
+    ):
+        rates = [f"{f[key] / max(s[key]['median'], 1e-9) / 1e9:.1f}" for s in summary.values()]
+        lines.append(f"| {stage} | {f[key] / 1e9:.1f} | " + " | ".join(rates) + " |")
+    if decode_mem:
+        lines += [
+            "",
+            f"Decode of all {case.frames} frames by chunk size (one child each): seconds and memory above the loaded model.",
+            "",
+        ]
+        lines += [
+            "| contender | chunk | seconds | peak RSS MB | RSS above loaded MB | GPU peak MB |",
+            "|---|---|---|---|---|---|",
+        ]
+        for d in decode_mem:
+            gpu = f"{d['cuda_peak_mb']:.0f}" if "cuda_peak_mb" in d else "-"
+            lines.append(
+                f"| {d['contender']} | {d['chunk']} | {d['seconds']:.2f} | {d['peak_rss_mb']:.0f} | "
+                f"{d['peak_rss_mb'] - d['rss_loaded_mb']:.0f} | {gpu} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def update_section(doc: Path, name: str, body: str) -> None:
+    """Replace (or append) the text between <!-- bench:name --> markers."""
+    start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
+    text = doc.read_text() if doc.exists() else "# Benchmarks\n"
+    block = f"{start}\n{body}{end}"
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        text = head + block + rest.split(end, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    doc.parent.mkdir(parents=True, exist_ok=True)
+    doc.write_text(text)
+
+
+def run_parent(args: argparse.Namespace) -> int:
+    case = Case(
+        args.size, args.frames, args.height, args.width, args.steps, args.chunk, args.device, args.dtype
+    )
+    work = Path(args.work) / case.name
+    work.mkdir(parents=True, exist_ok=True)
+    contenders = args.contenders
+    snapshot, engines = prepare(case, work, contenders)
+    results = interleaved(case, work, snapshot, engines, contenders, args.rounds, args.repeat)
+    errors = frame_errors(work, contenders) if "diffusers" in contenders else {}
+    summary = summarise(results)
+    decode_mem = []
+    for chunk in args.decode_chunks:
+        for c in contenders:
+            chunk_case = dataclasses.replace(case, chunk=chunk)
+            decode_mem.append(_spawn("decode", c, chunk_case, work, snapshot, engines))
+    command = "python scripts/bench.py " + " ".join(sys.argv[1:])
+    report = {
+        "case": dataclasses.asdict(case),
+        "errors": errors,
+        "summary": summary,
+        "decode_memory": decode_mem,
+    }
+    report["raw"] = results
+    report["environment"] = environment()
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=1))
+    tol = TOLERANCE[case.dtype]
+    bad = {c: e for c, e in errors.items() if not e <= tol}
+    if bad:
+        log.error("outputs disagree with diffusers (tolerance %g): %s; no times reported", tol, bad)
+        return 1
+    text = markdown(case, summary, errors, decode_mem, report["environment"], command)
+    print(text)
+    if args.docs:
+        update_section(Path(args.docs), args.section or case.name, text)
+    return 0
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("mode", nargs="?", default="bench", choices=["bench", "child", "decode"])
+    ap.add_argument("--size", default="small", choices=["tiny", "small", "full", "full-14"])
+    ap.add_argument("--frames", type=int, default=8)
+    ap.add_argument("--height", type=int, default=256)
+    ap.add_argument("--width", type=int, default=448)
+    ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--chunk", type=int, default=8, help="decode chunk size of the timed runs")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="fp32", choices=["fp32", "fp16"])
+    ap.add_argument("--contenders", nargs="+", default=["diffusers", "ours-ort"], choices=CONTENDERS)
+    ap.add_argument("--rounds", type=int, default=3, help="children per contender, interleaved")
+    ap.add_argument("--repeat", type=int, default=1, help="timed runs per child (after one warm-up)")
+    ap.add_argument(
+        "--decode-chunks", type=int, nargs="*", default=[], help="chunk sizes of the memory sweep"
+    )
+    ap.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "svd-bench"))
+    ap.add_argument("--json", default=None, help="also write every number here")
+    ap.add_argument("--docs", default=None, help=f"update this markdown file (e.g. {DOCS.relative_to(ROOT)})")
+    ap.add_argument("--section", default=None, help="section name in --docs (default: the case name)")
+    # child-only
+    ap.add_argument("--contender", default=None)
+    ap.add_argument("--case", default=None)
+    ap.add_argument("--snapshot", default=None)
+    ap.add_argument("--engines", default=None)
+    ap.add_argument("--result", default=None)
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    args = parse_args(argv)
+    if args.mode == "child":
+        run_child(args)
+        return 0
+    if args.mode == "decode":
+        run_decode_child(args)
+        return 0
+    return run_parent(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
