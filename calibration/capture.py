@@ -235,7 +235,11 @@ def _index(engine_dir, opts: GenerationOptions, plans: list[RunPlan], writer: _W
         "engine_dir": str(Path(engine_dir).resolve()),
         "inputs": list(UNET_INPUTS),
         "options": asdict(opts),
-        "runs": [{**asdict(p), "image": Path(p.image).name} for p in plans],
+        # The path too: the accuracy report re-runs held-out runs from the same image.
+        "runs": [
+            {**asdict(p), "image": Path(p.image).name, "image_path": str(Path(p.image).resolve())}
+            for p in plans
+        ],
         "max_bytes": max_bytes,
         "bytes": writer.bytes,
         "calls_total": total,

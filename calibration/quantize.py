@@ -15,6 +15,7 @@ float one for comparisons and re-quantization.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fnmatch
 import hashlib
@@ -22,7 +23,7 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import onnx
@@ -36,6 +37,8 @@ PRECISIONS = ("int8", "fp8")
 FLOAT_ENTRY = "unet_float"
 OP_TYPES = ("Conv", "MatMul", "Gemm")
 METHODS = ("minmax", "percentile", "entropy")
+# ONNX Runtime calibrates float8 only from histograms ("distribution"); it is then the method.
+FP8_METHOD = "distribution"
 
 # Name patterns of the nodes kept in float, by why.
 EXCLUDE_GROUPS: dict[str, tuple[str, ...]] = {
@@ -123,7 +126,7 @@ def _reader(calib_dir: Path, split: str):
 
 
 def extra_options(opts: QuantOptions) -> dict:
-    """quantize_static's extra_options for TensorRT-consumable symmetric int8 QDQ."""
+    """quantize_static's extra_options for TensorRT-consumable symmetric int8 / fp8 QDQ."""
     extra = {
         "ActivationSymmetric": True,  # TensorRT's explicit INT8 takes zero point 0 only
         "WeightSymmetric": True,
@@ -174,29 +177,46 @@ def quantize_onnx(src: Path, dst: Path, calib_dir: Path, opts: QuantOptions) -> 
     # Beside `src`, so references to its external data file stay valid.
     prepared = src.with_name(f".{src.stem}.prepared.onnx")
     onnx.save_model(model, str(prepared))
-    method = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy"}[opts.method]
+    method = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy"}.get(opts.method)
+    # FP8 E4M3 per tensor, as TensorRT's FP8 Q/DQ expects; ONNX Runtime raises the opset to 19.
+    qtype = q.QuantType.QFLOAT8E4M3FN if opts.precision == "fp8" else q.QuantType.QInt8
+    # Its advice to run its pre-processing (shape inference + optimisation) goes to the root
+    # logger on every call; the graph is already constant-folded here.
     try:
-        q.quantize_static(
-            str(prepared),
-            str(dst),
-            _reader(calib_dir, "calibration"),
-            quant_format=q.QuantFormat.QDQ,
-            op_types_to_quantize=list(OP_TYPES),
-            per_channel=opts.per_channel,
-            activation_type=q.QuantType.QInt8,
-            weight_type=q.QuantType.QInt8,
-            nodes_to_exclude=exclude,
-            use_external_data_format=external,
-            calibrate_method=getattr(q.CalibrationMethod, method),
-            extra_options=extra_options(opts),
-        )
+        with _quiet_root_logger():
+            q.quantize_static(
+                str(prepared),
+                str(dst),
+                _reader(calib_dir, "calibration"),
+                quant_format=q.QuantFormat.QDQ,
+                op_types_to_quantize=list(OP_TYPES),
+                per_channel=opts.per_channel and opts.precision == "int8",
+                activation_type=qtype,
+                weight_type=qtype,
+                nodes_to_exclude=exclude,
+                use_external_data_format=external,
+                calibrate_method=getattr(q.CalibrationMethod, method or "Distribution"),
+                extra_options=extra_options(opts),
+            )
     finally:
         prepared.unlink(missing_ok=True)
     return exclude
 
 
-def _check(precision: str, method: str) -> None:
-    if precision == "fp8":
+@contextlib.contextmanager
+def _quiet_root_logger() -> Iterator[None]:
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.ERROR))
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def _check(precision: str, method: str, target: str) -> None:
+    if precision == "fp8" and target != "tensorrt":
+        # ONNX Runtime has no FP8 kernels on the CPU: the file would only be fake-quantized there.
         raise QuantizeError("fp8 needs TensorRT on a Hopper GPU")
     if precision not in PRECISIONS:
         raise QuantizeError(f"unknown precision {precision!r}: choose int8 (or fp8 with TensorRT on Hopper)")
@@ -212,20 +232,24 @@ def quantize_unet(
     exclude: Sequence[str] = DEFAULT_EXCLUDE,
     method: str = "minmax",
     per_channel: bool = True,
+    target: str = "onnxruntime",
 ) -> Path:
     """Quantize the engine directory's float UNet; returns the path of `unet.<precision>.onnx`.
 
     In place, or into `out` (a copy of the directory, files hard-linked). The manifest's
     `unet` entry becomes the quantized file and `unet_float` the float one; a directory
-    quantized before is re-quantized from its `unet_float`.
+    quantized before is re-quantized from its `unet_float`. `target` is who consumes the
+    file: fp8 only for "tensorrt" (the ONNX directory of a TensorRT build).
     """
-    _check(precision, method)
+    _check(precision, method, target)
+    if precision == "fp8":
+        method, per_channel = FP8_METHOD, False
     opts = QuantOptions(precision, method, tuple(exclude), per_channel)
     src_dir, calib_dir = Path(engine_dir), Path(calib_dir)
     manifest = load_manifest(src_dir)
-    if manifest.backend != "onnxruntime":
+    if not manifest.components["unet"].file.endswith(".onnx"):
         raise QuantizeError(
-            f"{src_dir}: quantization reads ONNX files; this is a {manifest.backend} directory"
+            f"{src_dir}: quantization reads ONNX files; this is a {manifest.backend} engine directory"
         )
     load_index(calib_dir)  # a one-line error before any work
     target = Path(out) if out else src_dir
@@ -271,14 +295,15 @@ def _entry(
     import onnxruntime
 
     data_hash = hashlib.sha256((calib_dir / INDEX_NAME).read_bytes()).hexdigest()
+    kind = "fp8 e4m3" if opts.precision == "fp8" else "int8 symmetric"
     text = (
         f"{float_entry.key}|{data_hash}|{json.dumps(dataclasses.asdict(opts))}|ort{onnxruntime.__version__}"
     )
     quant = {
         **dataclasses.asdict(opts),
         "op_types": list(OP_TYPES),
-        "activations": "int8 symmetric per-tensor",
-        "weights": "int8 symmetric per-channel" if opts.per_channel else "int8 symmetric per-tensor",
+        "activations": f"{kind} per-tensor",
+        "weights": f"{kind} per-channel" if opts.per_channel else f"{kind} per-tensor",
         "calibration": str(calib_dir.resolve()),
         "excluded_nodes": len(excluded),
         "float_file": float_entry.file,

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from svd_trt.calibration import speed
-from svd_trt.calibration.dataset import load_index, load_sample, select
+from svd_trt.calibration.dataset import CalibrationDataError, load_index, load_sample, select
 from svd_trt.runtime.image_preprocess import load_image
 from svd_trt.runtime.pipeline import GenerationOptions, SVDPipeline
 from svd_trt.runtime.runners import OrtRunner
@@ -126,19 +126,23 @@ def quantized_report(
             noise_aug_strength=run["noise_aug_strength"],
             fps=run["fps"],
         )
-        image = load_image(_image_path(run["image"], images_dir))
+        image = load_image(_image_path(run, images_dir))
         result = end_to_end(pipe, float_unet, quant_unet, image, opts)
         report["end_to_end"].append({**run, **result})
     return report
 
 
-def _image_path(name: str, images_dir: str | Path | None) -> Path:
+def _image_path(run: dict, images_dir: str | Path | None) -> Path:
+    """The run's image: as recorded, else by name in `images_dir` or the shipped assets."""
     from svd_trt.calibration.capture import ASSETS
 
+    name = run["image"]
+    if run.get("image_path") and Path(run["image_path"]).is_file():
+        return Path(run["image_path"])
     for folder in (Path(images_dir) if images_dir else None, ASSETS):
         if folder is not None and (folder / name).exists():
             return folder / name
-    raise FileNotFoundError(f"{name}: calibration image not found (pass images_dir)")
+    raise CalibrationDataError(f"{name}: calibration image not found (moved since the capture?)")
 
 
 def _step_row(step, e: dict) -> str:

@@ -60,7 +60,8 @@ class Tolerance:
 #   at ~1e-2 of the scale. Polygraphy's default 1e-5 would fail every fp16 engine; 2e-2..3e-2
 #   (x5.5 for the unscaled latent) pass rounding noise. The price: a subtle corruption below
 #   ~3e-2 passes an fp16 check (see tests); check an fp32 build for that.
-# Quantized UNets (int8/fp8) have no row yet: their noise must be measured on real weights first.
+# Quantized UNets (int8/fp8) have no row: they are scored against the float UNet kept beside
+# them (`unet_float`) on held-out calibration data, in the quantized section (QUANT_MIN_PSNR).
 TOLERANCES: dict[tuple[str, str], Tolerance] = {
     ("image_encoder", "fp32"): Tolerance(atol=1e-3, rtol=1e-3),
     ("vae_encoder", "fp32"): Tolerance(atol=5e-3, rtol=1e-3),
@@ -76,6 +77,15 @@ TOLERANCES: dict[tuple[str, str], Tolerance] = {
 # is the bound. fp16: rounding is re-injected every step and guidance amplifies it; 30 dB
 # (RMS 8 levels) still means the same video, a broken engine is far below (noise ~10 dB).
 E2E_MIN_PSNR = {"fp32": 50.0, "fp16": 30.0}
+# Quantized vs float pipeline, same noise, frames in [0, 1]. Measured on the small random model
+# (tests/calibration/test_quant_report.py): int8 23.5-26.9 dB over 25 settings; the float
+# pipeline with merely another seed scores 17.9 dB. 20 dB therefore separates "follows the
+# float trajectory" from "an unrelated video". Random weights lack trained outliers, so this
+# is a floor for catching broken quantization, not a quality claim for real weights.
+QUANT_MIN_PSNR = 20.0
+E2E_MIN_PSNR.update({"int8": QUANT_MIN_PSNR, "fp8": QUANT_MIN_PSNR})
+QUANTIZED = ("int8", "fp8")
+FLOAT_UNET = "unet_float"  # the float UNet a quantized directory keeps (calibration/quantize.py)
 
 
 class CheckError(ValueError):
@@ -98,6 +108,8 @@ class CheckOptions:
     end_to_end: bool = False
     steps: int = 3  # end to end only: few steps keep the fp32 torch run affordable
     image: Path = DEFAULT_IMAGE
+    calibration: Path | None = None  # quantized UNet: the data it was calibrated on (held-out part)
+    quantized_runs: int = 1  # quantized section: held-out pipeline runs compared end to end
 
 
 @dataclass
@@ -175,11 +187,13 @@ class Report:
     versions: dict[str, str | None]
     components: list[ComponentResult] = field(default_factory=list)
     end_to_end: EndToEndResult | None = None
+    quantized: dict[str, Any] | None = None  # calibration.report.quantized_report, plus pass/fail
 
     @property
     def passed(self) -> bool:
         e2e_ok = self.end_to_end is None or self.end_to_end.passed
-        return all(c.passed for c in self.components) and e2e_ok
+        quant_ok = self.quantized is None or self.quantized["passed"]
+        return all(c.passed for c in self.components) and e2e_ok and quant_ok
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -270,11 +284,19 @@ def component_sizes(cfg: SVDConfig, opts: CheckOptions, name: str) -> dict[str, 
 
 
 def check_component(
-    spec: ComponentSpec, entry: ComponentEntry, opts: CheckOptions, manifest: Manifest, backend: str
+    spec: ComponentSpec,
+    entry: ComponentEntry,
+    opts: CheckOptions,
+    manifest: Manifest,
+    backend: str,
+    name: str | None = None,
 ) -> ComponentResult:
-    """Run the engine and the fp32 port on one seeded feed; compare with Polygraphy."""
+    """Run the engine and the fp32 port on one seeded feed; compare with Polygraphy.
+
+    `name` is the manifest's name when it differs from the spec's (`unet_float`)."""
     from svd_trt.export.torch_runner import torch_runner
 
+    name = name or spec.name
     tol = tolerance(spec.name, entry.precision)
     feed = spec.sample_inputs(
         component_sizes(manifest.model, opts, spec.name), np.random.default_rng(opts.seed)
@@ -282,7 +304,7 @@ def check_component(
     engine_io = {n: (np.dtype(v["dtype"]), v["dims"]) for n, v in entry.inputs.items()}
     ref_io = {t.name: (t.dtype("fp32"), list(t.dims)) for t in spec.inputs}
     engine = PolygraphyRunner(
-        f"{backend}:{spec.name}", lambda: open_runner(opts.engine_dir, spec.name, entry, backend), engine_io
+        f"{backend}:{name}", lambda: open_runner(opts.engine_dir, name, entry, backend), engine_io
     )
     reference = PolygraphyRunner(
         f"torch-fp32:{spec.name}",
@@ -298,7 +320,7 @@ def check_component(
     matches = accuracy[0][(engine.name, reference.name)][0]
     ours, ref = results[engine.name][0], results[reference.name][0]
     return ComponentResult(
-        name=spec.name,
+        name=name,
         precision=entry.precision,
         atol=tol.atol,
         rtol=tol.rtol,
@@ -396,6 +418,14 @@ def resolve_options(opts: CheckOptions, manifest: Manifest) -> CheckOptions:
     s = manifest.model.vae.scale_factor
     if opts.height % s or opts.width % s:
         raise CheckError(f"height and width must be multiples of {s}, got {opts.height}x{opts.width}")
+    quantized = [n for n, e in manifest.components.items() if e.precision in QUANTIZED]
+    if quantized and opts.calibration is None:
+        raise CheckError(
+            f"{quantized[0]} is {manifest.components[quantized[0]].precision}: pass --calibration DIR "
+            "(the data it was calibrated on; its held-out runs score it against the float UNet)"
+        )
+    if quantized and FLOAT_UNET not in manifest.components:
+        raise CheckError(f"{opts.engine_dir}: quantized UNet without its float one ({FLOAT_UNET})")
     if opts.end_to_end:
         missing = sorted({c.precision for c in manifest.components.values()} - set(E2E_MIN_PSNR))
         if missing:
@@ -421,8 +451,9 @@ def check_engines(
     opts = resolve_options(options, manifest)
     backend = opts.backend or manifest.backend
     specs = component_specs(manifest.model)
-    for name, entry in manifest.components.items():
-        tolerance(name, entry.precision)  # every row exists before anything runs
+    checked = {name: e for name, e in manifest.components.items() if e.precision not in QUANTIZED}
+    for name, entry in checked.items():
+        tolerance(_spec_name(name), entry.precision)  # every row exists before anything runs
     report = Report(
         backend=backend,
         engine_dir=str(opts.engine_dir),
@@ -435,15 +466,33 @@ def check_engines(
         reference=f"torch port, fp32, {opts.device}",
         versions=versions(),
     )
-    for name, entry in manifest.components.items():
-        result = check_component(specs[name], entry, opts, manifest, backend)
+    for name, entry in checked.items():
+        result = check_component(specs[_spec_name(name)], entry, opts, manifest, backend, name)
         log.info("%s: %s", name, "passed" if result.passed else "FAILED")
         report.components.append(result)
         if on_component:
             on_component(result)
+    if len(checked) < len(manifest.components):
+        report.quantized = check_quantized(opts, backend)
     if opts.end_to_end:
         report.end_to_end = run_end_to_end(opts, manifest, backend)
     return report
+
+
+def _spec_name(name: str) -> str:
+    return "unet" if name == FLOAT_UNET else name
+
+
+def check_quantized(opts: CheckOptions, backend: str) -> dict[str, Any]:
+    """The quantized UNet against the float one it came from: per step and end to end."""
+    from svd_trt.calibration.report import quantized_report
+
+    if backend != "onnxruntime":
+        raise CheckError(f"the quantized-vs-float section runs on onnxruntime only, not {backend}")
+    section = quantized_report(opts.engine_dir, opts.calibration, e2e_runs=opts.quantized_runs)
+    worst = min(r["psnr_db"] for r in section["end_to_end"])
+    section.update(min_psnr_db=QUANT_MIN_PSNR, passed=bool(worst >= QUANT_MIN_PSNR))
+    return section
 
 
 def write_report(report: Report, directory: str | Path) -> tuple[Path, Path]:
@@ -498,4 +547,13 @@ def render_markdown(report: Report) -> str:
             f"- max abs frame error: {_num(e.max_abs)} (frames in [0, 1]); mean {_num(e.mean_abs)}",
             f"- PSNR: {e.psnr_text()} (bound >= {e.min_psnr_db:g} dB): {'PASS' if e.passed else 'FAIL'}",
         ]
+    if report.quantized is not None:
+        from svd_trt.calibration.report import markdown as quantized_markdown
+
+        q = report.quantized
+        lines += ["", quantized_markdown(q).rstrip("\n"), ""]
+        lines.append(
+            f"Worst end-to-end PSNR {min(r['psnr_db'] for r in q['end_to_end']):.2f} dB "
+            f"(bound >= {q['min_psnr_db']:g} dB): {'PASS' if q['passed'] else 'FAIL'}"
+        )
     return "\n".join(lines) + "\n"

@@ -54,12 +54,36 @@ EXIT_USAGE = 2
     default=None,
     help="End to end: input image. [default: coffee.jpg]",
 )
-def check(engine_dir: str, snapshot: str, report_dir: str | None, image: str | None, **fields) -> None:
+@click.option(
+    "--calibration",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Quantized UNet: the calibration directory it was built from (its held-out runs are scored).",
+)
+@click.option(
+    "--quantized-runs",
+    type=click.IntRange(1),
+    default=1,
+    show_default=True,
+    help="Quantized UNet: held-out runs compared end to end with the float UNet.",
+)
+def check(
+    engine_dir: str,
+    snapshot: str,
+    report_dir: str | None,
+    image: str | None,
+    calibration: str | None,
+    **fields,
+) -> None:
     """Compare every engine of ENGINES with the torch port of MODEL in fp32 (Polygraphy)."""
     from svd_trt.engines.accuracy import DEFAULT_IMAGE, CheckOptions, check_engines, write_report
 
     options = CheckOptions(
-        engine_dir=Path(engine_dir), snapshot=Path(snapshot), image=Path(image or DEFAULT_IMAGE), **fields
+        engine_dir=Path(engine_dir),
+        snapshot=Path(snapshot),
+        image=Path(image or DEFAULT_IMAGE),
+        calibration=Path(calibration) if calibration else None,
+        **fields,
     )
     report = _run(check_engines, options)
     json_path, md_path = write_report(report, report_dir or Path(engine_dir) / "accuracy")
@@ -70,6 +94,15 @@ def check(engine_dir: str, snapshot: str, report_dir: str | None, image: str | N
         click.echo(f"end to end: {'PASS' if e.passed else 'FAIL'} (PSNR {e.psnr_text()}, max abs {max_abs})")
         if not e.passed:
             failed.append("end-to-end")
+    if report.quantized is not None:
+        q = report.quantized
+        worst = min(r["psnr_db"] for r in q["end_to_end"])
+        click.echo(
+            f"quantized unet ({q['precision']}) vs float: {'PASS' if q['passed'] else 'FAIL'} "
+            f"(worst PSNR {worst:.2f} dB, bound {q['min_psnr_db']:g} dB)"
+        )
+        if not q["passed"]:
+            failed.append("quantized unet")
     if failed:
         click.echo(f"accuracy FAILED ({', '.join(failed)}); report: {md_path}", err=True)
         sys.exit(EXIT_FAILED)
@@ -86,6 +119,7 @@ def _echo_component(result) -> None:
 
 def _run(check_engines, options):
     """The library call; expected failures are one line with exit code 2."""
+    from svd_trt.calibration.dataset import CalibrationDataError
     from svd_trt.engines.accuracy import CheckError
     from svd_trt.export.checkpoint import CheckpointError
     from svd_trt.manifest import ManifestError
@@ -95,6 +129,13 @@ def _run(check_engines, options):
     try:
         return check_engines(options, on_component=_echo_component)
     # ManifestError includes TrtError: TensorRT or a GPU missing, or engines built elsewhere.
-    except (CheckError, CheckpointError, ManifestError, PipelineError, ProfileError) as e:
+    except (
+        CheckError,
+        CheckpointError,
+        ManifestError,
+        PipelineError,
+        ProfileError,
+        CalibrationDataError,
+    ) as e:
         click.echo(f"Error: {str(e).splitlines()[0]}", err=True)
         sys.exit(EXIT_USAGE)

@@ -27,7 +27,9 @@ def _parse_precisions(items: tuple[str, ...]) -> dict[str, str]:
     for item in items:
         name, sep, precision = item.partition("=")
         if not sep or precision not in ("fp32", "fp16", "int8", "fp8"):
-            raise click.BadParameter(f"{item!r}: expected COMPONENT=fp32|fp16", param_hint="--precision")
+            raise click.BadParameter(
+                f"{item!r}: expected COMPONENT=fp32|fp16 (unet also int8|fp8)", param_hint="--precision"
+            )
         out[name] = precision
     return out
 
@@ -82,7 +84,9 @@ class _Progress:
             self.bar = None
 
 
-def _trt_options(precisions, variant, num_frames, height, width, decode_chunk_size, timing_cache):
+def _trt_options(
+    precisions, variant, calibration, num_frames, height, width, decode_chunk_size, timing_cache
+):
     """The TensorRT build's options object; range errors are one-line ValueErrors."""
     from svd_trt.engines.profiles import DEFAULT_HEIGHT, DEFAULT_WIDTH, ProfileRequest, parse_range
     from svd_trt.engines.tensorrt_build import TrtBuildOptions
@@ -94,25 +98,59 @@ def _trt_options(precisions, variant, num_frames, height, width, decode_chunk_si
         decode_chunk_size=decode_chunk_size,
     )
     cache = Path(timing_cache) if timing_cache else None
-    return TrtBuildOptions(request, precisions, timing_cache=cache, variant=variant)
+    calib = Path(calibration) if calibration else None
+    return TrtBuildOptions(request, precisions, timing_cache=cache, variant=variant, calibration=calib)
 
 
-def _build(snapshot: str, out: str, backend: str, precisions: dict, variant, trt_args: dict):
+def _build_onnxruntime(snapshot, out, precisions: dict, variant, calibration, progress):
+    """ONNX files for ONNX Runtime; an int8 UNet is quantized from its fp32 export in place."""
+    from svd_trt.calibration.quantize import quantize_unet
+    from svd_trt.export.onnx_export import build_onnx_dir
+    from svd_trt.manifest import load_manifest
+
+    unet = precisions.get("unet")
+    quantized = unet in ("int8", "fp8")
+    if quantized and unet == "fp8":
+        _fail("fp8 needs TensorRT on a Hopper GPU (--backend tensorrt); ONNX Runtime takes int8")
+    if quantized and not calibration:
+        _fail(f"--unet-precision {unet} needs --calibration DIR (svd-export calibrate)")
+    export_precisions = {**precisions, "unet": "fp32"} if quantized else precisions
+    manifest = build_onnx_dir(
+        snapshot, out, "onnxruntime", export_precisions, variant=variant, on_component=progress
+    )
+    if not quantized:
+        return manifest
+    start = time.perf_counter()
+    quantize_unet(out, calibration, unet)
+    progress(f"unet {unet} q/dq", "quantized", time.perf_counter() - start)
+    return load_manifest(out)
+
+
+def _build(snapshot: str, out: str, backend: str, precisions: dict, variant, calibration, trt_args: dict):
     """Run the backend's library function; expected failures are one line."""
+    from svd_trt.calibration.dataset import CalibrationDataError
+    from svd_trt.calibration.quantize import QuantizeError
     from svd_trt.engines.profiles import RangeError
     from svd_trt.engines.tensorrt_build import BuildError, build_tensorrt_dir
     from svd_trt.export.checkpoint import CheckpointError
-    from svd_trt.export.onnx_export import build_onnx_dir
     from svd_trt.manifest import ManifestError
 
-    progress = _Progress(8 if backend == "tensorrt" else 4, backend)
+    steps = (8 if backend == "tensorrt" else 4) + (precisions.get("unet") in ("int8", "fp8"))
+    progress = _Progress(steps, backend)
     try:
         if backend == "tensorrt":
-            options = _trt_options(precisions, variant, **trt_args)
+            options = _trt_options(precisions, variant, calibration, **trt_args)
             return build_tensorrt_dir(snapshot, out, options, on_component=progress)
-        return build_onnx_dir(snapshot, out, backend, precisions, variant=variant, on_component=progress)
+        return _build_onnxruntime(snapshot, out, precisions, variant, calibration, progress)
     # ManifestError includes TrtError: TensorRT or a GPU missing here.
-    except (CheckpointError, ManifestError, RangeError, BuildError) as e:
+    except (
+        CheckpointError,
+        ManifestError,
+        RangeError,
+        BuildError,
+        QuantizeError,
+        CalibrationDataError,
+    ) as e:
         progress.close()  # the error is the last line
         _fail(str(e).splitlines()[0])
     finally:
@@ -129,6 +167,19 @@ def _build(snapshot: str, out: str, backend: str, precisions: dict, variant, trt
 )
 @click.option(
     "--precision", "precisions", multiple=True, help="COMPONENT=fp32|fp16, e.g. unet=fp16 (repeatable)."
+)
+@click.option(
+    "--unet-precision",
+    type=click.Choice(["fp32", "fp16", "int8", "fp8"]),
+    default=None,
+    help="The UNet's precision (same as --precision unet=...); int8 / fp8 need --calibration. "
+    "[default: fp32 for onnxruntime, fp16 for tensorrt]",
+)
+@click.option(
+    "--calibration",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="int8 / fp8 UNet: calibration directory from `svd-export calibrate`.",
 )
 @click.option(
     "--variant",
@@ -157,21 +208,44 @@ def _build(snapshot: str, out: str, backend: str, precisions: dict, variant, trt
     help="TensorRT: tactic timing cache shared across builds. [default: per TensorRT + GPU in ~/.cache/svd-trt]",
 )
 def build_engines(
-    snapshot: str, out: str, backend: str, precisions: tuple[str, ...], variant: str, **trt_args
+    snapshot: str,
+    out: str,
+    backend: str,
+    precisions: tuple[str, ...],
+    unet_precision: str | None,
+    calibration: str | None,
+    variant: str,
+    **trt_args,
 ):
     """Export every component of MODEL and build the engines into OUT."""
     given = [name for name, value in trt_args.items() if value is not None]
     if backend != "tensorrt" and given:
         _fail(f"--{given[0].replace('_', '-')} applies to --backend tensorrt only")
+    parsed = _parse_precisions(precisions)
+    if unet_precision:
+        parsed["unet"] = unet_precision
+    if calibration and parsed.get("unet") not in ("int8", "fp8"):
+        _fail("--calibration applies to --unet-precision int8 or fp8 only")
     start = time.perf_counter()
     variant_arg = {"fp32": None}.get(variant, variant)
-    manifest = _build(snapshot, out, backend, _parse_precisions(precisions), variant_arg, trt_args)
+    manifest = _build(snapshot, out, backend, parsed, variant_arg, calibration, trt_args)
     size = sum(f.stat().st_size for f in Path(out).iterdir()) / 2**20
     click.echo(
         f"wrote {len(manifest.components)} {backend} components ({size:.1f} MiB) to {out} "
         f"in {time.perf_counter() - start:.1f} s"
     )
 
+
+def _register() -> None:
+    """The commands that live beside their libraries."""
+    from svd_trt.calibration.cli import calibrate, quantize
+    from svd_trt.engines.check_cli import check
+
+    for command in (check, calibrate, quantize):
+        main.add_command(command)
+
+
+_register()
 
 if __name__ == "__main__":
     main()

@@ -35,7 +35,10 @@ from svd_trt.spec import ComponentSpec, component_specs
 
 log = logging.getLogger(__name__)
 
-ENGINE_PRECISIONS = ("fp32", "fp16")  # int8 / fp8 UNets come from the calibration step
+ENGINE_PRECISIONS = ("fp32", "fp16")
+# The UNet alone may be quantized: explicit Q/DQ from calibration data (calibration/quantize.py).
+QUANTIZED = ("int8", "fp8")
+FP8_MIN_CAPABILITY = (8, 9)  # FP8 tensor cores: Ada (8.9) and Hopper (9.0) onwards
 OnComponent = Callable[[str, str, float], None]
 
 
@@ -52,6 +55,7 @@ class TrtBuildOptions:
     timing_cache: Path | None = None  # default: one per TensorRT + GPU in the user cache dir
     onnx_dir: Path | None = None  # default: OUT-onnx beside OUT
     variant: str | None = "auto"
+    calibration: Path | None = None  # int8 / fp8 UNet: the directory svd-export calibrate wrote
 
 
 def onnx_dir_for(out: Path) -> Path:
@@ -63,8 +67,13 @@ def engine_precisions(specs: dict[str, ComponentSpec], overrides: dict[str, str]
     for name, precision in overrides.items():
         if name not in specs:
             raise BuildError(f"--precision {name}={precision}: unknown component; choose {', '.join(specs)}")
+        if precision in QUANTIZED and name == "unet":
+            continue
         if precision not in ENGINE_PRECISIONS:
-            raise BuildError(f"--precision {name}={precision}: TensorRT engines here are fp32 or fp16")
+            raise BuildError(
+                f"--precision {name}={precision}: TensorRT engines here are fp32 or fp16 "
+                "(int8 / fp8 for the UNet only)"
+            )
     return {**{name: spec.gpu_precision for name, spec in specs.items()}, **overrides}
 
 
@@ -78,8 +87,12 @@ def build_engine(
     trt_profile = TrtProfile()
     for name, shapes in profile.items():
         trt_profile.add(name, min=shapes["min"], opt=shapes["opt"], max=shapes["max"])
+    # fp32 means strict fp32: no TF32 (Polygraphy's default). A Q/DQ (int8 / fp8) network is
+    # explicitly quantized: the flag lets TensorRT honour the Q/DQ pairs, fp16 the float rest.
     config = CreateConfig(
-        fp16=precision == "fp16",  # fp32 means strict fp32: no TF32 (Polygraphy's default)
+        fp16=precision in ("fp16", *QUANTIZED),
+        int8=precision == "int8",
+        fp8=precision == "fp8",
         profiles=[trt_profile],
         load_timing_cache=str(timing_cache) if timing_cache.exists() else None,
     )
@@ -131,16 +144,25 @@ def build_tensorrt_dir(
     specs = component_specs(cfg)
     profiles = component_profiles(cfg, options.request)  # range errors before any slow work
     precisions = engine_precisions(specs, options.precisions)
+    quantized = precisions["unet"] in QUANTIZED
+    if quantized and options.calibration is None:
+        raise BuildError(f"the {precisions['unet']} UNet needs --calibration DIR (svd-export calibrate)")
     platform = current_platform()  # TrtError without TensorRT or a GPU
+    if precisions["unet"] == "fp8" and _capability(platform) < FP8_MIN_CAPABILITY:
+        raise BuildError(
+            f"fp8 needs compute capability >= 8.9 (Ada, Hopper); {platform.gpu} is {platform.compute_capability}"
+        )
     onnx_dir = options.onnx_dir or onnx_dir_for(out)
     onnx = build_onnx_dir(
         snapshot,
         onnx_dir,
         "tensorrt",
-        precisions,
+        {**precisions, "unet": "fp32"} if quantized else precisions,  # Q/DQ go into the fp32 graph
         variant=options.variant,
         on_component=_tagged(on_component),
     )
+    if quantized:
+        onnx = _quantize(onnx_dir, options.calibration, precisions["unet"], on_component)
     timing_cache = options.timing_cache or default_timing_cache(platform)
     timing_cache.parent.mkdir(parents=True, exist_ok=True)
     log.info("TensorRT %s on %s; timing cache %s", platform.tensorrt_version, platform.gpu, timing_cache)
@@ -157,6 +179,22 @@ def build_tensorrt_dir(
         shutil.rmtree(stage, ignore_errors=True)
         raise
     return manifest
+
+
+def _capability(platform: Platform) -> tuple[int, ...]:
+    return tuple(int(x) for x in platform.compute_capability.split("."))
+
+
+def _quantize(onnx_dir: Path, calibration: Path, precision: str, on_component) -> Manifest:
+    """The ONNX directory's UNet becomes its Q/DQ file; what TensorRT then builds from."""
+    from svd_trt.calibration.quantize import quantize_unet
+    from svd_trt.manifest import load_manifest
+
+    start = time.perf_counter()
+    quantize_unet(onnx_dir, calibration, precision, target="tensorrt")
+    if on_component:
+        on_component(f"unet {precision} q/dq", "quantized", time.perf_counter() - start)
+    return load_manifest(onnx_dir)
 
 
 def _tagged(on_component: OnComponent | None) -> OnComponent | None:

@@ -154,9 +154,13 @@ def _component_files(directory: Path, entry: ComponentEntry) -> list[Path]:
 
 def _reusable(out: Path) -> dict[str, ComponentEntry]:
     try:
-        return load_manifest(out).components
+        components = dict(load_manifest(out).components)
     except ManifestError:
         return {}
+    # A quantized directory keeps its float UNet as `unet_float` (calibration/quantize.py).
+    if "unet_float" in components:
+        components["unet"] = components.pop("unet_float")
+    return components
 
 
 def build_onnx_dir(

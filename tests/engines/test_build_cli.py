@@ -48,7 +48,8 @@ def _one_line_error(result, *words: str) -> None:
         (["--height", "64:102"], ["--height 64:102", "multiples of 4"]),
         (["--width", "130"], ["--width 130:130", "multiples of 4"]),
         (["--decode-chunk-size", "0"], ["--decode-chunk-size 0", "positive"]),
-        (["--precision", "unet=int8"], ["--precision unet=int8", "fp32 or fp16"]),
+        (["--precision", "vae_decoder=int8"], ["--precision vae_decoder=int8", "fp32 or fp16"]),
+        (["--unet-precision", "int8"], ["int8 UNet needs --calibration DIR"]),
         (["--precision", "clip=fp16"], ["unknown component"]),
     ],
 )

@@ -115,14 +115,16 @@ def test_build_engine_calls(monkeypatch, tmp_path):
         "t": {"min": (1,), "opt": (2,), "max": (4,)},
     }
     cache = tmp_path / "timing.cache"
-    for precision, cache_exists in (("fp16", False), ("fp32", True)):
+    for precision, cache_exists in (("fp16", False), ("fp32", True), ("int8", True), ("fp8", True)):
         if cache_exists:
             cache.write_bytes(b"cache")
         engine = tmp_path / f"{precision}.engine"
         tensorrt_build.build_engine(tmp_path / "m.onnx", engine, profile, precision, cache)
         assert engine.read_bytes() == b"plan"
         config = calls["CreateConfig"][1]
-        assert config["fp16"] is (precision == "fp16")
+        # Q/DQ networks: the int8 / fp8 flag honours the pairs, fp16 runs the float remainder.
+        assert config["fp16"] is (precision != "fp32")
+        assert config["int8"] is (precision == "int8") and config["fp8"] is (precision == "fp8")
         assert config["load_timing_cache"] == (str(cache) if cache_exists else None)
         (trt_profile,) = config["profiles"]
         assert {k: tuple(map(tuple, trt_profile[k])) for k in profile} == {
@@ -522,9 +524,70 @@ def test_precision_override_and_bad_precisions(tiny_ckpt, shared_onnx, tmp_path,
     manifest, _ = _build(tiny_ckpt, tmp_path / "e", shared_onnx, precisions={"vae_decoder": "fp16"})
     assert manifest.components["vae_decoder"].precision == "fp16"
     assert ("vae_decoder", "fp16", tmp_path / "timing.cache") in builder.built
-    for bad, words in (({"unet": "int8"}, "fp32 or fp16"), ({"clip": "fp16"}, "unknown component")):
+    bad_cases = (
+        ({"vae_decoder": "int8"}, "fp32 or fp16"),
+        ({"clip": "fp16"}, "unknown component"),
+        ({"unet": "int8"}, "needs --calibration DIR"),
+    )
+    for bad, words in bad_cases:
         with pytest.raises(BuildError, match=words):
             _build(tiny_ckpt, tmp_path / "e", shared_onnx, precisions=bad)
+
+
+@pytest.fixture(scope="module")
+def tiny_calibration(tiny_ckpt, tmp_path_factory):
+    """UNet inputs recorded from fp32 ONNX Runtime engines of the same tiny checkpoint."""
+    from svd_trt.calibration.capture import capture_calibration
+    from svd_trt.export.onnx_export import build_onnx_dir
+
+    root = tmp_path_factory.mktemp("calib")
+    build_onnx_dir(tiny_ckpt, root / "engines")
+    shapes = {"frames": 2, "height": 32, "width": 32}
+    capture_calibration(root / "engines", None, root / "calib", runs=2, steps=2, threads=2, **shapes)
+    return root / "calib"
+
+
+def test_int8_unet_is_built_from_its_qdq_onnx(tiny_ckpt, tiny_calibration, tmp_path, fake_build):
+    builder = fake_build()
+    onnx = tmp_path / "onnx"
+    manifest, statuses = _build(
+        tiny_ckpt, tmp_path / "e", onnx, precisions={"unet": "int8"}, calibration=tiny_calibration
+    )
+    assert ("unet.int8", "int8", tmp_path / "timing.cache") in builder.built
+    assert manifest.components["unet"].precision == "int8" and statuses["unet int8 q/dq"] == "quantized"
+    ops = [n.op_type for n in __import__("onnx").load(str(onnx / "unet.int8.onnx")).graph.node]
+    assert ops.count("QuantizeLinear") > 10
+    # The float export stays reusable: a second build re-quantizes but does not re-export.
+    _, again = _build(
+        tiny_ckpt, tmp_path / "e", onnx, precisions={"unet": "int8"}, calibration=tiny_calibration
+    )
+    assert again["unet onnx"] == "reused" and again["unet"] == "reused"
+
+
+def test_fp8_unet_needs_ada_or_hopper(tiny_ckpt, tiny_calibration, tmp_path, fake_build):
+    fake_build(platform=dataclasses.replace(PLATFORM, gpu="NVIDIA A100", compute_capability="8.0"))
+    with pytest.raises(BuildError, match="fp8 needs compute capability >= 8.9"):
+        _build(
+            tiny_ckpt,
+            tmp_path / "e",
+            tmp_path / "onnx",
+            precisions={"unet": "fp8"},
+            calibration=tiny_calibration,
+        )
+    assert not (tmp_path / "onnx").exists()
+
+
+def test_fp8_unet_on_hopper_gets_an_fp8_qdq_graph(tiny_ckpt, tiny_calibration, tmp_path, fake_build):
+    import onnx
+
+    builder = fake_build()
+    out = tmp_path / "onnx"
+    _build(tiny_ckpt, tmp_path / "e", out, precisions={"unet": "fp8"}, calibration=tiny_calibration)
+    assert ("unet.fp8", "fp8", tmp_path / "timing.cache") in builder.built
+    graph = onnx.load(str(out / "unet.fp8.onnx")).graph
+    init = {t.name: t for t in graph.initializer}
+    zero_points = [init[n.input[2]] for n in graph.node if n.op_type == "QuantizeLinear"]
+    assert zero_points and {z.data_type for z in zero_points} == {onnx.TensorProto.FLOAT8E4M3FN}
 
 
 def test_range_and_tensorrt_errors_come_before_any_export(tiny_ckpt, tmp_path, no_tensorrt):
