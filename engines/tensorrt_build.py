@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,7 +26,7 @@ from svd_trt.engines.trt_cache import (
     reusable,
 )
 from svd_trt.export.checkpoint import read_config
-from svd_trt.export.onnx_export import _link_or_copy, _swap_in, build_onnx_dir
+from svd_trt.export.onnx_export import _link_or_copy, build_onnx_dir, staged_dir
 from svd_trt.manifest import ComponentEntry, Manifest
 from svd_trt.runtime.trt_runner import Platform, current_platform
 from svd_trt.spec import ComponentSpec, component_specs
@@ -167,17 +165,11 @@ def build_tensorrt_dir(
     timing_cache.parent.mkdir(parents=True, exist_ok=True)
     log.info("TensorRT %s on %s; timing cache %s", platform.tensorrt_version, platform.gpu, timing_cache)
     old = previous_engines(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
-    try:
+    with staged_dir(out) as stage:
         ctx = _Context(out, stage, old, platform, timing_cache)
         entries = _build_all(ctx, specs, onnx_dir, onnx.components, profiles, on_component)
         manifest = Manifest("tensorrt", cfg, entries, source=str(snapshot.resolve()))
         manifest.save(stage)
-        _swap_in(stage, out)
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
     return manifest
 
 

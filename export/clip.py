@@ -9,10 +9,10 @@ and no Python branches on tensor values, so tracing and ONNX export see one grap
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from svd_trt.config import CLIPConfig
+from svd_trt.export.layers import attention
 
 # Older transformers saved `position_ids` (an arange over positions) as a persistent
 # buffer, so real snapshots may carry it. The port derives positions instead; a loader
@@ -72,16 +72,10 @@ class CLIPAttention(nn.Module):
         self.q_proj = nn.Linear(d, d)
         self.out_proj = nn.Linear(d, d)
 
-    def _heads(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, N, D] -> [B, H, N, D/H]; unflatten keeps the batch axis symbolic for export."""
-        return x.unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q, k, v = self._heads(self.q_proj(x)), self._heads(self.k_proj(x)), self._heads(self.v_proj(x))
-        # SDPA's default scale is head_dim ** -0.5, as in CLIP; opset 17 lowers it to
-        # MatMul/Softmax, which TensorRT fuses back into one attention kernel.
-        out = F.scaled_dot_product_attention(q, k, v)
-        return self.out_proj(out.transpose(1, 2).flatten(2))
+        # The default scale head_dim ** -0.5 is CLIP's.
+        out = attention(self.q_proj(x), self.k_proj(x), self.v_proj(x), self.num_heads)
+        return self.out_proj(out)
 
 
 class CLIPMLP(nn.Module):

@@ -10,6 +10,7 @@ weights in one `<name>.onnx.data` beside the graph, and the checker runs on the 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -17,7 +18,7 @@ import shutil
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from torch import nn
 
 from svd_trt.config import SVDConfig
 from svd_trt.export.checkpoint import COMPONENTS, find_weights, load_component, read_config
+from svd_trt.export.layers import onnx_attention
 from svd_trt.manifest import MANIFEST_NAME, ComponentEntry, Manifest, ManifestError, load_manifest
 from svd_trt.spec import ComponentSpec, component_specs
 
@@ -46,9 +48,15 @@ class ExportOptions:
     precisions: dict[str, str] = field(default_factory=dict)
     opset: int = OPSET
     variant: str = "auto"
+    attention: str = "standard"  # export/layers.py onnx_attention: "contrib" for ONNX Runtime
 
     def precision(self, component: str) -> str:
         return self.precisions.get(component, "fp32")
+
+
+def attention_kind(backend: str) -> str:
+    """ONNX Runtime gets its fused MultiHeadAttention; TensorRT fuses the standard ops itself."""
+    return "contrib" if backend == "onnxruntime" else "standard"
 
 
 def default_precisions(backend: str, specs: dict[str, ComponentSpec]) -> dict[str, str]:
@@ -89,7 +97,8 @@ def hash_files(paths: list[Path]) -> str:
 
 def component_key(weights_hash: str, name: str, precision: str, opts: ExportOptions) -> str:
     text = (
-        f"{weights_hash}|{name}|{precision}|opset{opts.opset}|torch{torch.__version__}|onnx{onnx.__version__}"
+        f"{weights_hash}|{name}|{precision}|opset{opts.opset}|attention-{opts.attention}"
+        f"|torch{torch.__version__}|onnx{onnx.__version__}"
     )
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
@@ -180,19 +189,31 @@ def build_onnx_dir(
     snapshot, out = Path(snapshot), Path(out)
     cfg = read_config(snapshot)
     specs = component_specs(cfg)
-    opts = ExportOptions({**default_precisions(backend, specs), **(precisions or {})}, variant=variant)
+    opts = ExportOptions(
+        {**default_precisions(backend, specs), **(precisions or {})},
+        variant=variant,
+        attention=attention_kind(backend),
+    )
     old = _reusable(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
-    try:
+    with staged_dir(out) as stage:
         entries = _export_all(snapshot, cfg, specs, opts, out, old, stage, on_component)
         manifest = Manifest(backend, cfg, entries, source=str(snapshot.resolve()))
         manifest.save(stage)
+    return manifest
+
+
+@contextlib.contextmanager
+def staged_dir(out: Path) -> Iterator[Path]:
+    """A new directory beside `out`, swapped in whole when the block succeeds, removed if not:
+    an interrupted build never leaves a directory that looks complete."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
+    try:
+        yield stage
         _swap_in(stage, out)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
-    return manifest
 
 
 def _export_all(snapshot, cfg, specs, opts, out, old, stage, on_component) -> dict[str, ComponentEntry]:
@@ -214,7 +235,8 @@ def _export_all(snapshot, cfg, specs, opts, out, old, stage, on_component) -> di
             status = "reused"
         else:
             module = _module_for(snapshot, cfg, name, precision, opts.variant, loaded)
-            export_onnx(module, spec, stage / spec.onnx_file, precision, trace_sizes(cfg), opts.opset)
+            with onnx_attention(opts.attention):
+                export_onnx(module, spec, stage / spec.onnx_file, precision, trace_sizes(cfg), opts.opset)
             entries[name] = ComponentEntry.describe(spec, spec.onnx_file, precision, key)
             status = "exported"
         if last_user[SOURCE[name]] == name:

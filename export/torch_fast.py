@@ -1,15 +1,24 @@
-"""The torch backend's GPU fast path: fp16, flash attention, exact attention shortcuts, CUDA graphs.
+"""The torch backend (`svd-trt infer --backend torch`) and its GPU fast path.
 
-Precisions follow diffusers' fp16 pipeline (the reference it is timed against): CLIP and
-UNet in fp16, the VAE encoder in fp32 (force_upcast), the decoder in fp16. On top of the
-port (export/torch_runner.py), without changing its math:
+What runs: the PyTorch port of the snapshot an engine directory was exported from (the
+manifest's `source`); the directory's engine files are not read, only its manifest (model
+config, snapshot path). `snapshot=PATH` points at a snapshot that moved; its config must
+equal the manifest's. Device: the first CUDA GPU when torch sees one, else the CPU
+(`device="cpu"`, `"cuda:1"` to choose). Python: `SVDPipeline.from_engine_dir(dir,
+backend="torch", device=..., fast=..., snapshot=...)`; the CLI takes the defaults.
 
-- self-attention projects q, k and v with one GEMM (one read of the activations);
-- cross-attention to SVD's single image token is `to_out(to_v(context))` for every query:
-  softmax over one key is exactly 1, so q, k, QK^T and the softmax are skipped;
-- SDPA dispatches to flash attention for fp16 on CUDA (head dims 64..160 here);
-- the UNet's step is captured once per input shape as a CUDA graph, so its ~3,000 kernel
-  launches cost one replay; inputs are copied into the graph's static buffers.
+- CPU (or `fast=False`): the fp32 port, the math the ONNX export traces, TF32 off.
+- CUDA: diffusers' fp16 pipeline precisions (the reference it is timed against): CLIP,
+  UNet and VAE decoder in fp16, the VAE encoder in fp32 (force_upcast). On top of the
+  port, without changing its math:
+  - self-attention projects q, k and v with one GEMM (one read of the activations);
+  - (the port itself already answers cross-attention to SVD's single image token with
+    `to_out(to_v(context))` once per batch item: layers.cross_attend);
+  - SDPA picks flash attention for the UNet (fp16, head dim 64) and memory-efficient
+    attention (or math) for the VAE's one 512-wide head; softmax accumulates in fp32;
+  - the UNet's step is captured once per input-shape set as a CUDA graph, so its ~1,600
+    operator launches (counted at SVD-XT shapes) cost one replay; inputs are copied into
+    the graph's static buffers.
 
 Import only when the torch backend is chosen: the runtime never imports torch otherwise.
 """
@@ -17,16 +26,19 @@ Import only when the torch backend is chosen: the runtime never imports torch ot
 from __future__ import annotations
 
 import logging
+import weakref
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from svd_trt.config import SVDConfig
-from svd_trt.export.checkpoint import read_config
-from svd_trt.export.layers import Attention, ImageSelfAttention
-from svd_trt.export.torch_runner import TorchRunner, torch_runner
+from svd_trt.export.checkpoint import load_component, read_config
+from svd_trt.export.layers import Attention, ImageSelfAttention, attention
+from svd_trt.export.torch_runner import SOURCE, TorchRunner, torch_runner
+from svd_trt.manifest import ManifestError, load_manifest
 from svd_trt.spec import component_specs
 
 log = logging.getLogger(__name__)
@@ -40,39 +52,50 @@ FAST_DTYPES = {
 }
 
 
+class TorchBackendError(ManifestError):
+    """The torch backend cannot run this engine directory here: one line."""
+
+
 class FastAttention(Attention):
-    """Attention with a fused QKV GEMM and the one-key cross-attention shortcut (same keys, same math)."""
+    """Self-attention with one fused QKV GEMM (same keys, same math); cross-attention as the port's."""
 
     def fuse(self) -> None:
-        """Concatenate q, k, v projections (self-attention only: they all read x)."""
-        w = [self.to_q.weight, self.to_k.weight, self.to_v.weight]
-        self.register_buffer("qkv_weight", torch.cat(w).detach(), persistent=False)
-        b = [self.to_q.bias, self.to_k.bias, self.to_v.bias]
-        bias = torch.cat(b).detach() if b[0] is not None else None
+        """One [3*inner, C] weight for q, k, v (self-attention: all three read x). Call after loading.
+
+        to_q, to_k and to_v become views of it, so the fused copy costs no memory.
+        """
+        linears = (self.to_q, self.to_k, self.to_v)
+        rows = [lin.weight.shape[0] for lin in linears]
+        with torch.no_grad():
+            weight = torch.cat([lin.weight for lin in linears])
+            bias = torch.cat([lin.bias for lin in linears]) if self.to_q.bias is not None else None
+        for lin, w in zip(linears, weight.split(rows)):
+            lin.weight = nn.Parameter(w, requires_grad=False)
+        if bias is not None:
+            for lin, b in zip(linears, bias.split(rows)):
+                lin.bias = nn.Parameter(b, requires_grad=False)
+        self.register_buffer("qkv_weight", weight, persistent=False)
         self.register_buffer("qkv_bias", bias, persistent=False)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         """x [N, L, C], context [N, S, D] -> [N, L, C]."""
-        if context is not None and context.shape[1] == 1:
-            # softmax over one key is 1: every query receives v. A stride-0 expand, no copy.
-            return self.to_out[0](self.to_v(context)).expand(x.shape[0], x.shape[1], -1)
         if context is not None or getattr(self, "qkv_weight", None) is None:
-            return super().forward(x, context)
+            return Attention.forward(self, x, context)
         q, k, v = F.linear(x, self.qkv_weight, self.qkv_bias).chunk(3, dim=-1)
-        out = F.scaled_dot_product_attention(self._split_heads(q), self._split_heads(k), self._split_heads(v))
-        return self.to_out[0](out.transpose(1, 2).flatten(2))
+        return self.to_out[0](attention(q, k, v, self.heads))
 
 
 class FastImageSelfAttention(FastAttention, ImageSelfAttention):
     """The VAE's mid-block attention with the fused QKV GEMM."""
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        """x [N, C, H, W] -> [N, C, H, W]."""
         h = self.group_norm(x.flatten(2)).transpose(1, 2)
         h = FastAttention.forward(self, h)
         return x + h.transpose(1, 2).reshape(x.shape)
 
 
-def speed_up_attention(module: torch.nn.Module) -> int:
+def speed_up_attention(module: nn.Module) -> int:
     """Swap every port Attention of `module` for its fast twin in place; returns how many."""
     n = 0
     for name, m in module.named_modules():
@@ -93,9 +116,11 @@ class CudaGraphRunner:
 
     def __init__(self, runner: TorchRunner, warmup: int = 2) -> None:
         self.runner, self.name, self.warmup = runner, runner.name, warmup
+        self.input_names, self.output_names = runner.input_names, runner.output_names
         self.graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, list[torch.Tensor], tuple]] = {}
 
-    def _capture(self, args: list[torch.Tensor]) -> tuple[torch.cuda.CUDAGraph, list[torch.Tensor], tuple]:
+    def capture(self, args: list[torch.Tensor]) -> tuple[torch.cuda.CUDAGraph, list[torch.Tensor], tuple]:
+        """(graph, static inputs, static outputs): copy into the inputs, replay, read the outputs."""
         static = [a.clone() for a in args]
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
@@ -106,21 +131,20 @@ class CudaGraphRunner:
         graph = torch.cuda.CUDAGraph()
         with torch.inference_mode(), torch.cuda.graph(graph):
             out = self.runner.module(*static)
-        outs = out if isinstance(out, (tuple, list)) else (out,)
+        outs = tuple(out) if isinstance(out, (tuple, list)) else (out,)
         log.info("%s: captured a CUDA graph for %s", self.name, [tuple(a.shape) for a in args])
-        return graph, static, tuple(outs)
+        return graph, static, outs
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        r = self.runner
-        args = [r._tensor(n, inputs[n]) for n in r.input_names]
+        args = self.runner.tensors(inputs)
         key = tuple((tuple(a.shape), a.dtype) for a in args)
         if key not in self.graphs:
-            self.graphs[key] = self._capture(args)
+            self.graphs[key] = self.capture(args)
         graph, static, outs = self.graphs[key]
         for dst, src in zip(static, args):
             dst.copy_(src)
         graph.replay()
-        return {n: o.cpu().numpy() for n, o in zip(r.output_names, outs)}
+        return self.runner.numpy_outputs(outs)
 
 
 def fast_runners(
@@ -134,35 +158,73 @@ def fast_runners(
     """The four component runners of the port, set up for speed on `device`."""
     cfg = cfg or read_config(snapshot)
     dtypes = {**FAST_DTYPES, **(dtypes or {})}
-    if device.startswith("cuda"):
-        torch.backends.cudnn.benchmark = True  # fixed shapes per run: let cuDNN pick its fastest conv
-    runners: dict[str, TorchRunner | CudaGraphRunner] = {}
-    for name in component_specs(cfg):
-        runner = torch_runner(snapshot, name, cfg, device, dtypes[name])
-        if fast_attention:
-            speed_up_attention(runner.module)
-        # Graphs only for the UNet: called once per step at one shape. CLIP and the VAE run once
-        # (or per decode chunk, whose tail has its own shape) and are kernel-bound, not launch-bound.
-        graphed = cuda_graphs and name == "unet" and device.startswith("cuda")
-        runners[name] = CudaGraphRunner(runner) if graphed else runner
-    return runners
+    return {
+        name: _fast(torch_runner(snapshot, name, cfg, device, dtypes[name]), fast_attention, cuda_graphs)
+        for name in component_specs(cfg)
+    }
 
 
-def open_torch_runner(engine_dir: str | Path, name: str, device: str = "cpu", fast: bool | None = None, **_):
-    """The runtime's `--backend torch`: the port of the snapshot an engine directory was exported from."""
-    from svd_trt.manifest import load_manifest
-
-    manifest = load_manifest(engine_dir)
-    if not manifest.source or not Path(manifest.source).is_dir():
-        raise FileNotFoundError(
-            f"{engine_dir}: the snapshot it was exported from ({manifest.source!r}) is gone"
-        )
-    fast = device.startswith("cuda") if fast is None else fast
-    dtype = FAST_DTYPES[name] if fast else torch.float32
-    runner = torch_runner(manifest.source, name, manifest.model, device, dtype)
-    if fast:
+def _fast(runner: TorchRunner, fast_attention: bool = True, cuda_graphs: bool = True):
+    if fast_attention:
         speed_up_attention(runner.module)
-        if name == "unet" and device.startswith("cuda"):
-            torch.backends.cudnn.benchmark = True
-            return CudaGraphRunner(runner)
-    return runner
+    if runner.device.type != "cuda":
+        return runner
+    torch.backends.cudnn.benchmark = True  # fixed shapes per run: let cuDNN pick its fastest conv
+    # Graphs only for the UNet: called once per step at one shape. CLIP and the VAE run once
+    # (or per decode chunk, whose tail has its own shape) and are kernel-bound, not launch-bound.
+    return CudaGraphRunner(runner) if cuda_graphs and runner.name == "unet" else runner
+
+
+# One VAE per (snapshot, dtype, device) while a runner holds it: the encoder and decoder halves
+# are opened one by one through the runtime's per-component interface, yet load it once.
+_VAES: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+
+
+def _vae(snapshot: str, cfg: SVDConfig, dtype: torch.dtype, device: torch.device) -> nn.Module:
+    key = (snapshot, dtype, str(device))
+    vae = _VAES.get(key)
+    if vae is None:
+        vae = load_component(snapshot, "vae", cfg, dtype).to(device)
+        _VAES[key] = vae
+    return vae
+
+
+def _device(device: str | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise TorchBackendError(f"device {device}: torch {torch.__version__} sees no CUDA GPU here")
+        if (dev.index or 0) >= torch.cuda.device_count():
+            raise TorchBackendError(f"device {device}: only {torch.cuda.device_count()} CUDA GPU(s) here")
+    elif dev.type != "cpu":
+        raise TorchBackendError(f"device {device}: the torch backend runs on cpu or cuda")
+    return dev
+
+
+def open_torch_runner(
+    engine_dir: str | Path,
+    name: str,
+    device: str | None = None,
+    fast: bool | None = None,
+    snapshot: str | Path | None = None,
+    cuda_graphs: bool = True,
+) -> TorchRunner | CudaGraphRunner:
+    """The runtime's `--backend torch` runner of component `name` (see the module docstring)."""
+    manifest = load_manifest(engine_dir)
+    source = Path(snapshot or manifest.source)
+    if not str(source) or not (source / "model_index.json").is_file():
+        raise TorchBackendError(
+            f"{engine_dir}: the snapshot it was exported from ({str(source)!r}) is gone; "
+            "pass snapshot=PATH to SVDPipeline.from_engine_dir, or re-export"
+        )
+    if snapshot is not None and read_config(source) != manifest.model:
+        raise TorchBackendError(f"{source}: not the model {engine_dir} was built from (configs differ)")
+    dev = _device(device)
+    fast = dev.type == "cuda" if fast is None else fast
+    dtype = FAST_DTYPES[name] if fast and dev.type == "cuda" else torch.float32
+    vae = _vae(str(source), manifest.model, dtype, dev) if SOURCE[name] == "vae" else None
+    runner = torch_runner(source, name, manifest.model, dev, dtype, vae=vae)
+    log.info("torch backend: %s from %s on %s in %s%s", name, source, dev, dtype, " (fast)" if fast else "")
+    return _fast(runner, cuda_graphs=cuda_graphs) if fast else runner

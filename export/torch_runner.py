@@ -68,18 +68,24 @@ class TorchRunner:
             t = t.to(self.fixed.get(name, self.dtype))
         return t.to(self.device)
 
-    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def tensors(self, inputs: dict[str, np.ndarray]) -> list[torch.Tensor]:
+        """The module's positional arguments, in `input_names` order, on the device."""
         missing = [n for n in self.input_names if n not in inputs]
         if missing:
             raise KeyError(f"{self.name}: missing inputs {missing}")
-        args = [self._tensor(n, inputs[n]) for n in self.input_names]
-        tf32_guard = strict_fp32() if self.dtype == torch.float32 else contextlib.nullcontext()
-        with torch.inference_mode(), tf32_guard:
-            out = self.module(*args)
+        return [self._tensor(n, inputs[n]) for n in self.input_names]
+
+    def numpy_outputs(self, out: torch.Tensor | Sequence[torch.Tensor]) -> dict[str, np.ndarray]:
         outs = out if isinstance(out, (tuple, list)) else (out,)
         if len(outs) != len(self.output_names):
             raise ValueError(f"{self.name}: {len(outs)} outputs, expected {self.output_names}")
         return {n: o.detach().cpu().numpy() for n, o in zip(self.output_names, outs)}
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        args = self.tensors(inputs)
+        tf32_guard = strict_fp32() if self.dtype == torch.float32 else contextlib.nullcontext()
+        with torch.inference_mode(), tf32_guard:
+            return self.numpy_outputs(self.module(*args))
 
 
 def torch_runner(

@@ -20,6 +20,7 @@ from svd_trt.export.layers import (
     ResnetBlock2D,
     SpatioTemporalResBlock,
     Upsample2D,
+    frame_conv,
     frames_to_video,
     video_to_frames,
 )
@@ -169,7 +170,7 @@ class TemporalDecoder(nn.Module):
         for block in self.up_blocks:
             x = block(x, num_frames)
         x = self.conv_out(F.silu(self.conv_norm_out(x)))
-        return video_to_frames(self.time_conv_out(frames_to_video(x, num_frames)))
+        return video_to_frames(frame_conv(self.time_conv_out, frames_to_video(x, num_frames)))
 
 
 class TemporalVAE(nn.Module):

@@ -57,7 +57,13 @@ def main(verbose: bool) -> None:
 @click.option("--noise-aug-strength", type=float, default=0.02, show_default=True)
 @click.option("--decode-chunk-size", type=int, default=None, help="Default: all frames at once.")
 @click.option("--seed", type=int, default=None)
-@click.option("--backend", type=click.Choice(BACKENDS), default=None, help="Default: the engines' own.")
+@click.option(
+    "--backend",
+    type=click.Choice(BACKENDS),
+    default=None,
+    help="Default: the engines' own. torch: the PyTorch port of the snapshot the engines were "
+    "exported from, fp16 on a CUDA GPU if torch sees one, else fp32 on the CPU.",
+)
 @click.option(
     "--latents", "latents_path", type=click.Path(), default=None, help="Initial noise [1,F,C,h,w] .npy."
 )

@@ -2,7 +2,8 @@
 
 A runner owns one component. The pipeline and the accuracy check see only this
 interface, so ONNX Runtime, TensorRT and the torch port are interchangeable. Each
-backend's library is imported only when that backend is asked for.
+backend's library is imported only when that backend is asked for: `torch` is the one
+place the runtime reaches into the export side (the port it runs), and only then.
 """
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ from typing import Protocol
 
 import numpy as np
 
-from svd_trt.manifest import ComponentEntry
+from svd_trt.manifest import ComponentEntry, ManifestError
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("onnxruntime", "tensorrt")
+BACKENDS = ("onnxruntime", "tensorrt", "torch")
+PIP_TORCH = "pip install 'svd-trt[export]'"
 
 
 class Runner(Protocol):
@@ -87,4 +89,14 @@ def open_runner(engine_dir: str | Path, name: str, entry: ComponentEntry, backen
         from svd_trt.runtime.trt_runner import TrtEngineRunner
 
         return TrtEngineRunner(path, name=name, entry=entry)
+    if backend == "torch":
+        # The PyTorch port of the snapshot the directory was exported from: see export/torch_fast.py.
+        # options: device (default cuda if available, else cpu), fast, snapshot, cuda_graphs.
+        try:
+            from svd_trt.export.torch_fast import open_torch_runner
+        except ImportError as e:
+            raise ManifestError(
+                f"the torch backend needs PyTorch and safetensors ({e}): {PIP_TORCH}"
+            ) from None
+        return open_torch_runner(engine_dir, name, **options)
     raise ValueError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")

@@ -1,12 +1,18 @@
 """Floating-point operations per SVD stage, counted from the architecture in the config.
 
 Convention: 2 per multiply-add of every convolution, linear layer and attention product
-(QK^T and PV); normalisations, activations and elementwise ops are left out (< 1%).
-`replicated_context=True` counts diffusers' UNet, which projects the image embedding once
-per frame (spatial cross-attention) and once per pixel (temporal cross-attention); the
-port projects it once per batch item. The difference is ~0.21 TFLOP per CFG step at
-576x1024. Checks (docs/benchmarks.md, REFERENCE.md): UNet 159.9 TFLOP per step at batch 2,
-25 frames, 576x1024; 89.6 at 14 frames; VAE decode 6.94 TFLOP per frame; encode 2.6.
+(QK^T and PV), as torch.utils.flop_counter counts; normalisations, activations and
+elementwise ops are left out (< 1%). The UNet's `variant`:
+- "diffusers" (the model's work, every rate's numerator): the image embedding is projected
+  once per frame (spatial cross-attention) and once per pixel (temporal), attended to as
+  one key by every query, and the frame position embedding is made once per batch item;
+- "port" (export/layers.py; the torch fast path adds no FLOPs): cross-attention to the one
+  image token is to_out(to_v(context)) once per batch item (softmax over one key is 1), and
+  the position embedding is made once: 6.0 TFLOP (3.7%) less per CFG step at SVD-XT shapes.
+tests/scripts/test_flops.py checks every count against torch's FLOP counter on the port (at
+the full SVD-XT shapes, on the meta device) and on diffusers' UNet. SVD-XT, 576x1024, CFG:
+159.9 TFLOP per UNet step (89.6 at 14 frames), 4.0 PFLOP per 25 steps; VAE decode 6.94
+TFLOP per frame; VAE encode 2.6; CLIP 0.33.
 """
 
 from __future__ import annotations
@@ -14,6 +20,8 @@ from __future__ import annotations
 import math
 
 from svd_trt.config import CLIPConfig, SVDConfig, UNetConfig, VAEConfig
+
+VARIANTS = ("diffusers", "port")
 
 
 def conv(n: int, cin: int, cout: int, kernel: int, pixels: int) -> int:
@@ -46,29 +54,35 @@ def _st_resblock(n: int, cin: int, cout: int, temb: int, pixels: int) -> int:
 
 
 def _st_transformer(
-    batch: int, frames: int, pixels: int, c: int, heads: int, cross: int, layers: int, replicated: bool
+    batch: int, frames: int, pixels: int, c: int, heads: int, cross: int, layers: int, variant: str
 ) -> int:
     """TransformerSpatioTemporalModel: spatial and temporal blocks over T = B*F*pixels tokens."""
     n, t = batch * frames, batch * frames * pixels
     d = c // heads
+
+    def self_attention(seqs: int, length: int) -> int:
+        return 4 * linear(t, c, c) + attention(seqs, heads, length, length, d)
+
+    def cross_attention(seqs: int, length: int) -> int:
+        """`seqs` sequences of `length` queries; one context token each."""
+        if variant == "port":  # to_out(to_v(context)) once per batch item, broadcast to every query
+            return linear(batch, cross, c) + linear(batch, c, c)
+        # diffusers copies the context per sequence (frame or pixel) and projects every copy
+        return 2 * linear(t, c, c) + 2 * linear(seqs, cross, c) + attention(seqs, heads, length, 1, d)
+
     ff = linear(t, c, 8 * c) + linear(t, 4 * c, c)  # GEGLU in, then out
-    kv_tokens_spatial = n if replicated else batch  # context: one token per frame vs per item
-    kv_tokens_temporal = batch * pixels if replicated else batch
-    spatial = 4 * linear(t, c, c) + attention(n, heads, pixels, pixels, d)
-    spatial += (
-        2 * linear(t, c, c) + 2 * linear(kv_tokens_spatial, cross, c) + attention(n, heads, pixels, 1, d)
-    )
-    spatial += ff
-    temporal = ff + 4 * linear(t, c, c) + attention(batch * pixels, heads, frames, frames, d)
-    temporal += 2 * linear(t, c, c) + 2 * linear(kv_tokens_temporal, cross, c)
-    temporal += attention(batch * pixels, heads, frames, 1, d) + ff
-    return 2 * linear(t, c, c) + layers * (spatial + temporal)
+    spatial = self_attention(n, pixels) + cross_attention(n, pixels) + ff
+    temporal = ff + self_attention(batch * pixels, frames) + cross_attention(batch * pixels, frames) + ff
+    # time_pos_embed (c -> 4c -> c) of the frame index: diffusers embeds it per batch item, the port once
+    pos_tokens = n if variant == "diffusers" else frames
+    positions = linear(pos_tokens, c, 4 * c) + linear(pos_tokens, 4 * c, c)
+    return 2 * linear(t, c, c) + positions + layers * (spatial + temporal)
 
 
-def unet_flops(
-    cfg: UNetConfig, batch: int, frames: int, h: int, w: int, replicated_context: bool = True
-) -> int:
-    """One UNet call on sample [batch, frames, C, h, w] (latent h, w)."""
+def unet_flops(cfg: UNetConfig, batch: int, frames: int, h: int, w: int, variant: str = "diffusers") -> int:
+    """One UNet call on sample [batch, frames, C, h, w] (latent h, w), as `variant` computes it."""
+    if variant not in VARIANTS:
+        raise ValueError(f"variant {variant!r}: one of {VARIANTS}")
     ch = cfg.block_out_channels
     nb = len(ch)
     heads = _per_block(cfg.num_attention_heads, nb)
@@ -89,27 +103,21 @@ def unet_flops(
         for _ in range(layers[i]):
             total += _st_resblock(n, cin, ch[i], temb, px[i])
             if kind.startswith("CrossAttn"):
-                total += _st_transformer(
-                    batch, frames, px[i], ch[i], heads[i], cross[i], tlayers[i], replicated_context
-                )
+                total += _st_transformer(batch, frames, px[i], ch[i], heads[i], cross[i], tlayers[i], variant)
             cin = ch[i]
             skips.append(cin)
         if i < nb - 1:
             total += conv(n, cin, cin, 9, px[i + 1])
             skips.append(cin)
     total += 2 * _st_resblock(n, cin, cin, temb, px[-1])
-    total += _st_transformer(
-        batch, frames, px[-1], cin, heads[-1], cross[-1], tlayers[-1], replicated_context
-    )
+    total += _st_transformer(batch, frames, px[-1], cin, heads[-1], cross[-1], tlayers[-1], variant)
     for i, kind in enumerate(cfg.up_block_types):
         j = nb - 1 - i
         cout = ch[j]
         for _ in range(layers[j] + 1):
             total += _st_resblock(n, cin + skips.pop(), cout, temb, px[j])
             if kind.startswith("CrossAttn"):
-                total += _st_transformer(
-                    batch, frames, px[j], cout, heads[j], cross[j], tlayers[j], replicated_context
-                )
+                total += _st_transformer(batch, frames, px[j], cout, heads[j], cross[j], tlayers[j], variant)
             cin = cout
         if i < nb - 1:
             total += conv(n, cin, cin, 9, px[j - 1])
@@ -204,3 +212,30 @@ def run_flops(
         "unet": step * steps,
         "decode": sum(vae_decode_flops(cfg.vae, c, h, w) for c in chunks),
     }
+
+
+def main() -> None:
+    """Print the FLOPs per stage of one generation at the given shapes."""
+    import argparse
+
+    from svd_trt.config import preset
+
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("--size", default="full", choices=["tiny", "small", "full", "full-14"])
+    ap.add_argument("--frames", type=int, default=25)
+    ap.add_argument("--height", type=int, default=576)
+    ap.add_argument("--width", type=int, default=1024)
+    ap.add_argument("--steps", type=int, default=25)
+    ap.add_argument("--chunk", type=int, default=8)
+    a = ap.parse_args()
+    cfg = preset(a.size)
+    for stage, n in run_flops(cfg, a.frames, a.height, a.width, a.steps, a.chunk).items():
+        print(f"{stage:>10}: {n / 1e12:10.3f} TFLOP")
+    s = cfg.vae.scale_factor
+    for variant in VARIANTS:
+        step = unet_flops(cfg.unet, 2, a.frames, a.height // s, a.width // s, variant)
+        print(f"UNet CFG step, {variant:>9}: {step / 1e12:.3f} TFLOP")
+
+
+if __name__ == "__main__":
+    main()

@@ -142,9 +142,10 @@ def _json(x):
 
 def summary(numbers: dict, report: dict) -> str:
     lines = [
-        "| variant | quantize s | UNet mean abs | UNet rel | e2e PSNR dB (held-out runs) | e2e max abs |"
+        "| variant | quantize s | UNet mean abs | UNet rel (max/max) | UNet rel RMS "
+        "| e2e PSNR dB (held-out runs) | e2e max abs |"
     ]
-    lines.append("|---|---|---|---|---|---|")
+    lines.append("|---|---|---|---|---|---|---|")
     for name, r in numbers["variants"].items():
         o, e2e = r["report"]["unet_steps"]["overall"], r["report"]["end_to_end"]
         psnrs = ", ".join(f"{x['psnr_db']:.2f}" for x in e2e)

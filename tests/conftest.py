@@ -5,11 +5,23 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
 
 from svd_trt.config import SVDConfig, preset
+
+if TYPE_CHECKING:  # torch is imported by the tests that use it
+    import torch
+
+
+def assert_same_state_dict(ref: torch.nn.Module, ours: torch.nn.Module) -> None:
+    """The port's keys and shapes are the reference's: checkpoints load with no renaming."""
+    ref_sd, ours_sd = ref.state_dict(), ours.state_dict()
+    assert set(ours_sd) == set(ref_sd)
+    assert {k: v.shape for k, v in ours_sd.items()} == {k: v.shape for k, v in ref_sd.items()}
+    assert not list(ours.buffers()), "the port keeps no buffers"
 
 
 def rel_err(ours, ref) -> float:
@@ -108,3 +120,29 @@ def tiny_engines(tiny_snapshot, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("engines") / "tiny"
     build_onnx_dir(tiny_snapshot, out)
     return out
+
+
+# --- calibration: one capture and one INT8 UNet of the small random model, shared
+# Small enough for the test budget, big enough to pass every UNet block: the small model's
+# four levels need latents in multiples of 8 (64 px); 2 frames keep the temporal layers live.
+CAPTURE = {"runs": 3, "steps": 3, "frames": 2, "height": 64, "width": 64}
+
+
+@pytest.fixture(scope="session")
+def small_calibration(small_engines, tmp_path_factory):
+    from svd_trt.calibration.capture import capture_calibration
+
+    engine_dir, _, _ = small_engines
+    out = tmp_path_factory.mktemp("calibration") / "small"
+    index = capture_calibration(engine_dir, None, out, threads=2, **CAPTURE)
+    return out, index
+
+
+@pytest.fixture(scope="session")
+def small_int8(small_engines, small_calibration, tmp_path_factory):
+    """A copy of the small engine directory whose `unet` is the INT8 QDQ file."""
+    from svd_trt.calibration.quantize import quantize_unet
+
+    out = tmp_path_factory.mktemp("engines") / "small-int8"
+    path = quantize_unet(small_engines[0], small_calibration[0], out=out)
+    return out, path

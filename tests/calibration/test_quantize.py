@@ -76,9 +76,15 @@ def test_excluded_nodes_are_not_quantized(small_int8, small_engines):
     assert {producer[i].op_type for i in conv.input[:2]} == {"DequantizeLinear"}
 
 
-def test_softmax_patterns_cover_the_attention_matmuls(small_engines):
-    """The name patterns pick exactly the MatMuls next to a Softmax (checked on the graph)."""
-    graph = onnx.load(str(small_engines[0] / "unet.onnx")).graph
+def test_softmax_patterns_cover_the_attention_matmuls(small_snapshot, tmp_path):
+    """The name patterns pick exactly the MatMuls next to a Softmax (checked on the graph).
+
+    On the standard-op export TensorRT builds from; ONNX Runtime's has one fused attention
+    node per attention instead, which the quantizer never touches."""
+    from svd_trt.export.onnx_export import build_onnx_dir
+
+    build_onnx_dir(small_snapshot, tmp_path, "tensorrt", {"unet": "fp32"})
+    graph = onnx.load(str(tmp_path / "unet.onnx")).graph
     producer = _producers(graph)
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for n in graph.node:
@@ -103,7 +109,7 @@ def test_softmax_patterns_cover_the_attention_matmuls(small_engines):
         for n in graph.node
         if n.op_type == "MatMul" and any(fnmatch.fnmatchcase(n.name, p) for p in patterns)
     }
-    assert None not in near and near == matched
+    assert len(near) >= 8 and None not in near and near == matched
 
 
 def test_fp8_is_refused_with_one_line(small_engines, small_calibration):

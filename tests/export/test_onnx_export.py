@@ -12,7 +12,7 @@ import torch
 from conftest import rel_err
 
 from svd_trt.export import onnx_export
-from svd_trt.export.checkpoint import CheckpointError, load_component
+from svd_trt.export.checkpoint import CheckpointError, load_component, read_config
 from svd_trt.export.onnx_export import build_onnx_dir, trace_sizes
 from svd_trt.manifest import load_manifest
 from svd_trt.runtime.runners import OrtRunner
@@ -63,16 +63,33 @@ def test_components_match_port_at_other_shapes(small_snapshot, small_onnx, sizes
         assert err <= ONNX_TOL, f"{name}: rel err {err:.2e}"
 
 
-def test_graphs_are_clean_for_tensorrt(small_onnx):
-    out, manifest = small_onnx
+def test_graphs_are_clean_for_tensorrt(small_snapshot, tmp_path):
+    """The TensorRT flavour: standard ops only, attention as MatMul/Softmax for TensorRT to fuse."""
+    out = tmp_path / "trt-onnx"
+    fp32 = dict.fromkeys(component_specs(read_config(small_snapshot)), "fp32")  # fast on the CPU
+    manifest = build_onnx_dir(small_snapshot, out, "tensorrt", fp32)
     for entry in manifest.components.values():
         model = onnx.load(str(out / entry.file))
         ops = Counter(n.op_type for n in model.graph.node)
         assert model.opset_import[0].version >= 17
+        assert {n.domain for n in model.graph.node} <= {""}, f"{entry.file} has non-standard ops"
         for banned in ("Loop", "SequenceConstruct", "SequenceAt", "GroupNormalization", "If"):
             assert banned not in ops, f"{entry.file} has {banned}"
     unet_ops = Counter(n.op_type for n in onnx.load(str(out / "unet.onnx")).graph.node)
     assert unet_ops["InstanceNormalization"] > 0 and unet_ops["Softmax"] > 0
+
+
+def test_onnxruntime_graphs_use_fused_attention(small_onnx):
+    """ONNX Runtime's flavour: every self-attention is one MultiHeadAttention node, no Softmax;
+    cross-attention to the single image token has no attention at all (softmax of one key = 1)."""
+    out, manifest = small_onnx
+    unet = onnx.load(str(out / "unet.onnx")).graph
+    ops = Counter(n.op_type for n in unet.node)
+    # One per self-attention (spatial and temporal attn1 of every block), nothing else.
+    blocks = sorted(n.name.split("/attn1/")[0] for n in unet.node if n.op_type == "MultiHeadAttention")
+    self_attentions = sorted({n.name.split("/attn1/")[0] for n in unet.node if "/attn1/" in n.name})
+    assert ops["Softmax"] == 0 and blocks == self_attentions and len(blocks) >= 4
+    assert not any("/attn2/to_q" in n.name or "/attn2/to_k" in n.name for n in unet.node)
 
 
 def test_manifest_is_self_contained(small_onnx):

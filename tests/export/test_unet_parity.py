@@ -8,7 +8,7 @@ import functools
 
 import pytest
 import torch
-from conftest import perturb_, rel_err
+from conftest import assert_same_state_dict, perturb_, rel_err
 from diffusers import UNetSpatioTemporalConditionModel
 
 from svd_trt.config import UNetConfig, preset
@@ -106,11 +106,7 @@ def inputs(
 
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_state_dict_keys_are_the_checkpoint_keys(name: str) -> None:
-    ref, ours = models(name)
-    ref_sd, ours_sd = ref.state_dict(), ours.state_dict()
-    assert set(ours_sd) == set(ref_sd)
-    assert {k: v.shape for k, v in ours_sd.items()} == {k: v.shape for k, v in ref_sd.items()}
-    assert not list(ours.buffers()), "the port keeps no buffers"
+    assert_same_state_dict(*models(name))
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
