@@ -29,12 +29,17 @@ from pathlib import Path
 import onnx
 
 from svd_trt.calibration.dataset import INDEX_NAME, UNET_INPUTS, load_index, load_sample, select
-from svd_trt.manifest import MANIFEST_NAME, ComponentEntry, Manifest, load_manifest
+from svd_trt.manifest import (
+    FLOAT_UNET,
+    MANIFEST_NAME,
+    QUANTIZED_PRECISIONS,
+    ComponentEntry,
+    Manifest,
+    load_manifest,
+)
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("int8", "fp8")
-FLOAT_ENTRY = "unet_float"
 OP_TYPES = ("Conv", "MatMul", "Gemm")
 METHODS = ("minmax", "percentile", "entropy")
 # ONNX Runtime calibrates float8 only from histograms ("distribution"); it is then the method.
@@ -214,11 +219,12 @@ def _quiet_root_logger() -> Iterator[None]:
         root.setLevel(level)
 
 
-def _check(precision: str, method: str, target: str) -> None:
+def check_request(precision: str, method: str = "minmax", target: str = "onnxruntime") -> None:
+    """QuantizeError (one line) for a request that cannot be met, before any slow work."""
     if precision == "fp8" and target != "tensorrt":
         # ONNX Runtime has no FP8 kernels on the CPU: the file would only be fake-quantized there.
         raise QuantizeError("fp8 needs TensorRT on a Hopper GPU")
-    if precision not in PRECISIONS:
+    if precision not in QUANTIZED_PRECISIONS:
         raise QuantizeError(f"unknown precision {precision!r}: choose int8 (or fp8 with TensorRT on Hopper)")
     if method not in METHODS:
         raise QuantizeError(f"unknown calibration method {method!r}: choose one of {', '.join(METHODS)}")
@@ -241,7 +247,7 @@ def quantize_unet(
     quantized before is re-quantized from its `unet_float`. `target` is who consumes the
     file: fp8 only for "tensorrt" (the ONNX directory of a TensorRT build).
     """
-    _check(precision, method, target)
+    check_request(precision, method, target)
     if precision == "fp8":
         method, per_channel = FP8_METHOD, False
     opts = QuantOptions(precision, method, tuple(exclude), per_channel)
@@ -255,7 +261,7 @@ def quantize_unet(
     target = Path(out) if out else src_dir
     if target != src_dir:
         _copy_dir(src_dir, manifest, target)
-    float_entry = manifest.components.get(FLOAT_ENTRY, manifest.components["unet"])
+    float_entry = manifest.components.get(FLOAT_UNET, manifest.components["unet"])
     _check_inputs(calib_dir, float_entry)
     dst = target / f"unet.{precision}.onnx"
     tmp = dst.with_name(f".{dst.name}.partial")
@@ -263,7 +269,7 @@ def quantize_unet(
     excluded = quantize_onnx(target / float_entry.file, tmp, calib_dir, opts)
     _install(tmp, dst)
     entry = _entry(float_entry, dst.name, calib_dir, opts, excluded)
-    components = {**manifest.components, "unet": entry, FLOAT_ENTRY: float_entry}
+    components = {**manifest.components, "unet": entry, FLOAT_UNET: float_entry}
     dataclasses.replace(manifest, components=components).save(target)
     return dst
 

@@ -45,7 +45,8 @@ def _errors(ref: np.ndarray, out: np.ndarray) -> dict[str, float]:
 
 def step_errors(float_unet, quant_unet, calib_dir: str | Path, max_samples: int | None = None) -> dict:
     """Both UNets on the held-out samples: worst max/rel and average mean abs error per step index."""
-    entries = select(load_index(calib_dir), "held_out") or select(load_index(calib_dir), "all")
+    index = load_index(calib_dir)
+    entries = select(index, "held_out") or select(index, "all")
     entries = entries[:max_samples] if max_samples else entries
     per_step: dict[int, list[dict]] = defaultdict(list)
     for entry in entries:

@@ -8,10 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from svd_trt.manifest import ComponentEntry, load_manifest
+from svd_trt.manifest import FLOAT_UNET, ComponentEntry, load_manifest
 from svd_trt.runtime.runners import OrtRunner
-
-FLOAT_ENTRY = "unet_float"  # as svd_trt.calibration.quantize names it (that module imports onnx)
 
 
 def file_bytes(engine_dir: str | Path, entry: ComponentEntry) -> int:
@@ -23,9 +21,9 @@ def file_bytes(engine_dir: str | Path, entry: ComponentEntry) -> int:
 def unet_entries(engine_dir: str | Path) -> tuple[ComponentEntry, ComponentEntry]:
     """(float, quantized) UNet entries of a quantized engine directory."""
     components = load_manifest(engine_dir).components
-    if FLOAT_ENTRY not in components:
+    if FLOAT_UNET not in components:
         raise ValueError(f"{engine_dir}: no quantized UNet (run svd-export quantize)")
-    return components[FLOAT_ENTRY], components["unet"]
+    return components[FLOAT_UNET], components["unet"]
 
 
 def sizes(engine_dir: str | Path) -> dict:

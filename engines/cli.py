@@ -13,6 +13,8 @@ from pathlib import Path
 
 import click
 
+from svd_trt.manifest import QUANTIZED_PRECISIONS
+
 log = logging.getLogger("svd_trt")
 
 
@@ -104,14 +106,14 @@ def _trt_options(
 
 def _build_onnxruntime(snapshot, out, precisions: dict, variant, calibration, progress):
     """ONNX files for ONNX Runtime; an int8 UNet is quantized from its fp32 export in place."""
-    from svd_trt.calibration.quantize import quantize_unet
+    from svd_trt.calibration.quantize import check_request, quantize_unet
     from svd_trt.export.onnx_export import build_onnx_dir
     from svd_trt.manifest import load_manifest
 
     unet = precisions.get("unet")
-    quantized = unet in ("int8", "fp8")
-    if quantized and unet == "fp8":
-        _fail("fp8 needs TensorRT on a Hopper GPU (--backend tensorrt); ONNX Runtime takes int8")
+    quantized = unet in QUANTIZED_PRECISIONS
+    if quantized:
+        check_request(unet)  # fp8: a one-line QuantizeError before the export
     if quantized and not calibration:
         _fail(f"--unet-precision {unet} needs --calibration DIR (svd-export calibrate)")
     export_precisions = {**precisions, "unet": "fp32"} if quantized else precisions
@@ -135,7 +137,7 @@ def _build(snapshot: str, out: str, backend: str, precisions: dict, variant, cal
     from svd_trt.export.checkpoint import CheckpointError
     from svd_trt.manifest import ManifestError
 
-    steps = (8 if backend == "tensorrt" else 4) + (precisions.get("unet") in ("int8", "fp8"))
+    steps = (8 if backend == "tensorrt" else 4) + (precisions.get("unet") in QUANTIZED_PRECISIONS)
     progress = _Progress(steps, backend)
     try:
         if backend == "tensorrt":
@@ -224,7 +226,7 @@ def build_engines(
     parsed = _parse_precisions(precisions)
     if unet_precision:
         parsed["unet"] = unet_precision
-    if calibration and parsed.get("unet") not in ("int8", "fp8"):
+    if calibration and parsed.get("unet") not in QUANTIZED_PRECISIONS:
         _fail("--calibration applies to --unet-precision int8 or fp8 only")
     start = time.perf_counter()
     variant_arg = {"fp32": None}.get(variant, variant)

@@ -27,6 +27,7 @@ from svd_trt.engines.trt_cache import (
 )
 from svd_trt.export.checkpoint import read_config
 from svd_trt.export.onnx_export import _link_or_copy, build_onnx_dir, staged_dir
+from svd_trt.manifest import QUANTIZED_PRECISIONS as QUANTIZED
 from svd_trt.manifest import ComponentEntry, Manifest
 from svd_trt.runtime.trt_runner import Platform, current_platform
 from svd_trt.spec import ComponentSpec, component_specs
@@ -34,8 +35,6 @@ from svd_trt.spec import ComponentSpec, component_specs
 log = logging.getLogger(__name__)
 
 ENGINE_PRECISIONS = ("fp32", "fp16")
-# The UNet alone may be quantized: explicit Q/DQ from calibration data (calibration/quantize.py).
-QUANTIZED = ("int8", "fp8")
 FP8_MIN_CAPABILITY = (8, 9)  # FP8 tensor cores: Ada (8.9) and Hopper (9.0) onwards
 OnComponent = Callable[[str, str, float], None]
 

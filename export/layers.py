@@ -297,10 +297,6 @@ class Attention(nn.Module):
         # diffusers' to_out is [Linear, Dropout]; only index 0 holds weights.
         self.to_out = nn.ModuleList([nn.Linear(inner, query_dim)])
 
-    def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
-        """[N, L, heads*d] -> [N, heads, L, d]."""
-        return _split(x, self.heads)
-
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         """x [N, L, C], context [N, S, D] (None: self-attention) -> [N, L, C]."""
         context = x if context is None else context

@@ -30,7 +30,7 @@ from torch import nn
 from svd_trt.config import SVDConfig
 from svd_trt.export.checkpoint import COMPONENTS, find_weights, load_component, read_config
 from svd_trt.export.layers import onnx_attention
-from svd_trt.manifest import MANIFEST_NAME, ComponentEntry, Manifest, ManifestError, load_manifest
+from svd_trt.manifest import FLOAT_UNET, MANIFEST_NAME, ComponentEntry, Manifest, ManifestError, load_manifest
 from svd_trt.spec import ComponentSpec, component_specs
 
 log = logging.getLogger(__name__)
@@ -166,9 +166,9 @@ def _reusable(out: Path) -> dict[str, ComponentEntry]:
         components = dict(load_manifest(out).components)
     except ManifestError:
         return {}
-    # A quantized directory keeps its float UNet as `unet_float` (calibration/quantize.py).
-    if "unet_float" in components:
-        components["unet"] = components.pop("unet_float")
+    # A quantized directory keeps its float UNet beside the quantized one.
+    if FLOAT_UNET in components:
+        components["unet"] = components.pop(FLOAT_UNET)
     return components
 
 

@@ -62,6 +62,14 @@ def transformer(channels: int, heads: int, layers: int, cross_dim: int) -> Trans
     return TransformerSpatioTemporalModel(heads, channels // heads, channels, layers, cross_dim)
 
 
+def transformers(
+    channels: int, heads: int, transformer_layers: int | tuple[int, ...], num_layers: int, cross_dim: int
+) -> nn.ModuleList:
+    """One transformer per resnet of a cross-attention block, each with its own depth."""
+    layers = per_layer(transformer_layers, num_layers)
+    return nn.ModuleList([transformer(channels, heads, layers[i], cross_dim) for i in range(num_layers)])
+
+
 class DownBlock(nn.Module):
     """(Cross-attention) down block: [resnet (+ transformer)] x n, then an optional stride-2 conv."""
 
@@ -89,10 +97,7 @@ class DownBlock(nn.Module):
         )
         self.attentions = None
         if kind == CROSS_ATTN_DOWN:
-            layers = per_layer(transformer_layers, num_layers)
-            self.attentions = nn.ModuleList(
-                [transformer(out_channels, heads, layers[i], cross_dim) for i in range(num_layers)]
-            )
+            self.attentions = transformers(out_channels, heads, transformer_layers, num_layers, cross_dim)
         self.downsamplers = nn.ModuleList([Downsample2D(out_channels)]) if add_downsample else None
 
     def forward(
@@ -164,10 +169,7 @@ class UpBlock(nn.Module):
         self.resnets = nn.ModuleList(resnets)
         self.attentions = None
         if kind == CROSS_ATTN_UP:
-            layers = per_layer(transformer_layers, num_layers)
-            self.attentions = nn.ModuleList(
-                [transformer(out_channels, heads, layers[i], cross_dim) for i in range(num_layers)]
-            )
+            self.attentions = transformers(out_channels, heads, transformer_layers, num_layers, cross_dim)
         self.upsamplers = nn.ModuleList([Upsample2D(out_channels)]) if add_upsample else None
 
     def forward(

@@ -27,6 +27,10 @@ from svd_trt.spec import ComponentSpec, component_specs
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
+# A quantized directory (calibration/quantize.py): `unet` is the int8 / fp8 Q/DQ file and
+# FLOAT_UNET the float UNet it was quantized from, kept for comparisons and re-quantizing.
+QUANTIZED_PRECISIONS = ("int8", "fp8")
+FLOAT_UNET = "unet_float"
 
 
 class ManifestError(Exception):

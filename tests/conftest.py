@@ -16,6 +16,19 @@ if TYPE_CHECKING:  # torch is imported by the tests that use it
     import torch
 
 
+# Ops an exported graph must not have: frame handling stays reshapes (no loops or sequences),
+# GroupNorm stays InstanceNormalization (GroupNormalization 18/21 had TensorRT parser bugs).
+FORBIDDEN_OPS = {
+    "Loop",
+    "If",
+    "Scan",
+    "SequenceConstruct",
+    "SequenceAt",
+    "ConcatFromSequence",
+    "GroupNormalization",
+}
+
+
 def assert_same_state_dict(ref: torch.nn.Module, ours: torch.nn.Module) -> None:
     """The port's keys and shapes are the reference's: checkpoints load with no renaming."""
     ref_sd, ours_sd = ref.state_dict(), ours.state_dict()

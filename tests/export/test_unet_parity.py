@@ -8,7 +8,7 @@ import functools
 
 import pytest
 import torch
-from conftest import assert_same_state_dict, perturb_, rel_err
+from conftest import FORBIDDEN_OPS, assert_same_state_dict, perturb_, rel_err
 from diffusers import UNetSpatioTemporalConditionModel
 
 from svd_trt.config import UNetConfig, preset
@@ -49,15 +49,6 @@ SHAPES = {
     "tiny": [(2, 1, 6, 10), (1, 3, 8, 4), (2, 5, 7, 9)],
     "small": [(1, 1, 8, 16), (2, 3, 9, 14), (1, 5, 6, 10)],
     "tuples": [(1, 1, 6, 10), (2, 3, 5, 7), (1, 5, 4, 6)],
-}
-FORBIDDEN_OPS = {
-    "Loop",
-    "If",
-    "Scan",
-    "SequenceConstruct",
-    "SequenceAt",
-    "ConcatFromSequence",
-    "GroupNormalization",
 }
 
 

@@ -8,7 +8,7 @@ import functools
 
 import pytest
 import torch
-from conftest import assert_same_state_dict, perturb_, rel_err
+from conftest import FORBIDDEN_OPS, assert_same_state_dict, perturb_, rel_err
 from diffusers import AutoencoderKLTemporalDecoder
 
 from svd_trt.config import VAEConfig, preset
@@ -35,15 +35,6 @@ CONFIGS = {
 }
 DECODE_SHAPES = [(1, 4, 6), (2, 5, 3), (5, 3, 4)]  # (frames, h, w) of one chunk
 ENCODE_SHAPES = [(1, 32, 48), (2, 40, 24), (1, 37, 45)]  # (batch, H, W); 37x45 is not a multiple of 8
-FORBIDDEN_OPS = {
-    "Loop",
-    "If",
-    "Scan",
-    "SequenceConstruct",
-    "SequenceAt",
-    "ConcatFromSequence",
-    "GroupNormalization",
-}
 
 
 def perturb(model: torch.nn.Module) -> None:
