@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from svd_trt.calibration.dataset import FORMAT_VERSION, INDEX_NAME, UNET_INPUTS
+from svd_trt.errors import UserError
 from svd_trt.runtime import euler
 from svd_trt.runtime.image_preprocess import load_image
 from svd_trt.runtime.pipeline import GenerationOptions, SVDPipeline
@@ -31,7 +32,7 @@ ASSETS = Path(__file__).resolve().parent.parent / "runtime" / "assets"
 NPZ_OVERHEAD = 2048
 
 
-class CalibrationError(Exception):
+class CalibrationError(UserError):
     """Bad calibration input or data; the message is one line."""
 
 
@@ -148,20 +149,17 @@ def capture_calibration(
     engine_dir: str | Path,
     images: Sequence[str | Path] | None,
     out_dir: str | Path,
+    options: GenerationOptions | None = None,
     runs: int = 8,
-    steps: int = 25,
-    frames: int | None = None,
-    height: int = 576,
-    width: int = 1024,
     max_bytes: int = 2**30,
-    seed: int = 0,
     held_out: float = 0.25,
     threads: int | None = None,
     device: str = "cpu",
 ) -> dict:
     """Run the float pipeline `runs` times and record the UNet inputs of every step; returns the index.
 
-    Writes `out_dir/step-NNNNN.npz` ({sample [B, F, C, h, w], timestep [B],
+    `options` sets the size, steps and base seed (run r uses seed + r); the per-run conditioning
+    is drawn by `plan_runs`. Writes `out_dir/step-NNNNN.npz` ({sample [B, F, C, h, w], timestep [B],
     encoder_hidden_states [B, 1, D], added_time_ids [B, 3]}, float32) and `out_dir/index.json`.
     When runs x steps calls exceed `max_bytes`, an evenly spaced subset is kept and the
     index says so (`subsampled`, `calls_total`, `calls_kept`).
@@ -172,11 +170,9 @@ def capture_calibration(
     for old in out.glob("step-*.npz"):  # a re-capture replaces the data, never mixes with it
         old.unlink()
     pipe = _float_pipeline(engine_dir, threads, device)
-    base = GenerationOptions(
-        num_frames=frames, height=height, width=width, num_inference_steps=steps, decode_chunk_size=frames
-    )
-    base = pipe.resolve(base)
-    total, one = runs * steps, sample_bytes(pipe, base)
+    base = pipe.resolve(options or GenerationOptions(seed=0))
+    seed = base.seed or 0
+    total, one = runs * base.num_inference_steps, sample_bytes(pipe, base)
     if max_bytes < one:
         raise CalibrationError(f"the size cap ({max_bytes} bytes) holds no UNet call ({one} bytes each)")
     keep = choose_calls(total, max_bytes // one)

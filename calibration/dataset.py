@@ -16,13 +16,15 @@ from pathlib import Path
 
 import numpy as np
 
+from svd_trt.errors import UserError
+
 FORMAT_VERSION = 1
 INDEX_NAME = "index.json"
 UNET_INPUTS = ("sample", "timestep", "encoder_hidden_states", "added_time_ids")
 SPLITS = ("all", "calibration", "held_out")
 
 
-class CalibrationDataError(Exception):
+class CalibrationDataError(UserError):
     """A calibration directory that cannot be used; the message is one line."""
 
 

@@ -29,14 +29,15 @@ from pathlib import Path
 import onnx
 
 from svd_trt.calibration.dataset import INDEX_NAME, UNET_INPUTS, load_index, load_sample, select
+from svd_trt.errors import UserError
 from svd_trt.manifest import (
     FLOAT_UNET,
     MANIFEST_NAME,
-    QUANTIZED_PRECISIONS,
     ComponentEntry,
     Manifest,
     load_manifest,
 )
+from svd_trt.spec import QUANTIZED_PRECISIONS
 
 log = logging.getLogger(__name__)
 
@@ -62,14 +63,16 @@ EXCLUDE_GROUPS: dict[str, tuple[str, ...]] = {
     # First and last layers: conv_in sees the concatenated noisy + image latents, whose
     # scale changes with sigma; conv_out's error lands directly in the v-prediction.
     "conv_io": ("/conv_in/*", "/conv_out/*"),
-    # Attention's Q K^T and softmax(.) V MatMuls: both operands are activations, and the
+    # Self-attention's Q K^T and softmax(.) V MatMuls: both operands are activations, and the
     # logits feed exp(); the projections (to_q/to_k/to_v/to_out) are still quantized.
-    "attention_softmax": ("*/attn1/MatMul", "*/attn1/MatMul_1", "*/attn2/MatMul", "*/attn2/MatMul_1"),
+    # Cross-attention (attn2) has no such MatMuls: with SVD's one image token its softmax is 1
+    # and the export computes to_out(to_v(context)) (export/layers.py: cross_attend).
+    "attention_softmax": ("*/attn1/MatMul", "*/attn1/MatMul_1"),
 }
 DEFAULT_EXCLUDE = tuple(EXCLUDE_GROUPS)
 
 
-class QuantizeError(Exception):
+class QuantizeError(UserError):
     """A quantization request that cannot be done here; the message is one line."""
 
 

@@ -1,24 +1,26 @@
 """`svd-export check`: each engine against the torch port in fp32, through Polygraphy's comparator.
 
+Tolerances and end-to-end bounds are the specs' (svd_trt/spec.py); results and their
+rendering are engines/report.py.
+
 Per component, one seeded feed at the requested shapes (spec.sample_inputs: realistic
 ranges, UNet timesteps over the real sigma range) goes to the engine, cast by Polygraphy to
 the engine's input dtypes, and to the port in fp32. Polygraphy's simple comparator checks
 every element: one fails where |engine - ref| > atol AND |engine - ref| > rtol * |ref|.
 Optionally the whole pipeline runs through the engines and through the port with the same
-noise and latents (`end_to_end`). `write_report` puts the numbers in report.json / report.md.
+noise and latents (`end_to_end`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,180 +30,36 @@ from polygraphy.common import TensorMetadata
 from polygraphy.comparator import Comparator, SimpleCompareFunc
 from polygraphy.logger import G_LOGGER
 
-from svd_trt.config import SVDConfig
-from svd_trt.engines.profiles import BATCH, DEFAULT_HEIGHT, DEFAULT_WIDTH
+from svd_trt.engines.report import ComponentResult, EndToEndResult, OutputResult, Report
+from svd_trt.errors import UserError
 from svd_trt.manifest import FLOAT_UNET, ComponentEntry, Manifest, load_manifest
-from svd_trt.manifest import QUANTIZED_PRECISIONS as QUANTIZED
+from svd_trt.options import CHECK_DEFAULTS, GenerationOptions, resolve
 from svd_trt.runtime.runners import Runner, open_runner
-from svd_trt.spec import ComponentSpec, component_specs, sizes_for
+from svd_trt.spec import E2E_MIN_PSNR, QUANT_MIN_PSNR, ComponentSpec, component_specs, sizes_for
+from svd_trt.spec import QUANTIZED_PRECISIONS as QUANTIZED
 
 log = logging.getLogger(__name__)
 
 DEFAULT_IMAGE = Path(__file__).resolve().parents[1] / "runtime" / "assets" / "coffee.jpg"
 
 
-@dataclass(frozen=True)
-class Tolerance:
-    """Polygraphy's elementwise check: an element fails only if it exceeds both."""
-
-    atol: float
-    rtol: float
-
-
-# THE tolerance table: (component, engine precision) -> Tolerance; the reference is always the
-# port in fp32. atol is in the output's own units; the scales of the real model's outputs are
-# image_embeds ~O(1), latent (unscaled) std ~5.5 = 1 / 0.18215, noise_pred ~unit std, frames in
-# about [-1, 1] (1e-3 there is 1/8 of an 8-bit level after postprocessing).
-# - fp32 (ONNX Runtime, TensorRT strict fp32 without TF32): only op order, fusions and conv
-#   algorithms differ, ~1e-6 of the output scale on the small model (measured: <= 5e-6 absolute
-#   on O(1) outputs), ~1e-5..1e-4 expected through the real model's depth. 1e-3 of the scale
-#   leaves that margin and still catches a wrong weight or a wrong norm epsilon (~1e-2).
-# - fp16: unit roundoff 2^-11 = 4.9e-4 per rounding, the inputs alone already rounded; through
-#   32 CLIP layers or the UNet's ~40 resblocks/attentions the worst element of millions lands
-#   at ~1e-2 of the scale. Polygraphy's default 1e-5 would fail every fp16 engine; 2e-2..3e-2
-#   (x5.5 for the unscaled latent) pass rounding noise. The price: a subtle corruption below
-#   ~3e-2 passes an fp16 check (see tests); check an fp32 build for that.
-# Quantized UNets (int8/fp8) have no row: they are scored against the float UNet kept beside
-# them (`unet_float`) on held-out calibration data, in the quantized section (QUANT_MIN_PSNR).
-TOLERANCES: dict[tuple[str, str], Tolerance] = {
-    ("image_encoder", "fp32"): Tolerance(atol=1e-3, rtol=1e-3),
-    ("vae_encoder", "fp32"): Tolerance(atol=5e-3, rtol=1e-3),
-    ("unet", "fp32"): Tolerance(atol=1e-3, rtol=1e-3),
-    ("vae_decoder", "fp32"): Tolerance(atol=1e-3, rtol=1e-3),
-    ("image_encoder", "fp16"): Tolerance(atol=2e-2, rtol=2e-2),
-    ("vae_encoder", "fp16"): Tolerance(atol=1e-1, rtol=2e-2),
-    ("unet", "fp16"): Tolerance(atol=3e-2, rtol=3e-2),
-    ("vae_decoder", "fp16"): Tolerance(atol=2e-2, rtol=2e-2),
-}
-# End to end, frames in [0, 1], by the lowest precision among the engines. fp32: per-call
-# errors ~1e-6 stay ~1e-5 after a few Euler steps (> 90 dB); 50 dB (RMS 0.8 of 255 levels)
-# is the bound. fp16: rounding is re-injected every step and guidance amplifies it; 30 dB
-# (RMS 8 levels) still means the same video, a broken engine is far below (noise ~10 dB).
-E2E_MIN_PSNR = {"fp32": 50.0, "fp16": 30.0}
-# Quantized vs float pipeline, same noise, frames in [0, 1]. Measured on the small random model
-# (tests/calibration/test_quant_report.py): int8 23.5-26.9 dB over 25 settings; the float
-# pipeline with merely another seed scores 17.9 dB. 20 dB therefore separates "follows the
-# float trajectory" from "an unrelated video". Random weights lack trained outliers, so this
-# is a floor for catching broken quantization, not a quality claim for real weights.
-QUANT_MIN_PSNR = 20.0
-E2E_MIN_PSNR.update(dict.fromkeys(QUANTIZED, QUANT_MIN_PSNR))
-
-
-class CheckError(ValueError):
+class CheckError(UserError, ValueError):
     """A check that cannot run as asked (a usage error): the message is one line."""
 
 
 @dataclass(frozen=True)
 class CheckOptions:
-    """What to check; None = the model's own value (frames) or the video's length (chunk)."""
+    """What to check: sizes and seed as a generation's (None = the model's own value)."""
 
     engine_dir: Path
     snapshot: Path
+    generation: GenerationOptions = GenerationOptions(**CHECK_DEFAULTS)
     backend: str | None = None  # default: the one the directory was built for
-    num_frames: int | None = None
-    height: int = DEFAULT_HEIGHT
-    width: int = DEFAULT_WIDTH
-    decode_chunk_size: int | None = None
-    seed: int = 0
     device: str = "auto"  # the torch reference: cuda when available, else cpu
     end_to_end: bool = False
-    steps: int = 3  # end to end only: few steps keep the fp32 torch run affordable
     image: Path = DEFAULT_IMAGE
     calibration: Path | None = None  # quantized UNet: the data it was calibrated on (held-out part)
     quantized_runs: int = 1  # quantized section: held-out pipeline runs compared end to end
-
-
-@dataclass
-class OutputResult:
-    """One output of one component; errors are None where shapes differ."""
-
-    name: str
-    shape: list[int]
-    ref_shape: list[int]
-    dtype: str
-    max_abs: float | None
-    mean_abs: float | None
-    max_rel: float | None  # Polygraphy's |d| / |ref| per element: large where ref ~ 0
-    mean_rel: float | None
-    max_abs_over_ref_max: float | None  # max |d| / max |ref|: the error against the output's scale
-    ref_max_abs: float | None
-    passed: bool
-
-
-@dataclass
-class ComponentResult:
-    name: str
-    precision: str
-    atol: float
-    rtol: float
-    input_shapes: dict[str, list[int]]
-    input_dtypes: dict[str, str]
-    outputs: list[OutputResult]
-    seconds_engine: float
-    seconds_reference: float
-
-    @property
-    def passed(self) -> bool:
-        return bool(self.outputs) and all(o.passed for o in self.outputs)
-
-
-@dataclass
-class EndToEndResult:
-    num_frames: int
-    height: int
-    width: int
-    steps: int
-    decode_chunk_size: int
-    image: str
-    shape: list[int]
-    max_abs: float | None  # None: non-finite frames (NaN/inf from an engine)
-    mean_abs: float | None
-    psnr_db: float | None  # None: identical (infinite) or non-finite frames; see `identical`
-    identical: bool
-    min_psnr_db: float
-    seconds_engine: float
-    seconds_reference: float
-
-    @property
-    def passed(self) -> bool:
-        return self.identical or (self.psnr_db is not None and self.psnr_db >= self.min_psnr_db)
-
-    def psnr_text(self) -> str:
-        if self.identical:
-            return "inf dB (identical)"
-        return "n/a (non-finite frames)" if self.psnr_db is None else f"{self.psnr_db:.2f} dB"
-
-
-@dataclass
-class Report:
-    backend: str
-    engine_dir: str
-    snapshot: str
-    num_frames: int
-    height: int
-    width: int
-    decode_chunk_size: int
-    seed: int
-    reference: str
-    versions: dict[str, str | None]
-    components: list[ComponentResult] = field(default_factory=list)
-    end_to_end: EndToEndResult | None = None
-    quantized: dict[str, Any] | None = None  # calibration.report.quantized_report, plus pass/fail
-
-    @property
-    def passed(self) -> bool:
-        e2e_ok = self.end_to_end is None or self.end_to_end.passed
-        quant_ok = self.quantized is None or self.quantized["passed"]
-        return all(c.passed for c in self.components) and e2e_ok and quant_ok
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["passed"] = self.passed
-        for c, dc in zip(self.components, d["components"]):
-            dc["passed"] = c.passed
-        if self.end_to_end is not None:
-            d["end_to_end"]["passed"] = self.end_to_end.passed
-        return d
 
 
 class PolygraphyRunner(BaseRunner):
@@ -236,15 +94,6 @@ class PolygraphyRunner(BaseRunner):
         self._runner = None
 
 
-def tolerance(component: str, precision: str) -> Tolerance:
-    try:
-        return TOLERANCES[(component, precision)]
-    except KeyError:
-        raise CheckError(
-            f"no accuracy tolerance for {component} at {precision} (TOLERANCES in engines/accuracy.py)"
-        ) from None
-
-
 def resolve_device(device: str) -> str:
     import torch
 
@@ -276,10 +125,10 @@ def versions() -> dict[str, str | None]:
     return found
 
 
-def component_sizes(cfg: SVDConfig, opts: CheckOptions, name: str) -> dict[str, int]:
-    """Sizes as the pipeline calls `name`: batch per engines.profiles.BATCH, decoder F = one chunk."""
-    frames = opts.decode_chunk_size if name == "vae_decoder" else opts.num_frames
-    return sizes_for(cfg, BATCH[name].opt, frames, opts.height, opts.width)
+def component_sizes(manifest: Manifest, gen: GenerationOptions, spec: ComponentSpec) -> dict[str, int]:
+    """Sizes as the pipeline calls the component: its usual batch, its frame axis from the request."""
+    frames = getattr(gen, spec.frames)
+    return sizes_for(manifest.model, spec.batch.opt, frames, gen.height, gen.width)
 
 
 def check_component(
@@ -293,13 +142,12 @@ def check_component(
     """Run the engine and the fp32 port on one seeded feed; compare with Polygraphy.
 
     `name` is the manifest's name when it differs from the spec's (`unet_float`)."""
-    from svd_trt.export.torch_runner import torch_runner
+    from svd_trt.export.torch_backend import torch_runner
 
     name = name or spec.name
-    tol = tolerance(spec.name, entry.precision)
-    feed = spec.sample_inputs(
-        component_sizes(manifest.model, opts, spec.name), np.random.default_rng(opts.seed)
-    )
+    tol = spec.tolerance_at(entry.precision)
+    gen = opts.generation
+    feed = spec.sample_inputs(component_sizes(manifest, gen, spec), np.random.default_rng(gen.seed))
     engine_io = {n: (np.dtype(v["dtype"]), v["dims"]) for n, v in entry.inputs.items()}
     ref_io = {t.name: (t.dtype("fp32"), list(t.dims)) for t in spec.inputs}
     engine = PolygraphyRunner(
@@ -363,21 +211,13 @@ def _output_result(name: str, ours: np.ndarray, ref: np.ndarray, match: Any) -> 
 def run_end_to_end(opts: CheckOptions, manifest: Manifest, backend: str) -> EndToEndResult:
     """The pipeline through the engines vs through the fp32 port: same image, noise and latents."""
     from svd_trt.calibration.report import psnr
-    from svd_trt.export.torch_runner import torch_runners
+    from svd_trt.export.torch_backend import torch_runners
     from svd_trt.runtime.image_preprocess import load_image
-    from svd_trt.runtime.pipeline import GenerationOptions, SVDPipeline
+    from svd_trt.runtime.pipeline import SVDPipeline
 
     image = load_image(opts.image)
-    gen = GenerationOptions(
-        num_frames=opts.num_frames,
-        height=opts.height,
-        width=opts.width,
-        num_inference_steps=opts.steps,
-        decode_chunk_size=opts.decode_chunk_size,
-        seed=opts.seed,
-    )
+    gen = opts.generation
     engines = SVDPipeline.from_engine_dir(opts.engine_dir, backend)
-    gen = engines.resolve(gen)
     noise, latents = engines.draw_noise(gen, None, None)  # both pipelines get these arrays
     ours = engines(image, gen, latents=latents, image_noise=noise)
     del engines  # one model set in memory at a time
@@ -405,17 +245,8 @@ def run_end_to_end(opts: CheckOptions, manifest: Manifest, backend: str) -> EndT
 
 def resolve_options(opts: CheckOptions, manifest: Manifest) -> CheckOptions:
     """Fill the model's defaults; reject what cannot run, each with one line."""
-    frames = opts.num_frames if opts.num_frames is not None else manifest.model.unet.num_frames
-    chunk = frames if opts.decode_chunk_size is None else min(opts.decode_chunk_size, frames)
-    opts = dataclasses.replace(
-        opts, num_frames=frames, decode_chunk_size=chunk, device=resolve_device(opts.device)
-    )
-    for name in ("num_frames", "height", "width", "decode_chunk_size", "steps"):
-        if getattr(opts, name) <= 0:
-            raise CheckError(f"--{name.replace('_', '-')} must be positive, got {getattr(opts, name)}")
-    s = manifest.model.vae.scale_factor
-    if opts.height % s or opts.width % s:
-        raise CheckError(f"height and width must be multiples of {s}, got {opts.height}x{opts.width}")
+    gen = resolve(opts.generation, manifest.model, manifest.limits)
+    opts = dataclasses.replace(opts, generation=gen, device=resolve_device(opts.device))
     quantized = [n for n, e in manifest.components.items() if e.precision in QUANTIZED]
     if quantized and opts.calibration is None:
         raise CheckError(
@@ -428,7 +259,7 @@ def resolve_options(opts: CheckOptions, manifest: Manifest) -> CheckOptions:
         missing = sorted({c.precision for c in manifest.components.values()} - set(E2E_MIN_PSNR))
         if missing:
             raise CheckError(
-                f"no end-to-end PSNR bound for {missing[0]} (E2E_MIN_PSNR in engines/accuracy.py)"
+                f"no end-to-end PSNR bound for {missing[0]} (E2E_MIN_PSNR in svd_trt/spec.py)"
             )
         if not Path(opts.image).is_file():
             raise CheckError(f"{opts.image}: no such image")
@@ -451,16 +282,17 @@ def check_engines(
     specs = component_specs(manifest.model)
     checked = {name: e for name, e in manifest.components.items() if e.precision not in QUANTIZED}
     for name, entry in checked.items():
-        tolerance(_spec_name(name), entry.precision)  # every row exists before anything runs
+        specs[_spec_name(name)].tolerance_at(entry.precision)  # every row exists before anything runs
+    gen = opts.generation
     report = Report(
         backend=backend,
         engine_dir=str(opts.engine_dir),
         snapshot=str(opts.snapshot),
-        num_frames=opts.num_frames,
-        height=opts.height,
-        width=opts.width,
-        decode_chunk_size=opts.decode_chunk_size,
-        seed=opts.seed,
+        num_frames=gen.num_frames,
+        height=gen.height,
+        width=gen.width,
+        decode_chunk_size=gen.decode_chunk_size,
+        seed=gen.seed,
         reference=f"torch port, fp32, {opts.device}",
         versions=versions(),
     )
@@ -493,65 +325,3 @@ def check_quantized(opts: CheckOptions, backend: str) -> dict[str, Any]:
     return section
 
 
-def write_report(report: Report, directory: str | Path) -> tuple[Path, Path]:
-    """report.json (every number) and report.md (the same, readable); returns both paths."""
-    out = Path(directory)
-    out.mkdir(parents=True, exist_ok=True)
-    json_path, md_path = out / "report.json", out / "report.md"
-    json_path.write_text(json.dumps(report.to_dict(), indent=2, allow_nan=False) + "\n")
-    md_path.write_text(render_markdown(report))
-    return json_path, md_path
-
-
-def _num(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:.3g}"
-
-
-def render_markdown(report: Report) -> str:
-    status = "PASSED" if report.passed else "FAILED"
-    lines = [
-        f"# svd-export check: {status}",
-        "",
-        f"- engines: `{report.engine_dir}` ({report.backend})",
-        f"- reference: {report.reference}, from `{report.snapshot}`",
-        f"- sizes: {report.num_frames} frames, {report.height}x{report.width}, "
-        f"decode chunk {report.decode_chunk_size}, seed {report.seed}",
-        "- versions: " + ", ".join(f"{k} {v or 'not installed'}" for k, v in report.versions.items()),
-        "",
-        "## Components",
-        "",
-        "An element fails where |engine - ref| > atol and > rtol * |ref| (Polygraphy, elementwise).",
-        "",
-        "| component | output | precision | shape | max abs | mean abs | max rel | mean rel "
-        "| max abs / max ref | atol | rtol | status |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for c in report.components:
-        for o in c.outputs:
-            lines.append(
-                f"| {c.name} | {o.name} | {c.precision} | {o.shape} | {_num(o.max_abs)} | {_num(o.mean_abs)} "
-                f"| {_num(o.max_rel)} | {_num(o.mean_rel)} | {_num(o.max_abs_over_ref_max)} "
-                f"| {c.atol:g} | {c.rtol:g} | {'PASS' if o.passed else 'FAIL'} |"
-            )
-    e = report.end_to_end
-    if e is not None:
-        lines += [
-            "",
-            "## End to end",
-            "",
-            f"Pipeline through the engines vs through the torch port, same noise and latents: "
-            f"`{Path(e.image).name}`, {e.num_frames} frames, {e.height}x{e.width}, {e.steps} steps.",
-            "",
-            f"- max abs frame error: {_num(e.max_abs)} (frames in [0, 1]); mean {_num(e.mean_abs)}",
-            f"- PSNR: {e.psnr_text()} (bound >= {e.min_psnr_db:g} dB): {'PASS' if e.passed else 'FAIL'}",
-        ]
-    if report.quantized is not None:
-        from svd_trt.calibration.report import markdown as quantized_markdown
-
-        q = report.quantized
-        lines += ["", quantized_markdown(q).rstrip("\n"), ""]
-        lines.append(
-            f"Worst end-to-end PSNR {q['worst_psnr_db']:.2f} dB "
-            f"(bound >= {q['min_psnr_db']:g} dB): {'PASS' if q['passed'] else 'FAIL'}"
-        )
-    return "\n".join(lines) + "\n"

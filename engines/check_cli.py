@@ -12,8 +12,10 @@ from pathlib import Path
 
 import click
 
+from svd_trt.cli import generation_options, one_line_errors, pop_generation
+from svd_trt.options import CHECK_DEFAULTS
+
 EXIT_FAILED = 1
-EXIT_USAGE = 2
 
 
 @click.command("check")
@@ -27,13 +29,9 @@ EXIT_USAGE = 2
     default=None,
     help="Runtime for the engines. [default: the directory's]",
 )
-@click.option("--num-frames", type=int, default=None, help="Frames. [default: the model's]")
-@click.option("--height", type=int, default=576, show_default=True, help="Pixel height.")
-@click.option("--width", type=int, default=1024, show_default=True, help="Pixel width.")
-@click.option(
-    "--decode-chunk-size", type=int, default=None, help="Frames per VAE decode. [default: all frames]"
+@generation_options(
+    "num_frames", "height", "width", "decode_chunk_size", "seed", "num_inference_steps", **CHECK_DEFAULTS
 )
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the inputs and noise.")
 @click.option(
     "--device", default="auto", show_default=True, help="torch device of the fp32 reference (cpu, cuda)."
 )
@@ -47,7 +45,6 @@ EXIT_USAGE = 2
 @click.option(
     "--end-to-end", is_flag=True, help="Also run the whole pipeline through both and compare frames."
 )
-@click.option("--steps", type=int, default=3, show_default=True, help="End to end: denoising steps.")
 @click.option(
     "--image",
     type=click.Path(dir_okay=False),
@@ -67,6 +64,7 @@ EXIT_USAGE = 2
     show_default=True,
     help="Quantized UNet: held-out runs compared end to end with the float UNet.",
 )
+@one_line_errors
 def check(
     engine_dir: str,
     snapshot: str,
@@ -76,16 +74,18 @@ def check(
     **fields,
 ) -> None:
     """Compare every engine of ENGINES with the torch port of MODEL in fp32 (Polygraphy)."""
-    from svd_trt.engines.accuracy import DEFAULT_IMAGE, CheckOptions, check_engines, write_report
+    from svd_trt.engines.accuracy import DEFAULT_IMAGE, CheckOptions, check_engines
+    from svd_trt.engines.report import write_report
 
     options = CheckOptions(
         engine_dir=Path(engine_dir),
         snapshot=Path(snapshot),
+        generation=pop_generation(fields),
         image=Path(image or DEFAULT_IMAGE),
         calibration=Path(calibration) if calibration else None,
         **fields,
     )
-    report = _run(check_engines, options)
+    report = check_engines(options, on_component=_echo_component)
     json_path, md_path = write_report(report, report_dir or Path(engine_dir) / "accuracy")
     failed = [c.name for c in report.components if not c.passed]
     if report.end_to_end is not None:
@@ -114,27 +114,3 @@ def _echo_component(result) -> None:
     comparable = errors and len(errors) == len(result.outputs)
     detail = f"max abs {max(errors):.3g}, atol {result.atol:g}" if comparable else "outputs not comparable"
     click.echo(f"{result.name} ({result.precision}): {'PASS' if result.passed else 'FAIL'} ({detail})")
-
-
-def _run(check_engines, options):
-    """The library call; expected failures are one line with exit code 2."""
-    from svd_trt.calibration.dataset import CalibrationDataError
-    from svd_trt.engines.accuracy import CheckError
-    from svd_trt.export.checkpoint import CheckpointError
-    from svd_trt.manifest import ManifestError
-    from svd_trt.runtime.pipeline import PipelineError
-    from svd_trt.runtime.trt_runner import ProfileError
-
-    try:
-        return check_engines(options, on_component=_echo_component)
-    # ManifestError includes TrtError: TensorRT or a GPU missing, or engines built elsewhere.
-    except (
-        CheckError,
-        CheckpointError,
-        ManifestError,
-        PipelineError,
-        ProfileError,
-        CalibrationDataError,
-    ) as e:
-        click.echo(f"Error: {str(e).splitlines()[0]}", err=True)
-        sys.exit(EXIT_USAGE)

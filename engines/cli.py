@@ -1,26 +1,23 @@
 """`svd-export`: checkpoints to engine directories, and their accuracy checks.
 
 Each command parses its options, builds one options object and calls one library
-function; expected failures are one line on stderr with exit code 2.
+function; expected failures are one line on stderr with exit code 2 (svd_trt/cli.py).
 """
 
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from pathlib import Path
 
 import click
 
-from svd_trt.manifest import QUANTIZED_PRECISIONS
+from svd_trt.cli import fail, one_line_errors
+from svd_trt.spec import FLOAT_PRECISIONS, QUANTIZED_PRECISIONS
 
 log = logging.getLogger("svd_trt")
 
-
-def _fail(message: str) -> None:
-    click.echo(f"Error: {message}", err=True)
-    sys.exit(2)
+PRECISIONS = FLOAT_PRECISIONS + QUANTIZED_PRECISIONS
 
 
 def _parse_precisions(items: tuple[str, ...]) -> dict[str, str]:
@@ -28,7 +25,7 @@ def _parse_precisions(items: tuple[str, ...]) -> dict[str, str]:
     out = {}
     for item in items:
         name, sep, precision = item.partition("=")
-        if not sep or precision not in ("fp32", "fp16", "int8", "fp8"):
+        if not sep or precision not in PRECISIONS:
             raise click.BadParameter(
                 f"{item!r}: expected COMPONENT=fp32|fp16 (unet also int8|fp8)", param_hint="--precision"
             )
@@ -53,6 +50,7 @@ def main(verbose: bool) -> None:
 @click.option("--variant", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True)
 @click.option("--num-frames", type=int, default=None, help="The UNet's default frame count.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@one_line_errors
 def make_checkpoint(size: str, out: str, variant: str, num_frames: int | None, seed: int) -> None:
     """Write a random-weight SVD snapshot (Hugging Face layout) of a named size."""
     from svd_trt.config import preset
@@ -86,77 +84,10 @@ class _Progress:
             self.bar = None
 
 
-def _trt_options(
-    precisions, variant, calibration, num_frames, height, width, decode_chunk_size, timing_cache
-):
-    """The TensorRT build's options object; range errors are one-line ValueErrors."""
-    from svd_trt.engines.profiles import DEFAULT_HEIGHT, DEFAULT_WIDTH, ProfileRequest, parse_range
-    from svd_trt.engines.tensorrt_build import TrtBuildOptions
+def _range(text: str | None, option: str) -> tuple[int, int] | None:
+    from svd_trt.engines.profiles import parse_range
 
-    request = ProfileRequest(
-        num_frames=parse_range(num_frames, "--num-frames") if num_frames is not None else None,
-        height=parse_range(height or str(DEFAULT_HEIGHT), "--height"),
-        width=parse_range(width or str(DEFAULT_WIDTH), "--width"),
-        decode_chunk_size=decode_chunk_size,
-    )
-    cache = Path(timing_cache) if timing_cache else None
-    calib = Path(calibration) if calibration else None
-    return TrtBuildOptions(request, precisions, timing_cache=cache, variant=variant, calibration=calib)
-
-
-def _build_onnxruntime(snapshot, out, precisions: dict, variant, calibration, progress):
-    """ONNX files for ONNX Runtime; an int8 UNet is quantized from its fp32 export in place."""
-    from svd_trt.calibration.quantize import check_request, quantize_unet
-    from svd_trt.export.onnx_export import build_onnx_dir
-    from svd_trt.manifest import load_manifest
-
-    unet = precisions.get("unet")
-    quantized = unet in QUANTIZED_PRECISIONS
-    if quantized:
-        check_request(unet)  # fp8: a one-line QuantizeError before the export
-    if quantized and not calibration:
-        _fail(f"--unet-precision {unet} needs --calibration DIR (svd-export calibrate)")
-    export_precisions = {**precisions, "unet": "fp32"} if quantized else precisions
-    manifest = build_onnx_dir(
-        snapshot, out, "onnxruntime", export_precisions, variant=variant, on_component=progress
-    )
-    if not quantized:
-        return manifest
-    start = time.perf_counter()
-    quantize_unet(out, calibration, unet)
-    progress(f"unet {unet} q/dq", "quantized", time.perf_counter() - start)
-    return load_manifest(out)
-
-
-def _build(snapshot: str, out: str, backend: str, precisions: dict, variant, calibration, trt_args: dict):
-    """Run the backend's library function; expected failures are one line."""
-    from svd_trt.calibration.dataset import CalibrationDataError
-    from svd_trt.calibration.quantize import QuantizeError
-    from svd_trt.engines.profiles import RangeError
-    from svd_trt.engines.tensorrt_build import BuildError, build_tensorrt_dir
-    from svd_trt.export.checkpoint import CheckpointError
-    from svd_trt.manifest import ManifestError
-
-    steps = (8 if backend == "tensorrt" else 4) + (precisions.get("unet") in QUANTIZED_PRECISIONS)
-    progress = _Progress(steps, backend)
-    try:
-        if backend == "tensorrt":
-            options = _trt_options(precisions, variant, calibration, **trt_args)
-            return build_tensorrt_dir(snapshot, out, options, on_component=progress)
-        return _build_onnxruntime(snapshot, out, precisions, variant, calibration, progress)
-    # ManifestError includes TrtError: TensorRT or a GPU missing here.
-    except (
-        CheckpointError,
-        ManifestError,
-        RangeError,
-        BuildError,
-        QuantizeError,
-        CalibrationDataError,
-    ) as e:
-        progress.close()  # the error is the last line
-        _fail(str(e).splitlines()[0])
-    finally:
-        progress.close()
+    return parse_range(text, option) if text is not None else None
 
 
 @main.command("build-engines")
@@ -172,10 +103,10 @@ def _build(snapshot: str, out: str, backend: str, precisions: dict, variant, cal
 )
 @click.option(
     "--unet-precision",
-    type=click.Choice(["fp32", "fp16", "int8", "fp8"]),
+    type=click.Choice(PRECISIONS),
     default=None,
     help="The UNet's precision (same as --precision unet=...); int8 / fp8 need --calibration. "
-    "[default: fp32 for onnxruntime, fp16 for tensorrt]",
+    "[default: the spec's for the backend: fp32 for onnxruntime, fp16 for tensorrt]",
 )
 @click.option(
     "--calibration",
@@ -193,15 +124,19 @@ def _build(snapshot: str, out: str, backend: str, precisions: dict, variant, cal
 @click.option(
     "--num-frames",
     default=None,
-    help="TensorRT: frames N or MIN:MAX (opt: the model's). [default: the model's]",
+    help="Frames the engines serve, N or MIN:MAX. [default: TensorRT the model's count; ONNX Runtime any]",
 )
-@click.option("--height", default=None, help="TensorRT: pixel height N or MIN:MAX (opt: 576). [default: 576]")
-@click.option("--width", default=None, help="TensorRT: pixel width N or MIN:MAX (opt: 1024). [default: 1024]")
+@click.option(
+    "--height", default=None, help="Pixel heights served, N or MIN:MAX. [default: TensorRT 576; ONNX Runtime any]"
+)
+@click.option(
+    "--width", default=None, help="Pixel widths served, N or MIN:MAX. [default: TensorRT 1024; ONNX Runtime any]"
+)
 @click.option(
     "--decode-chunk-size",
     type=int,
     default=None,
-    help="TensorRT: largest decode chunk. [default: max frames]",
+    help="Largest decode chunk served. [default: the largest frame count]",
 )
 @click.option(
     "--timing-cache",
@@ -209,6 +144,7 @@ def _build(snapshot: str, out: str, backend: str, precisions: dict, variant, cal
     default=None,
     help="TensorRT: tactic timing cache shared across builds. [default: per TensorRT + GPU in ~/.cache/svd-trt]",
 )
+@one_line_errors
 def build_engines(
     snapshot: str,
     out: str,
@@ -217,20 +153,38 @@ def build_engines(
     unet_precision: str | None,
     calibration: str | None,
     variant: str,
-    **trt_args,
+    num_frames: str | None,
+    height: str | None,
+    width: str | None,
+    decode_chunk_size: int | None,
+    timing_cache: str | None,
 ):
     """Export every component of MODEL and build the engines into OUT."""
-    given = [name for name, value in trt_args.items() if value is not None]
-    if backend != "tensorrt" and given:
-        _fail(f"--{given[0].replace('_', '-')} applies to --backend tensorrt only")
+    from svd_trt.engines.build import BuildOptions, build_engines
+    from svd_trt.engines.profiles import ProfileRequest
+
+    if backend != "tensorrt" and timing_cache is not None:
+        fail("--timing-cache applies to --backend tensorrt only")
     parsed = _parse_precisions(precisions)
     if unet_precision:
         parsed["unet"] = unet_precision
-    if calibration and parsed.get("unet") not in QUANTIZED_PRECISIONS:
-        _fail("--calibration applies to --unet-precision int8 or fp8 only")
+    request = ProfileRequest(
+        _range(num_frames, "--num-frames"), _range(height, "--height"), _range(width, "--width"), decode_chunk_size
+    )
+    options = BuildOptions(
+        backend,
+        request,
+        parsed,
+        variant={"fp32": None}.get(variant, variant),
+        calibration=Path(calibration) if calibration else None,
+        timing_cache=Path(timing_cache) if timing_cache else None,
+    )
     start = time.perf_counter()
-    variant_arg = {"fp32": None}.get(variant, variant)
-    manifest = _build(snapshot, out, backend, parsed, variant_arg, calibration, trt_args)
+    progress = _Progress((8 if backend == "tensorrt" else 4) + bool(options.quantized), backend)
+    try:
+        manifest = build_engines(snapshot, out, options, on_component=progress)
+    finally:
+        progress.close()  # an error is the last line
     size = sum(f.stat().st_size for f in Path(out).iterdir()) / 2**20
     click.echo(
         f"wrote {len(manifest.components)} {backend} components ({size:.1f} MiB) to {out} "

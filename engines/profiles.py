@@ -1,10 +1,11 @@
-"""TensorRT optimization profiles from user ranges, derived through the component specs.
+"""The request sizes an engine directory serves, and the TensorRT optimization profiles built from them.
 
-The user gives frames, height and width as `N` or `MIN:MAX`, and the largest decode
-chunk. Each component's per-input (min, opt, max) shapes are `ComponentSpec.input_shapes`
-at three size dicts, so no shape is spelled here. Batch follows how the pipeline calls
-each component: the UNet at 2 (cond + uncond, CFG) or 1, the encoders once per video.
-numpy only: no TensorRT needed to compute or test a profile.
+The user gives frames, height and width as `N` or `MIN:MAX`, and the largest decode chunk.
+`served_limits` turns that into one Span per GenerationOptions size field (recorded in the
+manifest; the runtime refuses anything outside before running a component). Each component's
+per-input (min, opt, max) shapes are `ComponentSpec.input_shapes` at three size dicts, its
+batch and frame axis as its spec says, so no shape is spelled here. numpy only: no TensorRT
+needed to compute or test a profile.
 """
 
 from __future__ import annotations
@@ -12,49 +13,28 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from svd_trt.config import SVDConfig
-from svd_trt.spec import component_specs, sizes_for
+from svd_trt.errors import UserError
+from svd_trt.spec import DEFAULT_HEIGHT, DEFAULT_WIDTH, Span, component_specs, size_multiple, sizes_for
 
 Shape = tuple[int, ...]
 # input name -> {"min": shape, "opt": shape, "max": shape}; JSON-friendly, recorded in the manifest.
 Profile = dict[str, dict[str, Shape]]
+Range = tuple[int, int | None]  # (min, max); max None = unbounded
 
-DEFAULT_HEIGHT = 576
-DEFAULT_WIDTH = 1024
 LEVELS = ("min", "opt", "max")
 
 
-class RangeError(ValueError):
-    """A bad profile range; the message is one line naming the option."""
-
-
-@dataclass(frozen=True)
-class Span:
-    """One symbolic dim's range."""
-
-    min: int
-    opt: int
-    max: int
-
-    def at(self, level: str) -> int:
-        return getattr(self, level)
-
-
-# The UNet is optimised for batch 2 (CFG on); batch 1 still runs when guidance is off.
-BATCH = {
-    "image_encoder": Span(1, 1, 2),
-    "vae_encoder": Span(1, 1, 2),
-    "unet": Span(1, 2, 2),
-    "vae_decoder": Span(1, 1, 1),  # no batch axis: frames are its leading dim
-}
+class RangeError(UserError, ValueError):
+    """A bad size range; the message is one line naming the option."""
 
 
 @dataclass(frozen=True)
 class ProfileRequest:
-    """What the user asked for, as (min, max) pairs; None = the model's own value."""
+    """What the user asked for, as (min, max) pairs; None = the default for the backend."""
 
-    num_frames: tuple[int, int] | None = None
-    height: tuple[int, int] = (DEFAULT_HEIGHT, DEFAULT_HEIGHT)
-    width: tuple[int, int] = (DEFAULT_WIDTH, DEFAULT_WIDTH)
+    num_frames: Range | None = None
+    height: Range | None = None
+    width: Range | None = None
     decode_chunk_size: int | None = None
 
 
@@ -69,59 +49,63 @@ def parse_range(text: str, option: str) -> tuple[int, int]:
     return pair
 
 
-def _check_pair(pair: tuple[int, int], option: str) -> None:
+def _check_pair(pair: Range, option: str) -> None:
     lo, hi = pair
-    if lo <= 0 or hi <= 0:
+    if lo <= 0 or (hi is not None and hi <= 0):
         raise RangeError(f"{option} {lo}:{hi}: values must be positive")
-    if lo > hi:
+    if hi is not None and lo > hi:
         raise RangeError(f"{option} {lo}:{hi}: min {lo} is larger than max {hi}")
 
 
-def size_unit(cfg: SVDConfig) -> int:
-    """Pixels per size step the UNet accepts (as SVDPipeline.size_unit): each down block halves."""
-    return cfg.vae.scale_factor * 2 ** (len(cfg.unet.block_out_channels) - 1)
-
-
-def _span(pair: tuple[int, int], default: int, unit: int = 1) -> Span:
+def _span(pair: Range, default: int, unit: int = 1) -> Span:
     """opt = the default (rounded down to `unit`) clamped into the range."""
     lo, hi = pair
-    return Span(lo, min(max(default // unit * unit, lo), hi), hi)
+    opt = max(default // unit * unit, lo)
+    return Span(lo, opt if hi is None else min(opt, hi), hi)
 
 
-def dim_spans(cfg: SVDConfig, request: ProfileRequest) -> dict[str, Span]:
-    """Validated spans of F (frames), H, W and the decoder's chunk length."""
-    unit = size_unit(cfg)
-    frames = request.num_frames or (cfg.unet.num_frames, cfg.unet.num_frames)
-    for option, pair in (("--num-frames", frames), ("--height", request.height), ("--width", request.width)):
+def served_limits(cfg: SVDConfig, request: ProfileRequest, bounded: bool) -> dict[str, Span]:
+    """Validated spans of the request sizes (GenerationOptions names).
+
+    `bounded` (TensorRT: every engine needs a max): an unset range is the model's frame count
+    and the default size. Unbounded (ONNX Runtime): an unset range accepts any size >= 1.
+    """
+    unit = size_multiple(cfg)
+    default_frames = (cfg.unet.num_frames, cfg.unet.num_frames) if bounded else (1, None)
+    frames = request.num_frames or default_frames
+    height = request.height or ((DEFAULT_HEIGHT, DEFAULT_HEIGHT) if bounded else (unit, None))
+    width = request.width or ((DEFAULT_WIDTH, DEFAULT_WIDTH) if bounded else (unit, None))
+    for option, pair in (("--num-frames", frames), ("--height", height), ("--width", width)):
         _check_pair(pair, option)
-    for option, (lo, hi) in (("--height", request.height), ("--width", request.width)):
-        if lo % unit or hi % unit:
+    for option, (lo, hi) in (("--height", height), ("--width", width)):
+        if lo % unit or (hi is not None and hi % unit):
             raise RangeError(f"{option} {lo}:{hi}: this model needs multiples of {unit} pixels")
     chunk = request.decode_chunk_size if request.decode_chunk_size is not None else frames[1]
-    if chunk <= 0:
+    if chunk is not None and chunk <= 0:
         raise RangeError(f"--decode-chunk-size {chunk}: must be positive")
-    chunk = min(chunk, frames[1])  # a chunk longer than the video decodes as one chunk
+    if chunk is not None and frames[1] is not None:
+        chunk = min(chunk, frames[1])  # a chunk longer than the video decodes as one chunk
     return {
-        "F": _span(frames, cfg.unet.num_frames),
-        "H": _span(request.height, DEFAULT_HEIGHT, unit),
-        "W": _span(request.width, DEFAULT_WIDTH, unit),
-        "chunk": Span(1, chunk, chunk),  # every tail chunk, 1..chunk frames, must run
+        "num_frames": _span(frames, cfg.unet.num_frames),
+        "height": _span(height, DEFAULT_HEIGHT, unit),
+        "width": _span(width, DEFAULT_WIDTH, unit),
+        # every tail chunk, 1..chunk frames, must run
+        "decode_chunk_size": Span(1, chunk or cfg.unet.num_frames, chunk),
     }
 
 
-def component_sizes(cfg: SVDConfig, spans: dict[str, Span]) -> dict[str, dict[str, dict[str, int]]]:
+def component_sizes(cfg: SVDConfig, limits: dict[str, Span]) -> dict[str, dict[str, dict[str, int]]]:
     """Per component, the symbolic sizes (B, F, H, W, h, w) at min, opt and max."""
     out = {}
-    for name in component_specs(cfg):
-        frames = spans["chunk"] if name == "vae_decoder" else spans["F"]
-        dims = (BATCH[name], frames, spans["H"], spans["W"])
+    for name, spec in component_specs(cfg).items():
+        dims = (spec.batch, limits[spec.frames], limits["height"], limits["width"])
         out[name] = {level: sizes_for(cfg, *(d.at(level) for d in dims)) for level in LEVELS}
     return out
 
 
-def component_profiles(cfg: SVDConfig, request: ProfileRequest) -> dict[str, Profile]:
+def component_profiles(cfg: SVDConfig, limits: dict[str, Span]) -> dict[str, Profile]:
     """Per component and input, the (min, opt, max) shapes; all through spec.input_shapes."""
-    sizes = component_sizes(cfg, dim_spans(cfg, request))
+    sizes = component_sizes(cfg, limits)
     profiles = {}
     for name, spec in component_specs(cfg).items():
         shapes = {level: spec.input_shapes(sizes[name][level]) for level in LEVELS}

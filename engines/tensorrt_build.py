@@ -12,12 +12,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from svd_trt.engines.profiles import Profile, ProfileRequest, component_profiles
+from svd_trt.engines.build import BuildError, BuildOptions, OnComponent, component_precisions
+from svd_trt.engines.profiles import Profile, component_profiles, served_limits
 from svd_trt.engines.trt_cache import (
     default_timing_cache,
     engine_key,
@@ -27,51 +27,18 @@ from svd_trt.engines.trt_cache import (
 )
 from svd_trt.export.checkpoint import read_config
 from svd_trt.export.onnx_export import _link_or_copy, build_onnx_dir, staged_dir
-from svd_trt.manifest import QUANTIZED_PRECISIONS as QUANTIZED
 from svd_trt.manifest import ComponentEntry, Manifest
 from svd_trt.runtime.trt_runner import Platform, current_platform
+from svd_trt.spec import QUANTIZED_PRECISIONS as QUANTIZED
 from svd_trt.spec import ComponentSpec, component_specs
 
 log = logging.getLogger(__name__)
 
-ENGINE_PRECISIONS = ("fp32", "fp16")
 FP8_MIN_CAPABILITY = (8, 9)  # FP8 tensor cores: Ada (8.9) and Hopper (9.0) onwards
-OnComponent = Callable[[str, str, float], None]
-
-
-class BuildError(ValueError):
-    """A build request that cannot be met: one line."""
-
-
-@dataclass(frozen=True)
-class TrtBuildOptions:
-    """Everything `build-engines --backend tensorrt` takes besides MODEL and OUT."""
-
-    request: ProfileRequest = field(default_factory=ProfileRequest)
-    precisions: dict[str, str] = field(default_factory=dict)  # overrides of each spec's gpu_precision
-    timing_cache: Path | None = None  # default: one per TensorRT + GPU in the user cache dir
-    onnx_dir: Path | None = None  # default: OUT-onnx beside OUT
-    variant: str | None = "auto"
-    calibration: Path | None = None  # int8 / fp8 UNet: the directory svd-export calibrate wrote
 
 
 def onnx_dir_for(out: Path) -> Path:
     return out.with_name(f"{out.name}-onnx")
-
-
-def engine_precisions(specs: dict[str, ComponentSpec], overrides: dict[str, str]) -> dict[str, str]:
-    """The specs' GPU precisions (fp16 CLIP + UNet, fp32 VAE) with the user's overrides."""
-    for name, precision in overrides.items():
-        if name not in specs:
-            raise BuildError(f"--precision {name}={precision}: unknown component; choose {', '.join(specs)}")
-        if precision in QUANTIZED and name == "unet":
-            continue
-        if precision not in ENGINE_PRECISIONS:
-            raise BuildError(
-                f"--precision {name}={precision}: TensorRT engines here are fp32 or fp16 "
-                "(int8 / fp8 for the UNet only)"
-            )
-    return {**{name: spec.gpu_precision for name, spec in specs.items()}, **overrides}
 
 
 def build_engine(
@@ -132,18 +99,18 @@ def _engine_entry(ctx: _Context, spec: ComponentSpec, onnx_path: Path, precision
 def build_tensorrt_dir(
     snapshot: str | Path,
     out: str | Path,
-    options: TrtBuildOptions | None = None,
+    options: BuildOptions | None = None,
     on_component: OnComponent | None = None,
 ) -> Manifest:
     """Export ONNX (GPU precisions), build or reuse one engine per component, write OUT atomically."""
-    snapshot, out, options = Path(snapshot), Path(out), options or TrtBuildOptions()
+    snapshot, out, options = Path(snapshot), Path(out), options or BuildOptions("tensorrt")
+    options.check()
     cfg = read_config(snapshot)
     specs = component_specs(cfg)
-    profiles = component_profiles(cfg, options.request)  # range errors before any slow work
-    precisions = engine_precisions(specs, options.precisions)
+    limits = served_limits(cfg, options.request, bounded=True)  # range errors before any slow work
+    profiles = component_profiles(cfg, limits)
+    precisions = component_precisions(specs, options.precisions, "tensorrt")
     quantized = precisions["unet"] in QUANTIZED
-    if quantized and options.calibration is None:
-        raise BuildError(f"the {precisions['unet']} UNet needs --calibration DIR (svd-export calibrate)")
     platform = current_platform()  # TrtError without TensorRT or a GPU
     if precisions["unet"] == "fp8" and _capability(platform) < FP8_MIN_CAPABILITY:
         raise BuildError(
@@ -167,7 +134,7 @@ def build_tensorrt_dir(
     with staged_dir(out) as stage:
         ctx = _Context(out, stage, old, platform, timing_cache)
         entries = _build_all(ctx, specs, onnx_dir, onnx.components, profiles, on_component)
-        manifest = Manifest("tensorrt", cfg, entries, source=str(snapshot.resolve()))
+        manifest = Manifest("tensorrt", cfg, entries, source=str(snapshot.resolve()), limits=limits)
         manifest.save(stage)
     return manifest
 

@@ -20,19 +20,14 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
 
-from svd_trt.config import (
-    CLIPConfig,
-    FeatureExtractorConfig,
-    SchedulerConfig,
-    SVDConfig,
-    UNetConfig,
-    VAEConfig,
-)
+from svd_trt.config import SVDConfig
+from svd_trt.errors import UserError
+from svd_trt.spec import ComponentSpec
 
 log = logging.getLogger(__name__)
 
 
-class CheckpointError(Exception):
+class CheckpointError(UserError):
     """A snapshot that cannot be read as SVD: the message is one line naming file and key."""
 
 
@@ -80,12 +75,14 @@ def read_config(snapshot: str | Path) -> SVDConfig:
         raise CheckpointError(f"{root / 'unet' / 'config.json'}: {unet['_class_name']} is not SVD's UNet")
     fe_path = root / "feature_extractor" / "preprocessor_config.json"
     fe = _read_json(fe_path) if fe_path.exists() else {}
-    return SVDConfig(
-        unet=UNetConfig.from_dict(unet),
-        vae=VAEConfig.from_dict(_read_json(root / "vae" / "config.json")),
-        clip=CLIPConfig.from_dict(_read_json(root / "image_encoder" / "config.json")),
-        scheduler=SchedulerConfig.from_dict(_read_json(root / "scheduler" / "scheduler_config.json")),
-        feature_extractor=FeatureExtractorConfig.from_dict(fe),
+    return SVDConfig.from_dict(
+        {
+            "unet": unet,
+            "vae": _read_json(root / "vae" / "config.json"),
+            "clip": _read_json(root / "image_encoder" / "config.json"),
+            "scheduler": _read_json(root / "scheduler" / "scheduler_config.json"),
+            "feature_extractor": fe,
+        }
     )
 
 
@@ -196,6 +193,23 @@ def build_module(name: str, cfg: SVDConfig) -> nn.Module:
 
         return CLIPVisionWithProjection(cfg.clip)
     raise ValueError(f"unknown component {name!r}")
+
+
+class MethodModule(nn.Module):
+    """One method of a module as its forward: the VAE's encode and decode are two components."""
+
+    def __init__(self, module: nn.Module, method: str) -> None:
+        super().__init__()
+        self.module = module
+        self.method = method
+
+    def forward(self, *args: torch.Tensor) -> torch.Tensor:
+        return getattr(self.module, self.method)(*args)
+
+
+def component_module(source: nn.Module, spec: ComponentSpec) -> nn.Module:
+    """The module a component runs, from the port module of its snapshot folder (spec.source)."""
+    return source if spec.method is None else MethodModule(source, spec.method)
 
 
 def derived_keys(name: str) -> dict[str, Callable[[torch.Tensor], bool]]:

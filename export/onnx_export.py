@@ -28,17 +28,16 @@ import torch
 from torch import nn
 
 from svd_trt.config import SVDConfig
-from svd_trt.export.checkpoint import COMPONENTS, find_weights, load_component, read_config
+from svd_trt.export.checkpoint import COMPONENTS, component_module, find_weights, load_component, read_config
 from svd_trt.export.layers import onnx_attention
 from svd_trt.manifest import FLOAT_UNET, MANIFEST_NAME, ComponentEntry, Manifest, ManifestError, load_manifest
-from svd_trt.spec import ComponentSpec, component_specs
+from svd_trt.runtime.euler import check_scheduler
+from svd_trt.spec import ComponentSpec, Span, component_specs
 
 log = logging.getLogger(__name__)
 
 OPSET = 17
 ONNX_PROTO_LIMIT = 2**31 - 1
-# Which checkpoint folder feeds each exported component.
-SOURCE = {"image_encoder": "image_encoder", "vae_encoder": "vae", "unet": "unet", "vae_decoder": "vae"}
 
 
 @dataclass(frozen=True)
@@ -60,22 +59,8 @@ def attention_kind(backend: str) -> str:
 
 
 def default_precisions(backend: str, specs: dict[str, ComponentSpec]) -> dict[str, str]:
-    """fp32 everywhere for ONNX Runtime on CPU; the spec's GPU precision for TensorRT."""
-    if backend == "tensorrt":
-        return {name: spec.gpu_precision for name, spec in specs.items()}
-    return dict.fromkeys(specs, "fp32")
-
-
-class _Call(nn.Module):
-    """Wraps one method of a module as forward, so the VAE exports as two graphs."""
-
-    def __init__(self, module: nn.Module, method: str) -> None:
-        super().__init__()
-        self.module = module
-        self.method = method
-
-    def forward(self, *args: torch.Tensor) -> torch.Tensor:
-        return getattr(self.module, self.method)(*args)
+    """Each spec's precision on the backend's target."""
+    return {name: spec.precision_on(backend) for name, spec in specs.items()}
 
 
 def trace_sizes(cfg: SVDConfig) -> dict[str, int]:
@@ -179,15 +164,18 @@ def build_onnx_dir(
     precisions: dict[str, str] | None = None,
     variant: str = "auto",
     on_component: Callable[[str, str, float], None] | None = None,
+    limits: dict[str, Span] | None = None,
 ) -> Manifest:
     """Export every component into `out` (atomically) and write its manifest.
 
     Components whose key (weights hash, precision, opset, exporter versions) matches the
     existing directory's are reused. The new directory is assembled beside `out` and
-    swapped in only when complete.
+    swapped in only when complete. `limits`: the request sizes the directory serves
+    (engines/profiles.served_limits); none = any size.
     """
     snapshot, out = Path(snapshot), Path(out)
     cfg = read_config(snapshot)
+    check_scheduler(cfg.scheduler)  # a snapshot the runtime cannot sample is refused before any export
     specs = component_specs(cfg)
     opts = ExportOptions(
         {**default_precisions(backend, specs), **(precisions or {})},
@@ -197,7 +185,7 @@ def build_onnx_dir(
     old = _reusable(out)
     with staged_dir(out) as stage:
         entries = _export_all(snapshot, cfg, specs, opts, out, old, stage, on_component)
-        manifest = Manifest(backend, cfg, entries, source=str(snapshot.resolve()))
+        manifest = Manifest(backend, cfg, entries, source=str(snapshot.resolve()), limits=limits or {})
         manifest.save(stage)
     return manifest
 
@@ -223,10 +211,10 @@ def _export_all(snapshot, cfg, specs, opts, out, old, stage, on_component) -> di
     }
     entries = {}
     loaded: dict[tuple[str, str], nn.Module] = {}
-    last_user = {SOURCE[n]: n for n in specs}  # free each checkpoint after its last component
+    last_user = {spec.source: n for n, spec in specs.items()}  # free each checkpoint after its last use
     for name, spec in specs.items():
         precision = opts.precision(name)
-        key = component_key(hashes[SOURCE[name]], name, precision, opts)
+        key = component_key(hashes[spec.source], name, precision, opts)
         start = time.perf_counter()
         if name in old and old[name].key == key:
             for f in _component_files(out, old[name]):
@@ -234,13 +222,13 @@ def _export_all(snapshot, cfg, specs, opts, out, old, stage, on_component) -> di
             entries[name] = old[name]
             status = "reused"
         else:
-            module = _module_for(snapshot, cfg, name, precision, opts.variant, loaded)
+            module = _module_for(snapshot, cfg, spec, precision, opts.variant, loaded)
             with onnx_attention(opts.attention):
                 export_onnx(module, spec, stage / spec.onnx_file, precision, trace_sizes(cfg), opts.opset)
             entries[name] = ComponentEntry.describe(spec, spec.onnx_file, precision, key)
             status = "exported"
-        if last_user[SOURCE[name]] == name:
-            loaded.pop((SOURCE[name], precision), None)  # the real UNet is 6 GB in fp32
+        if last_user[spec.source] == name:
+            loaded.pop((spec.source, precision), None)  # the real UNet is 6 GB in fp32
         seconds = time.perf_counter() - start
         log.info("%s: %s (%s) in %.1f s", name, status, precision, seconds)
         if on_component:
@@ -248,17 +236,11 @@ def _export_all(snapshot, cfg, specs, opts, out, old, stage, on_component) -> di
     return entries
 
 
-def _module_for(snapshot, cfg, name, precision, variant, loaded) -> nn.Module:
+def _module_for(snapshot, cfg, spec: ComponentSpec, precision, variant, loaded) -> nn.Module:
     dtype = torch.float16 if precision == "fp16" else torch.float32
-    source = SOURCE[name]
-    if (source, precision) not in loaded:
-        loaded[(source, precision)] = load_component(snapshot, source, cfg, dtype=dtype, variant=variant)
-    module = loaded[(source, precision)]
-    if name == "vae_encoder":
-        return _Call(module, "encode")
-    if name == "vae_decoder":
-        return _Call(module, "decode")
-    return module
+    if (spec.source, precision) not in loaded:
+        loaded[(spec.source, precision)] = load_component(snapshot, spec.source, cfg, dtype=dtype, variant=variant)
+    return component_module(loaded[(spec.source, precision)], spec)
 
 
 def _relax_permissions(directory: Path) -> None:

@@ -191,25 +191,3 @@ class TemporalVAE(nn.Module):
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """latents [F, latent, h, w] (unscaled, one chunk of one video) -> frames [F, 3, H, W]."""
         return self.decoder(latents)
-
-
-class VAEEncoder(nn.Module):
-    """`vae.encode` as forward, for ONNX export."""
-
-    def __init__(self, vae: TemporalVAE) -> None:
-        super().__init__()
-        self.vae = vae
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return self.vae.encode(image)
-
-
-class VAEDecoder(nn.Module):
-    """`vae.decode` as forward, for ONNX export."""
-
-    def __init__(self, vae: TemporalVAE) -> None:
-        super().__init__()
-        self.vae = vae
-
-    def forward(self, latents: torch.Tensor) -> torch.Tensor:
-        return self.vae.decode(latents)

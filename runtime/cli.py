@@ -1,25 +1,21 @@
 """`svd-trt infer`: image in, video out, with diffusers' argument names and defaults.
 
-Thin: parse, build GenerationOptions, call the pipeline, write the file. Every
-expected failure is one line on stderr and exit code 2; no partial output is left.
+Thin: parse, build GenerationOptions (its options are declared once, svd_trt/options.py),
+call the pipeline, write the file. Every expected failure is one line on stderr and exit
+code 2 (svd_trt/cli.py); no partial output is left.
 """
 
 from __future__ import annotations
 
 import logging
-import sys
 
 import click
 import numpy as np
 
+from svd_trt.cli import fail, generation_options, one_line_errors, pop_generation
 from svd_trt.runtime.runners import BACKENDS
 
 log = logging.getLogger("svd_trt")
-
-
-def _fail(message: str) -> None:
-    click.echo(f"Error: {message}", err=True)
-    sys.exit(2)
 
 
 def _load_npy(path: str | None, what: str) -> np.ndarray | None:
@@ -28,7 +24,7 @@ def _load_npy(path: str | None, what: str) -> np.ndarray | None:
     try:
         return np.load(path, allow_pickle=False)
     except (OSError, ValueError) as e:
-        _fail(f"{path}: cannot read {what} as .npy ({e})")
+        fail(f"{path}: cannot read {what} as .npy ({e})")
 
 
 @click.group()
@@ -44,19 +40,7 @@ def main(verbose: bool) -> None:
 @click.option("--engines", "engine_dir", required=True, type=click.Path(), help="Engine directory.")
 @click.option("--image", required=True, type=click.Path(), help="Conditioning image.")
 @click.option("--out", required=True, type=click.Path(), help=".mp4, .gif, .npy or a directory of PNGs.")
-@click.option("--num-frames", type=int, default=None, help="Default: the model's.")
-@click.option("--height", type=int, default=576, show_default=True)
-@click.option("--width", type=int, default=1024, show_default=True)
-@click.option("--num-inference-steps", type=int, default=25, show_default=True)
-@click.option("--min-guidance-scale", type=float, default=1.0, show_default=True)
-@click.option("--max-guidance-scale", type=float, default=3.0, show_default=True)
-@click.option(
-    "--fps", type=int, default=7, show_default=True, help="Conditioning fps (the model sees fps-1)."
-)
-@click.option("--motion-bucket-id", type=int, default=127, show_default=True)
-@click.option("--noise-aug-strength", type=float, default=0.02, show_default=True)
-@click.option("--decode-chunk-size", type=int, default=None, help="Default: all frames at once.")
-@click.option("--seed", type=int, default=None)
+@generation_options()
 @click.option(
     "--backend",
     type=click.Choice(BACKENDS),
@@ -73,27 +57,25 @@ def main(verbose: bool) -> None:
 @click.option("--output-fps", type=float, default=None, help="Frame rate of the file; default --fps.")
 @click.option("--contact-sheet", type=click.Path(), default=None, help="Also write a PNG grid of the frames.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
+@one_line_errors
 def infer(
     engine_dir, image, out, latents_path, noise_path, output_fps, contact_sheet, backend, progress, **kw
 ):
     """Render a video from IMAGE with the engines in ENGINES."""
-    from svd_trt.runtime.infer import InferError, infer_to_file
+    from svd_trt.runtime.infer import infer_to_file
 
-    try:
-        result = infer_to_file(
-            engine_dir=engine_dir,
-            image=image,
-            out=out,
-            latents=_load_npy(latents_path, "latents"),
-            image_noise=_load_npy(noise_path, "image noise"),
-            output_fps=output_fps,
-            contact_sheet=contact_sheet,
-            backend=backend,
-            progress=progress,
-            **kw,
-        )
-    except InferError as e:
-        _fail(str(e))
+    result = infer_to_file(
+        engine_dir=engine_dir,
+        image=image,
+        out=out,
+        options=pop_generation(kw),
+        latents=_load_npy(latents_path, "latents"),
+        image_noise=_load_npy(noise_path, "image noise"),
+        output_fps=output_fps,
+        contact_sheet=contact_sheet,
+        backend=backend,
+        progress=progress,
+    )
     click.echo(f"wrote {result.path}")
     if result.contact_sheet:
         click.echo(f"wrote {result.contact_sheet}")

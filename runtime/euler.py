@@ -194,3 +194,8 @@ def sample_euler(
         sigma, sigma_next = schedule.sigmas[i], schedule.sigmas[i + 1]
         x = step(model(scale_model_input(x, sigma), t), x, sigma, sigma_next, prediction_type)
     return x
+
+
+def check_scheduler(cfg: SchedulerConfig) -> None:
+    """Refuse, in one line, a scheduler config this runtime cannot sample like diffusers."""
+    _check(cfg, 1)

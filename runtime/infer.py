@@ -8,9 +8,11 @@ from pathlib import Path
 
 import numpy as np
 
-from svd_trt.manifest import ManifestError
+from svd_trt.errors import UserError
+from svd_trt.manifest import load_manifest
+from svd_trt.options import GenerationOptions, resolve
 from svd_trt.runtime.image_preprocess import load_image
-from svd_trt.runtime.pipeline import GenerationOptions, PipelineError, SVDPipeline, Timings
+from svd_trt.runtime.pipeline import SVDPipeline, Timings
 from svd_trt.runtime.video import contact_sheet as write_contact_sheet
 from svd_trt.runtime.video import save_frames
 
@@ -19,7 +21,7 @@ log = logging.getLogger(__name__)
 OUTPUT_SUFFIXES = (".mp4", ".gif", ".npy", "")
 
 
-class InferError(Exception):
+class InferError(UserError):
     """Any expected failure of a run, as one line."""
 
 
@@ -39,25 +41,31 @@ def infer_to_file(
     engine_dir: str | Path,
     image: str | Path,
     out: str | Path,
+    options: GenerationOptions | None = None,
     latents: np.ndarray | None = None,
     image_noise: np.ndarray | None = None,
     output_fps: float | None = None,
     contact_sheet: str | Path | None = None,
     backend: str | None = None,
     progress: bool = False,
-    **generation,
 ) -> InferResult:
-    """Run one generation and write `out` (and the contact sheet); only complete files are left."""
+    """Run one generation and write `out` (and the contact sheet); only complete files are left.
+
+    Everything that can be checked is checked before any component runs: the output path, the
+    options against the model and the sizes the engines serve, the image.
+    """
     out = Path(out)
     _check_out(out)
-    opts = GenerationOptions(**generation)
+    manifest = load_manifest(engine_dir)
+    opts = resolve(options or GenerationOptions(), manifest.model, manifest.limits)
     try:
         pil = load_image(image)
-        pipe = SVDPipeline.from_engine_dir(engine_dir, backend=backend)
+    except ValueError as e:
+        raise InferError(str(e)) from None
+    pipe = SVDPipeline.from_engine_dir(engine_dir, backend=backend)
+    try:
         result = _run(pipe, pil, opts, latents, image_noise, progress)
-    except (ManifestError, PipelineError, ValueError, FileNotFoundError) as e:
-        raise InferError(str(e).splitlines()[0]) from None
-    except RuntimeError as e:  # the backend refused the shapes (e.g. outside a TensorRT profile)
+    except RuntimeError as e:  # a backend failed at run time (ONNX Runtime / TensorRT)
         raise InferError(f"the engines cannot run this request: {str(e).splitlines()[0]}") from None
     fps = output_fps if output_fps is not None else opts.fps
     path = save_frames(result.frames, out, fps=fps)

@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from svd_trt.manifest import Manifest, load_manifest
+from svd_trt.options import GenerationOptions, PipelineError, resolve
 from svd_trt.runtime import euler, guidance
 from svd_trt.runtime.clip_preprocess import clip_pixel_values
 from svd_trt.runtime.image_preprocess import added_time_ids, postprocess, vae_pixel_values
@@ -26,28 +27,7 @@ from svd_trt.runtime.runners import Runner, open_runner
 
 log = logging.getLogger(__name__)
 
-COMPONENTS = ("image_encoder", "vae_encoder", "unet", "vae_decoder")
-
-
-class PipelineError(ValueError):
-    """Bad input to a generation: the message is one line."""
-
-
-@dataclass(frozen=True)
-class GenerationOptions:
-    """diffusers' __call__ arguments and defaults; None = the model's own value."""
-
-    num_frames: int | None = None
-    height: int = 576
-    width: int = 1024
-    num_inference_steps: int = 25
-    min_guidance_scale: float = 1.0
-    max_guidance_scale: float = 3.0
-    fps: int = 7
-    motion_bucket_id: int = 127
-    noise_aug_strength: float = 0.02
-    decode_chunk_size: int | None = None
-    seed: int | None = None
+__all__ = ["GenerationOptions", "PipelineError", "SVDPipeline", "Timings", "VideoOutput"]
 
 
 @dataclass
@@ -105,6 +85,7 @@ class SVDPipeline:
     """Built once from an engine directory; each call renders one video."""
 
     def __init__(self, manifest: Manifest, runners: dict[str, Runner]) -> None:
+        euler.check_scheduler(manifest.model.scheduler)
         self.manifest = manifest
         self.cfg = manifest.model
         self.runners = runners
@@ -113,24 +94,17 @@ class SVDPipeline:
     def from_engine_dir(cls, engine_dir: str | Path, backend: str | None = None, **options) -> SVDPipeline:
         """Open every component of `engine_dir` with `backend` (default: the one it was built for)."""
         manifest = load_manifest(engine_dir)
+        euler.check_scheduler(manifest.model.scheduler)  # before any session is opened
         backend = backend or manifest.backend
         runners = {
             name: open_runner(engine_dir, name, manifest.components[name], backend, **options)
-            for name in COMPONENTS
+            for name in manifest.specs()
         }
         return cls(manifest, runners)
 
     def resolve(self, opts: GenerationOptions) -> GenerationOptions:
         """Fill model defaults and reject what the engines cannot run, each with one line."""
-        num_frames = opts.num_frames if opts.num_frames is not None else self.cfg.unet.num_frames
-        chunk = opts.decode_chunk_size if opts.decode_chunk_size is not None else num_frames
-        opts = dataclasses.replace(opts, num_frames=num_frames, decode_chunk_size=chunk)
-        for name in ("num_frames", "num_inference_steps", "decode_chunk_size", "height", "width"):
-            if getattr(opts, name) <= 0:
-                raise PipelineError(f"{name.replace('_', '-')} must be positive, got {getattr(opts, name)}")
-        if opts.height % 8 or opts.width % 8:
-            raise PipelineError(f"height and width must be multiples of 8, got {opts.height}x{opts.width}")
-        return opts
+        return resolve(opts, self.cfg, self.manifest.limits)
 
     def __call__(
         self,
@@ -208,7 +182,7 @@ class SVDPipeline:
             )
             if cfg_on:
                 pred = guidance.combine(pred[:1], pred[1:], scale)
-            latents = euler.step(pred, latents, sigma, schedule.sigmas[i + 1])
+            latents = euler.step(pred, latents, sigma, schedule.sigmas[i + 1], self.cfg.scheduler.prediction_type)
             if on_step:
                 on_step(i + 1, opts.num_inference_steps)
         return latents

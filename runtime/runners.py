@@ -90,10 +90,10 @@ def open_runner(engine_dir: str | Path, name: str, entry: ComponentEntry, backen
 
         return TrtEngineRunner(path, name=name, entry=entry)
     if backend == "torch":
-        # The PyTorch port of the snapshot the directory was exported from: see export/torch_fast.py.
+        # The PyTorch port of the snapshot the directory was exported from: see export/torch_backend.py.
         # options: device (default cuda if available, else cpu), fast, snapshot, cuda_graphs.
         try:
-            from svd_trt.export.torch_fast import open_torch_runner
+            from svd_trt.export.torch_backend import open_torch_runner
         except ImportError as e:
             raise ManifestError(
                 f"the torch backend needs PyTorch and safetensors ({e}): {PIP_TORCH}"

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from svd_trt.errors import UserError
 from svd_trt.manifest import ComponentEntry, ManifestError
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ class TrtError(ManifestError):
     """TensorRT or its engines cannot be used here (missing, no GPU, foreign engine): one line."""
 
 
-class ProfileError(ValueError):
+class ProfileError(UserError, ValueError):
     """A request outside the engine's optimization profile: one line naming the dim and range."""
 
 

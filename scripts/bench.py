@@ -34,15 +34,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import flops  # noqa: E402  (the sibling script; scripts/ is not a package)
 
 from svd_trt.config import preset  # noqa: E402
+from svd_trt.spec import FRAME_MAX_ABS  # noqa: E402
 
 log = logging.getLogger("bench")
 ROOT = Path(__file__).resolve().parents[1]
 IMAGE = ROOT / "runtime" / "assets" / "coffee.jpg"
 DOCS = ROOT / "docs" / "benchmarks.md"
 CONTENDERS = ("diffusers", "ours-ort", "ours-torch")
-# Max abs frame error (frames in [0, 1]) that counts as equal output: fp32 is the e2e tests'
-# bound; fp16 pipelines differ by rounding (diffusers rounds latents to fp16 every step).
-TOLERANCE = {"fp32": 1e-3, "fp16": 3e-2}
+# Max abs frame error (frames in [0, 1]) that counts as equal output (svd_trt/spec.py).
+TOLERANCE = FRAME_MAX_ABS
 
 
 @dataclass(frozen=True)
@@ -211,11 +211,11 @@ def _torch_parts(snapshot: Path, case: Case):
 
     cfg = read_config(snapshot)
     if case.device.startswith("cuda"):
-        from svd_trt.export.torch_fast import fast_runners
+        from svd_trt.export.torch_backend import fast_runners
 
         runners = fast_runners(snapshot, cfg, device=case.device)
     else:
-        from svd_trt.export.torch_runner import torch_runners
+        from svd_trt.export.torch_backend import torch_runners
 
         runners = torch_runners(snapshot, cfg)
     return Manifest("torch", cfg, {}, source=str(snapshot)), runners
@@ -296,8 +296,7 @@ def _decoder(contender: str, snapshot: Path, engines: Path | None, case: Case):
 
     dtype = torch.float16 if case.dtype == "fp16" else torch.float32
     if contender == "ours-torch":
-        from svd_trt.export.torch_fast import speed_up_attention
-        from svd_trt.export.torch_runner import torch_runner
+        from svd_trt.export.torch_backend import speed_up_attention, torch_runner
 
         runner = torch_runner(snapshot, "vae_decoder", device=case.device, dtype=dtype)
         if case.device.startswith("cuda"):

@@ -114,8 +114,7 @@ def unet_inputs(cfg: SVDConfig, frames: int, h: int, w: int, device, dtype) -> l
 def bench_unet(snapshot: Path, cfg: SVDConfig, args: argparse.Namespace, b: Bench, peak: float) -> list[dict]:
     from diffusers import UNetSpatioTemporalConditionModel
 
-    from svd_trt.export.torch_fast import CudaGraphRunner, speed_up_attention
-    from svd_trt.export.torch_runner import strict_fp32, torch_runner
+    from svd_trt.export.torch_backend import CudaGraphRunner, speed_up_attention, strict_fp32, torch_runner
 
     dtype, s = torch.float16, cfg.vae.scale_factor
     inputs = {f: unet_inputs(cfg, f, args.height, args.width, b.device, dtype) for f in args.frames}
@@ -197,8 +196,7 @@ def bench_decode(snapshot: Path, cfg: SVDConfig, args: argparse.Namespace, b: Be
     """All max(frames) latents decoded chunk by chunk in fp16: seconds and peak memory above the weights."""
     from diffusers import AutoencoderKLTemporalDecoder
 
-    from svd_trt.export.torch_fast import speed_up_attention
-    from svd_trt.export.torch_runner import torch_runner
+    from svd_trt.export.torch_backend import speed_up_attention, torch_runner
 
     dtype, s, frames = torch.float16, cfg.vae.scale_factor, max(args.frames)
     g = torch.Generator().manual_seed(1)

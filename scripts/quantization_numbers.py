@@ -53,8 +53,9 @@ def build(root: Path, threads: int | None, args) -> tuple[Path, Path]:
     if not (calib / "index.json").exists():
         start = time.perf_counter()
         capture_calibration(
-            engines, None, calib, runs=args.runs, steps=args.steps, frames=args.frames,
-            height=args.size, width=args.size, threads=threads,
+            engines, None, calib, GenerationOptions(
+                num_frames=args.frames, height=args.size, width=args.size, num_inference_steps=args.steps, seed=0
+            ), runs=args.runs, threads=threads,
         )  # fmt: skip
         log.info("captured in %.0f s", time.perf_counter() - start)
     return engines, calib

@@ -184,6 +184,17 @@ class SVDConfig:
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     feature_extractor: FeatureExtractorConfig = field(default_factory=FeatureExtractorConfig)
 
+    @staticmethod
+    def from_dict(d: dict[str, dict[str, Any]]) -> SVDConfig:
+        """From one dict per part (a snapshot's config files, or a manifest's `model`)."""
+        return SVDConfig(
+            unet=UNetConfig.from_dict(d["unet"]),
+            vae=VAEConfig.from_dict(d["vae"]),
+            clip=CLIPConfig.from_dict(d["clip"]),
+            scheduler=SchedulerConfig.from_dict(d["scheduler"]),
+            feature_extractor=FeatureExtractorConfig.from_dict(d.get("feature_extractor", {})),
+        )
+
 
 def preset(name: str, num_frames: int | None = None) -> SVDConfig:
     """A named size: `tiny`, `small`, `full` (SVD-XT shapes) or `full-14` (SVD shapes)."""

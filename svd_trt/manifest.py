@@ -1,9 +1,10 @@
 """The engine directory's manifest: everything the runtime needs, nothing from the snapshot.
 
 `manifest.json` holds the model config (scheduler, VAE scaling factor, default frame
-count, latent channels, CLIP constants), and per component its file, precision, cache
-key and I/O (names, symbolic dims, dtypes). Written last by export and engine builds,
-so a directory without it is incomplete by definition.
+count, latent channels, CLIP constants), the request sizes the directory serves (`limits`:
+frames, height, width, decode chunk; TensorRT profiles are built from them), and per
+component its file, precision, cache key and I/O (names, symbolic dims, dtypes). Written
+last by export and engine builds, so a directory without it is incomplete by definition.
 """
 
 from __future__ import annotations
@@ -15,25 +16,20 @@ from pathlib import Path
 from typing import Any
 
 from svd_trt import __version__
-from svd_trt.config import (
-    CLIPConfig,
-    FeatureExtractorConfig,
-    SchedulerConfig,
-    SVDConfig,
-    UNetConfig,
-    VAEConfig,
-)
-from svd_trt.spec import ComponentSpec, component_specs
+from svd_trt.config import SVDConfig
+from svd_trt.errors import UserError
+from svd_trt.spec import ComponentSpec, Span, component_specs
 
 MANIFEST_NAME = "manifest.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 # A quantized directory (calibration/quantize.py): `unet` is the int8 / fp8 Q/DQ file and
 # FLOAT_UNET the float UNet it was quantized from, kept for comparisons and re-quantizing.
-QUANTIZED_PRECISIONS = ("int8", "fp8")
 FLOAT_UNET = "unet_float"
+# The request sizes a directory serves, by GenerationOptions field name.
+LIMIT_NAMES = ("num_frames", "height", "width", "decode_chunk_size")
 
 
-class ManifestError(Exception):
+class ManifestError(UserError):
     """An engine directory that cannot be used; the message is one line."""
 
 
@@ -62,6 +58,7 @@ class Manifest:
     model: SVDConfig
     components: dict[str, ComponentEntry]
     source: str = ""
+    limits: dict[str, Span] = field(default_factory=dict)  # LIMIT_NAMES -> served range
     svd_trt_version: str = __version__
     format_version: int = FORMAT_VERSION
 
@@ -81,17 +78,11 @@ class Manifest:
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> Manifest:
-        m = d["model"]
-        model = SVDConfig(
-            unet=UNetConfig.from_dict(m["unet"]),
-            vae=VAEConfig.from_dict(m["vae"]),
-            clip=CLIPConfig.from_dict(m["clip"]),
-            scheduler=SchedulerConfig.from_dict(m["scheduler"]),
-            feature_extractor=FeatureExtractorConfig.from_dict(m["feature_extractor"]),
-        )
+        model = SVDConfig.from_dict(d["model"])
         comps = {k: ComponentEntry(**v) for k, v in d["components"].items()}
+        limits = {k: Span(**v) for k, v in d.get("limits", {}).items()}
         return Manifest(
-            d["backend"], model, comps, d.get("source", ""), d["svd_trt_version"], d["format_version"]
+            d["backend"], model, comps, d.get("source", ""), limits, d["svd_trt_version"], d["format_version"]
         )
 
 

@@ -138,7 +138,8 @@ def tiny_engines(tiny_snapshot, tmp_path_factory) -> Path:
 # --- calibration: one capture and one INT8 UNet of the small random model, shared
 # Small enough for the test budget, big enough to pass every UNet block: the small model's
 # four levels need latents in multiples of 8 (64 px); 2 frames keep the temporal layers live.
-CAPTURE = {"runs": 3, "steps": 3, "frames": 2, "height": 64, "width": 64}
+CAPTURE = {"num_frames": 2, "height": 64, "width": 64, "num_inference_steps": 3, "seed": 0}
+CAPTURE_RUNS = 3
 
 
 @pytest.fixture(scope="session")
@@ -147,7 +148,9 @@ def small_calibration(small_engines, tmp_path_factory):
 
     engine_dir, _, _ = small_engines
     out = tmp_path_factory.mktemp("calibration") / "small"
-    index = capture_calibration(engine_dir, None, out, threads=2, **CAPTURE)
+    from svd_trt.options import GenerationOptions
+
+    index = capture_calibration(engine_dir, None, out, GenerationOptions(**CAPTURE), runs=CAPTURE_RUNS, threads=2)
     return out, index
 
 

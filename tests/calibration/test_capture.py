@@ -16,6 +16,7 @@ from svd_trt.calibration.capture import (
     plan_runs,
 )
 from svd_trt.calibration.dataset import CalibrationDataError, load_calibration, load_index
+from svd_trt.options import GenerationOptions
 from svd_trt.runtime import euler
 
 
@@ -62,11 +63,8 @@ def test_size_cap_subsamples_evenly(small_engines, small_calibration, tmp_path):
         small_engines[0],
         None,
         tmp_path,
+        GenerationOptions(num_frames=2, height=64, width=64, num_inference_steps=2, seed=0),
         runs=2,
-        steps=2,
-        frames=2,
-        height=64,
-        width=64,
         max_bytes=cap,
         threads=2,
     )
@@ -110,5 +108,10 @@ def test_missing_index_is_one_line(tmp_path):
 def test_cap_below_one_call_is_one_line(small_engines, tmp_path):
     with pytest.raises(CalibrationError, match="holds no UNet call"):
         capture_calibration(
-            small_engines[0], None, tmp_path, runs=1, steps=1, height=64, width=64, max_bytes=100
+            small_engines[0],
+            None,
+            tmp_path,
+            GenerationOptions(height=64, width=64, num_inference_steps=1),
+            runs=1,
+            max_bytes=100,
         )

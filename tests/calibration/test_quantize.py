@@ -110,6 +110,10 @@ def test_softmax_patterns_cover_the_attention_matmuls(small_snapshot, tmp_path):
         if n.op_type == "MatMul" and any(fnmatch.fnmatchcase(n.name, p) for p in patterns)
     }
     assert len(near) >= 8 and None not in near and near == matched
+    names = [n.name for n in graph.node]
+    for group in EXCLUDE_GROUPS:
+        for pattern in exclusion_patterns([group]):
+            assert any(fnmatch.fnmatchcase(n, pattern) for n in names), f"{group}: {pattern} matches nothing"
 
 
 def test_fp8_is_refused_with_one_line(small_engines, small_calibration):

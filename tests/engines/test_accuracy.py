@@ -4,6 +4,7 @@ fp16 engines to the fp16 rows only, and reports the end-to-end pipeline's PSNR."
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -15,19 +16,13 @@ import torch
 from click.testing import CliRunner
 from onnx import numpy_helper
 
-from svd_trt.engines import accuracy
-from svd_trt.engines.accuracy import (
-    TOLERANCES,
-    CheckOptions,
-    Tolerance,
-    check_component,
-    resolve_options,
-)
+from svd_trt.engines.accuracy import CheckOptions, check_component, resolve_options
 from svd_trt.engines.check_cli import check
 from svd_trt.export.onnx_export import build_onnx_dir
-from svd_trt.export.torch_runner import torch_runners
+from svd_trt.export.torch_backend import torch_runners
 from svd_trt.manifest import load_manifest
-from svd_trt.spec import component_specs
+from svd_trt.options import GenerationOptions
+from svd_trt.spec import E2E_MIN_PSNR, Tolerance, component_specs
 
 COMPONENTS = ["image_encoder", "vae_encoder", "unet", "vae_decoder"]
 # Inside the UNet, behind a GroupNorm-free residual path: scaled by 1.5 it moves noise_pred by
@@ -75,7 +70,7 @@ def test_check_passes_on_correct_onnx_engines(small_snapshot, small_engines, tmp
             f"{name}: max abs {o['max_abs']:.2e}, mean abs {o['mean_abs']:.2e}, scale-rel {o['max_abs_over_ref_max']:.2e}"
         )
         assert o["passed"] is True and o["shape"] == o["ref_shape"] == expected_shapes[name]
-        tol = TOLERANCES[(name, "fp32")]
+        tol = specs[name].tolerance_at("fp32")
         assert (o["atol"], o["rtol"], o["precision"]) == (tol.atol, tol.rtol, "fp32")
         for key in ("max_abs", "mean_abs", "max_rel", "mean_rel", "max_abs_over_ref_max"):
             assert math.isfinite(o[key]) and o[key] >= 0
@@ -134,18 +129,19 @@ def test_end_to_end_reports_psnr_and_max_error(tiny_snapshot, tiny_engines, tmp_
     assert e["shape"] == [3, 32, 48, 3] and e["steps"] == 2 and e["image"].endswith("coffee.jpg")
     # fp32 engines vs the fp32 port: ~1e-6 per call, a few steps cannot make that visible.
     assert 0 < e["max_abs"] < 1e-3 and 80 < e["psnr_db"] < 300
-    assert e["min_psnr_db"] == accuracy.E2E_MIN_PSNR["fp32"]
+    assert e["min_psnr_db"] == E2E_MIN_PSNR["fp32"]
     md = (tmp_path / "report.md").read_text()
     assert "## End to end" in md and f"PSNR: {e['psnr_db']:.2f} dB" in md and "max abs frame error" in md
 
 
-def test_fp16_engine_is_held_to_the_fp16_row(tiny_snapshot, tiny_engines, tmp_path, monkeypatch):
+def test_fp16_engine_is_held_to_the_fp16_row(tiny_snapshot, tiny_engines, tmp_path):
     """ONNX Runtime on CPU runs an fp16 graph: inputs reach it as fp16 (cast by Polygraphy)."""
     engines = tmp_path / "engines"
     shutil.copytree(tiny_engines, engines)
     build_onnx_dir(tiny_snapshot, engines, precisions={"image_encoder": "fp16"})
     manifest = load_manifest(engines)
-    opts = resolve_options(CheckOptions(engines, tiny_snapshot, num_frames=2, height=32, width=48), manifest)
+    gen = GenerationOptions(num_frames=2, height=32, width=48, seed=0)
+    opts = resolve_options(CheckOptions(engines, tiny_snapshot, gen), manifest)
     spec, entry = component_specs(manifest.model)["image_encoder"], manifest.components["image_encoder"]
     result = check_component(spec, entry, opts, manifest, "onnxruntime")
     (o,) = result.outputs
@@ -153,13 +149,13 @@ def test_fp16_engine_is_held_to_the_fp16_row(tiny_snapshot, tiny_engines, tmp_pa
     assert (
         result.passed
         and result.precision == "fp16"
-        and result.atol == TOLERANCES[("image_encoder", "fp16")].atol
+        and result.atol == spec.tolerance_at("fp16").atol
     )
     assert result.input_dtypes == {"pixel_values": "float16"} and o.dtype == "float16"
     assert o.max_abs > 1e-5, "fp16 rounding should show"
     # Polygraphy's default tolerances (1e-5) fail the same, correct, fp16 engine.
-    monkeypatch.setitem(TOLERANCES, ("image_encoder", "fp16"), Tolerance(atol=1e-5, rtol=1e-5))
-    assert not check_component(spec, entry, opts, manifest, "onnxruntime").passed
+    strict = dataclasses.replace(spec, tolerance={"fp16": Tolerance(atol=1e-5, rtol=1e-5)})
+    assert not check_component(strict, entry, opts, manifest, "onnxruntime").passed
 
 
 def test_usage_errors_exit_2(small_snapshot, tiny_snapshot, tiny_engines, tmp_path):
@@ -176,7 +172,7 @@ def test_usage_errors_exit_2(small_snapshot, tiny_snapshot, tiny_engines, tmp_pa
 def test_torch_runners_share_the_vae_and_keep_timestep_fp32(tiny_snapshot):
     runners = torch_runners(tiny_snapshot, dtype=torch.float16)
     assert list(runners) == COMPONENTS
-    assert runners["vae_encoder"].module.vae is runners["vae_decoder"].module.vae
+    assert runners["vae_encoder"].module.module is runners["vae_decoder"].module.module
     unet = runners["unet"]
     assert unet.fixed == {"timestep": torch.float32}
     assert unet._tensor("timestep", np.ones(2, np.float32)).dtype == torch.float32
@@ -191,8 +187,9 @@ def test_check_tensorrt_engines(tiny_snapshot, tmp_path):
         import tensorrt  # noqa: F401
     except (ImportError, OSError) as e:
         pytest.skip(f"tensorrt is not importable here ({type(e).__name__}: {e}); the TensorRT check needs it")
+    from svd_trt.engines.build import BuildOptions
     from svd_trt.engines.profiles import ProfileRequest
-    from svd_trt.engines.tensorrt_build import TrtBuildOptions, build_tensorrt_dir
+    from svd_trt.engines.tensorrt_build import build_tensorrt_dir
     from svd_trt.runtime.trt_runner import TrtError, current_platform
 
     try:
@@ -201,7 +198,7 @@ def test_check_tensorrt_engines(tiny_snapshot, tmp_path):
         pytest.skip(f"no usable TensorRT + CUDA GPU: {e}")
     request = ProfileRequest(num_frames=(3, 3), height=(32, 32), width=(48, 48))
     engines = tmp_path / "trt"
-    build_tensorrt_dir(tiny_snapshot, engines, TrtBuildOptions(request, timing_cache=tmp_path / "cache"))
+    build_tensorrt_dir(tiny_snapshot, engines, BuildOptions("tensorrt", request, timing_cache=tmp_path / "cache"))
     out = tmp_path / "report"
     result = invoke(
         *("--engines", str(engines), "--model", str(tiny_snapshot), "--report", str(out), "--end-to-end"),

@@ -45,11 +45,11 @@ def _one_line_error(result, *words: str) -> None:
         (["--num-frames", "25:8"], ["--num-frames 25:8", "min 25 is larger than max 8"]),
         (["--num-frames", "x"], ["--num-frames 'x'", "N or MIN:MAX"]),
         (["--num-frames", "0:4"], ["positive"]),
-        (["--height", "64:102"], ["--height 64:102", "multiples of 4"]),
-        (["--width", "130"], ["--width 130:130", "multiples of 4"]),
+        (["--height", "64:102"], ["--height 64:102", "multiples of 8"]),
+        (["--width", "130"], ["--width 130:130", "multiples of 8"]),
         (["--decode-chunk-size", "0"], ["--decode-chunk-size 0", "positive"]),
         (["--precision", "vae_decoder=int8"], ["--precision vae_decoder=int8", "fp32 or fp16"]),
-        (["--unet-precision", "int8"], ["int8 UNet needs --calibration DIR"]),
+        (["--unet-precision", "int8"], ["--unet-precision int8 needs --calibration DIR"]),
         (["--precision", "clip=fp16"], ["unknown component"]),
     ],
 )
@@ -61,9 +61,16 @@ def test_tensorrt_validation_errors(tiny_ckpt, tmp_path, options, words):
     assert list(tmp_path.iterdir()) == []  # nothing exported, nothing staged
 
 
-def test_tensorrt_options_need_the_tensorrt_backend(tiny_ckpt, tmp_path):
-    result = invoke("--model", str(tiny_ckpt), "--out", str(tmp_path / "e"), "--num-frames", "14")
-    _one_line_error(result, "--num-frames applies to --backend tensorrt only")
+def test_timing_cache_needs_the_tensorrt_backend(tiny_ckpt, tmp_path):
+    result = invoke("--model", str(tiny_ckpt), "--out", str(tmp_path / "e"), "--timing-cache", "x")
+    _one_line_error(result, "--timing-cache applies to --backend tensorrt only")
+
+
+@pytest.mark.parametrize("options", [["--precision", "clip=fp16"], ["--precision", "vae_decoder=int8"]])
+def test_onnxruntime_precisions_are_checked_too(tiny_ckpt, tmp_path, options):
+    result = invoke("--model", str(tiny_ckpt), "--out", str(tmp_path / "e"), *options)
+    _one_line_error(result, "--precision")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_missing_snapshot(tmp_path):
@@ -78,7 +85,7 @@ def test_without_tensorrt_exit_2_with_install_command(tiny_ckpt, tmp_path, monke
     assert list(tmp_path.iterdir()) == []  # refused before the ONNX export
 
 
-def fake_onnx_dir(snapshot, out, backend, precisions, variant=None, on_component=None) -> Manifest:
+def fake_onnx_dir(snapshot, out, backend, precisions, variant=None, on_component=None, limits=None) -> Manifest:
     """Stands in for the ONNX export (tested in tests/export and test_tensorrt.py): files + manifest."""
     cfg = read_config(snapshot)
     out.mkdir(parents=True, exist_ok=True)

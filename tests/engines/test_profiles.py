@@ -10,13 +10,20 @@ from svd_trt.engines.profiles import (
     ProfileRequest,
     RangeError,
     component_profiles,
-    dim_spans,
     parse_range,
-    size_unit,
+    served_limits,
 )
-from svd_trt.spec import component_specs
+from svd_trt.spec import Span, component_specs, size_multiple
 
-SMALL = preset("small")  # 8 frames by default; size unit 8 (VAE) * 8 (UNet) = 64
+SMALL = preset("small")  # 8 frames by default
+
+
+def profiles(request: ProfileRequest) -> dict:
+    return component_profiles(SMALL, served_limits(SMALL, request, bounded=True))
+
+
+def spans(request: ProfileRequest) -> dict[str, Span]:
+    return served_limits(SMALL, request, bounded=True)
 
 
 def mmm(lo: tuple, opt: tuple, hi: tuple) -> dict[str, tuple]:
@@ -49,15 +56,24 @@ def test_parse_range_errors_are_one_line_naming_the_option(text, words):
     assert "\n" not in message and message.startswith("--num-frames") and words in message
 
 
-def test_size_unit():
-    assert size_unit(SMALL) == 64
-    assert size_unit(preset("tiny")) == 4
-    assert size_unit(preset("full")) == 64
+def test_size_multiple_is_diffusers_8_and_whole_latents():
+    assert size_multiple(SMALL) == size_multiple(preset("full")) == 8  # VAE scale factor 8
+    assert size_multiple(preset("tiny")) == 8  # scale factor 2: diffusers' 8 still applies
+
+
+def test_unbounded_limits_for_onnxruntime():
+    """No range given: ONNX Runtime serves any size (the graph is fully dynamic)."""
+    limits = served_limits(SMALL, ProfileRequest(), bounded=False)
+    assert limits["num_frames"] == Span(1, 8, None) and limits["decode_chunk_size"] == Span(1, 8, None)
+    assert limits["height"] == Span(8, 576, None) and limits["width"] == Span(8, 1024, None)
+    assert limits["height"].contains(4096) and not limits["height"].contains(0)
+    given = served_limits(SMALL, ProfileRequest(num_frames=(2, 14)), bounded=False)
+    assert given["num_frames"] == Span(2, 8, 14) and given["decode_chunk_size"] == Span(1, 14, 14)
 
 
 def test_small_defaults_concrete_shapes():
     """Default request: the model's 8 frames, 576x1024; UNet batch 1..2 opt 2."""
-    p = component_profiles(SMALL, ProfileRequest())
+    p = profiles(ProfileRequest())
     assert p["unet"]["sample"] == mmm((1, 8, 8, 72, 128), (2, 8, 8, 72, 128), (2, 8, 8, 72, 128))
     assert p["unet"]["timestep"] == mmm((1,), (2,), (2,))
     assert p["unet"]["encoder_hidden_states"] == mmm((1, 1, 64), (2, 1, 64), (2, 1, 64))
@@ -70,7 +86,7 @@ def test_small_defaults_concrete_shapes():
 
 def test_small_ranges_concrete_shapes():
     request = ProfileRequest(num_frames=(4, 12), height=(256, 576), width=(512, 1024), decode_chunk_size=6)
-    p = component_profiles(SMALL, request)
+    p = profiles(request)
     assert p["unet"]["sample"] == mmm((1, 4, 8, 32, 64), (2, 8, 8, 72, 128), (2, 12, 8, 72, 128))
     assert p["vae_encoder"]["image"] == mmm((1, 3, 256, 512), (1, 3, 576, 1024), (2, 3, 576, 1024))
     assert p["vae_decoder"]["latents"] == mmm((1, 4, 32, 64), (6, 4, 72, 128), (6, 4, 72, 128))
@@ -78,7 +94,7 @@ def test_small_ranges_concrete_shapes():
 
 def test_every_input_has_an_ordered_profile():
     request = ProfileRequest(num_frames=(2, 25), height=(128, 1024), width=(128, 1024), decode_chunk_size=8)
-    p = component_profiles(SMALL, request)
+    p = profiles(request)
     for name, spec in component_specs(SMALL).items():
         assert set(p[name]) == set(spec.input_names)
         for shapes in p[name].values():
@@ -91,33 +107,33 @@ def test_every_input_has_an_ordered_profile():
     ids=["clamp-up", "clamp-down", "inside"],
 )
 def test_frame_opt_is_model_default_clamped(pair, default_opt):
-    assert dim_spans(SMALL, ProfileRequest(num_frames=pair))["F"].opt == default_opt
+    assert spans(ProfileRequest(num_frames=pair))["num_frames"].opt == default_opt
 
 
 def test_size_opt_is_576x1024_clamped():
-    spans = dim_spans(SMALL, ProfileRequest(height=(128, 320), width=(1088, 2048)))
-    assert (spans["H"].opt, spans["W"].opt) == (320, 1088)
+    limits = spans(ProfileRequest(height=(128, 320), width=(1088, 2048)))
+    assert (limits["height"].opt, limits["width"].opt) == (320, 1088)
 
 
 def test_decode_chunk_defaults_to_max_frames_and_is_capped():
-    chunk = dim_spans(SMALL, ProfileRequest(num_frames=(4, 12)))["chunk"]
+    chunk = spans(ProfileRequest(num_frames=(4, 12)))["decode_chunk_size"]
     assert (chunk.min, chunk.opt, chunk.max) == (1, 12, 12)
-    capped = dim_spans(SMALL, ProfileRequest(num_frames=(4, 12), decode_chunk_size=99))["chunk"]
+    capped = spans(ProfileRequest(num_frames=(4, 12), decode_chunk_size=99))["decode_chunk_size"]
     assert capped == chunk
 
 
 @pytest.mark.parametrize(
     "request_, words",
     [
-        (ProfileRequest(height=(100, 576)), "--height 100:576: this model needs multiples of 64"),
+        (ProfileRequest(height=(100, 576)), "--height 100:576: this model needs multiples of 8"),
         (ProfileRequest(width=(1024, 1000)), "--width 1024:1000: min 1024 is larger than max 1000"),
-        (ProfileRequest(width=(512, 1000)), "--width 512:1000: this model needs multiples of 64"),
+        (ProfileRequest(width=(512, 1002)), "--width 512:1002: this model needs multiples of 8"),
         (ProfileRequest(num_frames=(0, 4)), "--num-frames 0:4: values must be positive"),
         (ProfileRequest(decode_chunk_size=0), "--decode-chunk-size 0: must be positive"),
     ],
 )
 def test_invalid_requests_are_one_line(request_, words):
     with pytest.raises(RangeError) as e:
-        component_profiles(SMALL, request_)
+        profiles(request_)
     assert str(e.value) == words or str(e.value).startswith(words)
     assert "\n" not in str(e.value)

@@ -20,8 +20,9 @@ import pytest
 
 from svd_trt.config import preset
 from svd_trt.engines import tensorrt_build
-from svd_trt.engines.profiles import ProfileRequest, component_profiles
-from svd_trt.engines.tensorrt_build import BuildError, TrtBuildOptions, build_tensorrt_dir, onnx_dir_for
+from svd_trt.engines.build import BuildError, BuildOptions
+from svd_trt.engines.profiles import ProfileRequest, component_profiles, served_limits
+from svd_trt.engines.tensorrt_build import build_tensorrt_dir, onnx_dir_for
 from svd_trt.manifest import ComponentEntry, Manifest, load_manifest
 from svd_trt.runtime import trt_runner
 from svd_trt.runtime.runners import open_runner
@@ -385,13 +386,15 @@ def test_runner_refuses_a_foreign_engine_before_loading_it(fake_trt, tmp_path):
 
 def test_manifest_round_trip_with_profile_and_platform(tmp_path):
     cfg = preset("tiny")
-    profiles = component_profiles(cfg, ProfileRequest(num_frames=(2, 6), height=(64, 128), width=(64, 128)))
+    profiles = component_profiles(
+        cfg, served_limits(cfg, ProfileRequest(num_frames=(2, 6), height=(64, 128), width=(64, 128)), True)
+    )
     specs = Manifest("tensorrt", cfg, {}).specs()
     entries = {}
     for name, spec in specs.items():
         (tmp_path / f"{name}.engine").write_bytes(b"plan")
         extra = {"profile": profiles[name], "platform": dataclasses.asdict(PLATFORM), "onnx_sha256": "ab"}
-        entries[name] = ComponentEntry.describe(spec, f"{name}.engine", spec.gpu_precision, "k", **extra)
+        entries[name] = ComponentEntry.describe(spec, f"{name}.engine", spec.precision_on("tensorrt"), "k", **extra)
     Manifest("tensorrt", cfg, entries).save(tmp_path)
     loaded = load_manifest(tmp_path)
     assert loaded.backend == "tensorrt" and loaded.model == cfg
@@ -450,7 +453,7 @@ SMALL_REQUEST = ProfileRequest(num_frames=(2, 6), height=(64, 128), width=(64, 1
 
 def _build(ckpt, out, onnx, request=SMALL_REQUEST, **kwargs):
     statuses = {}
-    options = TrtBuildOptions(request, onnx_dir=onnx, timing_cache=out.parent / "timing.cache", **kwargs)
+    options = BuildOptions("tensorrt", request, onnx_dir=onnx, timing_cache=out.parent / "timing.cache", **kwargs)
     manifest = build_tensorrt_dir(ckpt, out, options, on_component=lambda n, s, t: statuses.__setitem__(n, s))
     return manifest, statuses
 
@@ -460,7 +463,7 @@ def test_build_writes_engines_and_manifest(tiny_ckpt, shared_onnx, tmp_path, fak
     out = tmp_path / "engines"
     manifest, statuses = _build(tiny_ckpt, out, shared_onnx)
     cfg = preset("tiny")
-    profiles = component_profiles(cfg, SMALL_REQUEST)
+    profiles = component_profiles(cfg, served_limits(cfg, SMALL_REQUEST, bounded=True))
     assert sorted(b[0] for b in builder.built) == sorted(profiles)
     assert all(cache == tmp_path / "timing.cache" for *_, cache in builder.built)
     assert {n: s for n, s in statuses.items() if not n.endswith("onnx")} == dict.fromkeys(profiles, "built")
@@ -539,11 +542,12 @@ def tiny_calibration(tiny_ckpt, tmp_path_factory):
     """UNet inputs recorded from fp32 ONNX Runtime engines of the same tiny checkpoint."""
     from svd_trt.calibration.capture import capture_calibration
     from svd_trt.export.onnx_export import build_onnx_dir
+    from svd_trt.options import GenerationOptions
 
     root = tmp_path_factory.mktemp("calib")
     build_onnx_dir(tiny_ckpt, root / "engines")
-    shapes = {"frames": 2, "height": 32, "width": 32}
-    capture_calibration(root / "engines", None, root / "calib", runs=2, steps=2, threads=2, **shapes)
+    options = GenerationOptions(num_frames=2, height=32, width=32, num_inference_steps=2, seed=0)
+    capture_calibration(root / "engines", None, root / "calib", options, runs=2, threads=2)
     return root / "calib"
 
 
@@ -592,7 +596,7 @@ def test_fp8_unet_on_hopper_gets_an_fp8_qdq_graph(tiny_ckpt, tiny_calibration, t
 
 def test_range_and_tensorrt_errors_come_before_any_export(tiny_ckpt, tmp_path, no_tensorrt):
     onnx = tmp_path / "onnx"
-    with pytest.raises(ValueError, match="--height 64:102: this model needs multiples of 4"):
+    with pytest.raises(ValueError, match="--height 64:102: this model needs multiples of 8"):
         _build(tiny_ckpt, tmp_path / "e", onnx, dataclasses.replace(SMALL_REQUEST, height=(64, 102)))
     with pytest.raises(TrtError, match="TensorRT is not installed"):
         _build(tiny_ckpt, tmp_path / "e", onnx)
@@ -625,7 +629,7 @@ def test_real_build_runs_and_matches_onnxruntime(tiny_ckpt, tmp_path):
     from svd_trt.spec import sizes_for
 
     out = tmp_path / "engines"
-    options = TrtBuildOptions(SMALL_REQUEST, timing_cache=tmp_path / "timing.cache")
+    options = BuildOptions("tensorrt", SMALL_REQUEST, timing_cache=tmp_path / "timing.cache")
     manifest = build_tensorrt_dir(tiny_ckpt, out, options)
     assert (tmp_path / "timing.cache").stat().st_size > 0
     ref_dir = tmp_path / "ort"

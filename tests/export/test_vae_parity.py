@@ -12,7 +12,8 @@ from conftest import FORBIDDEN_OPS, assert_same_state_dict, perturb_, rel_err
 from diffusers import AutoencoderKLTemporalDecoder
 
 from svd_trt.config import VAEConfig, preset
-from svd_trt.export.vae import TemporalVAE, VAEDecoder, VAEEncoder
+from svd_trt.export.checkpoint import MethodModule
+from svd_trt.export.vae import TemporalVAE
 
 # diffusers' own test config (tests/models/autoencoders/test_models_autoencoder_kl_temporal_decoder.py);
 # it leaves layers_per_block at the class default, 1, where the decoder's mid attention never runs.
@@ -140,7 +141,7 @@ def test_onnx_decoder_runs_any_chunk_length(tmp_path) -> None:
     path = tmp_path / "vae_decoder.onnx"
     with torch.no_grad():
         torch.onnx.export(
-            VAEDecoder(ours),
+            MethodModule(ours, "decode"),
             (randn(3, 4, 4, 6),),
             str(path),
             dynamo=False,
@@ -169,7 +170,7 @@ def test_onnx_encoder_has_dynamic_batch_and_size(tmp_path) -> None:
     path = tmp_path / "vae_encoder.onnx"
     with torch.no_grad():
         torch.onnx.export(
-            VAEEncoder(ours),
+            MethodModule(ours, "encode"),
             (image(2, 32, 48),),
             str(path),
             dynamo=False,

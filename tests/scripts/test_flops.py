@@ -11,8 +11,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from svd_trt.config import SVDConfig, preset
-from svd_trt.export.checkpoint import build_module
-from svd_trt.export.vae import VAEDecoder, VAEEncoder
+from svd_trt.export.checkpoint import MethodModule, build_module
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 import flops  # noqa: E402  (scripts/ is not a package)
@@ -50,8 +49,8 @@ def test_port_counts_equal_torch_at_svd_xt_shapes(meta_xt):
     s = XT.vae.scale_factor
     with torch.device("meta"):
         unet = counted(meta_xt["unet"], *unet_args(XT, 25, H, W))
-        decode = counted(VAEDecoder(meta_xt["vae"]), torch.zeros(8, 4, H // s, W // s))
-        encode = counted(VAEEncoder(meta_xt["vae"]), torch.zeros(1, 3, H, W))
+        decode = counted(MethodModule(meta_xt["vae"], "decode"), torch.zeros(8, 4, H // s, W // s))
+        encode = counted(MethodModule(meta_xt["vae"], "encode"), torch.zeros(1, 3, H, W))
         clip = counted(meta_xt["image_encoder"], torch.zeros(1, 3, 224, 224))
     assert unet == flops.unet_flops(XT.unet, 2, 25, H // s, W // s, variant="port")
     assert decode == flops.vae_decode_flops(XT.vae, 8, H // s, W // s)
@@ -61,7 +60,7 @@ def test_port_counts_equal_torch_at_svd_xt_shapes(meta_xt):
 
 def test_fast_path_count_equals_torch():
     """The fast path (fused QKV GEMM) does the port's products: same count."""
-    from svd_trt.export.torch_fast import speed_up_attention
+    from svd_trt.export.torch_backend import speed_up_attention
 
     with torch.device("meta"):
         unet = build_module("unet", XT)

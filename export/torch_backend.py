@@ -1,4 +1,9 @@
-"""The torch backend (`svd-trt infer --backend torch`) and its GPU fast path.
+"""The torch backend: the port behind the Runner interface, and its GPU fast path.
+
+`TorchRunner` wraps one port module as `run(dict[str, ndarray]) -> dict[str, ndarray]`: the
+accuracy check uses these runners as its fp32 reference, and the runtime's `--backend torch`
+drives the whole pipeline with them, so an engine and the port it came from are compared
+through exactly the same calls.
 
 What runs: the PyTorch port of the snapshot an engine directory was exported from (the
 manifest's `source`); the directory's engine files are not read, only its manifest (model
@@ -8,8 +13,9 @@ equal the manifest's. Device: the first CUDA GPU when torch sees one, else the C
 backend="torch", device=..., fast=..., snapshot=...)`; the CLI takes the defaults.
 
 - CPU (or `fast=False`): the fp32 port, the math the ONNX export traces, TF32 off.
-- CUDA: diffusers' fp16 pipeline precisions (the reference it is timed against): CLIP,
-  UNet and VAE decoder in fp16, the VAE encoder in fp32 (force_upcast). On top of the
+- CUDA: each spec's `torch-cuda` precision (svd_trt/spec.py: diffusers' fp16 pipeline, the
+  reference it is timed against: CLIP, UNet and VAE decoder in fp16, the VAE encoder in
+  fp32, force_upcast). On top of the
   port, without changing its math:
   - self-attention projects q, k and v with one GEMM (one read of the activations);
   - (the port itself already answers cross-attention to SVD's single image token with
@@ -25,8 +31,10 @@ Import only when the torch backend is chosen: the runtime never imports torch ot
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import weakref
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -35,21 +43,104 @@ import torch.nn.functional as F
 from torch import nn
 
 from svd_trt.config import SVDConfig
-from svd_trt.export.checkpoint import load_component, read_config
+from svd_trt.export.checkpoint import component_module, load_component, read_config
 from svd_trt.export.layers import Attention, ImageSelfAttention, attention
-from svd_trt.export.torch_runner import SOURCE, TorchRunner, torch_runner
 from svd_trt.manifest import ManifestError, load_manifest
 from svd_trt.spec import component_specs
 
 log = logging.getLogger(__name__)
 
-# diffusers' fp16 pipeline: the VAE encodes upcast to fp32, everything else runs in fp16.
-FAST_DTYPES = {
-    "image_encoder": torch.float16,
-    "vae_encoder": torch.float32,
-    "unet": torch.float16,
-    "vae_decoder": torch.float16,
-}
+@contextlib.contextmanager
+def strict_fp32() -> Iterator[None]:
+    """No TF32 while the block runs: cuDNN convolutions default to TF32 on Ampere+, which would
+    make an "fp32" reference carry ~1e-3 relative error. Restored afterwards (global flags)."""
+    old = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
+
+
+class TorchRunner:
+    """One port module (or any callable of positional tensors) as a Runner.
+
+    Floating inputs are cast to `dtype` except those named in `fixed` (e.g. the UNet's
+    timestep stays float32 in fp16, as in the fp16 export). Outputs come back as numpy in
+    the module's dtype, like an engine's.
+    """
+
+    def __init__(
+        self,
+        module: torch.nn.Module | Callable[..., torch.Tensor],
+        input_names: Sequence[str],
+        output_names: Sequence[str],
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+        fixed: dict[str, torch.dtype] | None = None,
+        name: str = "",
+    ) -> None:
+        self.name = name or type(module).__name__
+        self.module = module
+        self.input_names = list(input_names)
+        self.output_names = list(output_names)
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.fixed = dict(fixed or {})
+
+    def _tensor(self, name: str, value: np.ndarray) -> torch.Tensor:
+        t = torch.from_numpy(np.ascontiguousarray(value))
+        if t.is_floating_point():
+            t = t.to(self.fixed.get(name, self.dtype))
+        return t.to(self.device)
+
+    def tensors(self, inputs: dict[str, np.ndarray]) -> list[torch.Tensor]:
+        """The module's positional arguments, in `input_names` order, on the device."""
+        missing = [n for n in self.input_names if n not in inputs]
+        if missing:
+            raise KeyError(f"{self.name}: missing inputs {missing}")
+        return [self._tensor(n, inputs[n]) for n in self.input_names]
+
+    def numpy_outputs(self, out: torch.Tensor | Sequence[torch.Tensor]) -> dict[str, np.ndarray]:
+        outs = out if isinstance(out, (tuple, list)) else (out,)
+        if len(outs) != len(self.output_names):
+            raise ValueError(f"{self.name}: {len(outs)} outputs, expected {self.output_names}")
+        return {n: o.detach().cpu().numpy() for n, o in zip(self.output_names, outs)}
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        args = self.tensors(inputs)
+        tf32_guard = strict_fp32() if self.dtype == torch.float32 else contextlib.nullcontext()
+        with torch.inference_mode(), tf32_guard:
+            return self.numpy_outputs(self.module(*args))
+
+
+def torch_runner(
+    snapshot: str | Path,
+    name: str,
+    cfg: SVDConfig | None = None,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    vae: nn.Module | None = None,
+) -> TorchRunner:
+    """The port runner of one component; pass `vae` to share one loaded VAE between its halves."""
+    cfg = cfg or read_config(snapshot)
+    spec = component_specs(cfg)[name]
+    source = vae if spec.source == "vae" and vae is not None else load_component(snapshot, spec.source, cfg, dtype)
+    module = component_module(source, spec).to(device).eval()
+    fixed = {t.name: getattr(torch, t.fixed_dtype) for t in spec.inputs if t.fixed_dtype}
+    return TorchRunner(module, spec.input_names, spec.output_names, device, dtype, fixed, name=name)
+
+
+def torch_runners(
+    snapshot: str | Path,
+    cfg: SVDConfig | None = None,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> dict[str, TorchRunner]:
+    """The four component runners of the port, the VAE loaded once for both halves."""
+    cfg = cfg or read_config(snapshot)
+    vae = load_component(snapshot, "vae", cfg, dtype)
+    return {name: torch_runner(snapshot, name, cfg, device, dtype, vae=vae) for name in component_specs(cfg)}
 
 
 class TorchBackendError(ManifestError):
@@ -157,11 +248,17 @@ def fast_runners(
 ) -> dict[str, TorchRunner | CudaGraphRunner]:
     """The four component runners of the port, set up for speed on `device`."""
     cfg = cfg or read_config(snapshot)
-    dtypes = {**FAST_DTYPES, **(dtypes or {})}
+    specs = component_specs(cfg)
+    dtypes = {**{name: cuda_dtype(spec) for name, spec in specs.items()}, **(dtypes or {})}
     return {
         name: _fast(torch_runner(snapshot, name, cfg, device, dtypes[name]), fast_attention, cuda_graphs)
-        for name in component_specs(cfg)
+        for name in specs
     }
+
+
+def cuda_dtype(spec) -> torch.dtype:
+    """The component's precision on the torch CUDA target (svd_trt/spec.py)."""
+    return torch.float16 if spec.precision_on("torch-cuda") == "fp16" else torch.float32
 
 
 def _fast(runner: TorchRunner, fast_attention: bool = True, cuda_graphs: bool = True):
@@ -223,8 +320,9 @@ def open_torch_runner(
         raise TorchBackendError(f"{source}: not the model {engine_dir} was built from (configs differ)")
     dev = _device(device)
     fast = dev.type == "cuda" if fast is None else fast
-    dtype = FAST_DTYPES[name] if fast and dev.type == "cuda" else torch.float32
-    vae = _vae(str(source), manifest.model, dtype, dev) if SOURCE[name] == "vae" else None
+    spec = manifest.specs()[name]
+    dtype = cuda_dtype(spec) if fast and dev.type == "cuda" else torch.float32
+    vae = _vae(str(source), manifest.model, dtype, dev) if spec.source == "vae" else None
     runner = torch_runner(source, name, manifest.model, dev, dtype, vae=vae)
     log.info("torch backend: %s from %s on %s in %s%s", name, source, dev, dtype, " (fast)" if fast else "")
     return _fast(runner, cuda_graphs=cuda_graphs) if fast else runner

@@ -1,0 +1,108 @@
+"""`svd-export build-engines`: one options object, one entry point, either backend.
+
+ONNX Runtime: the ONNX files themselves are the engines (fp32 for the CPU; an int8 UNet is
+quantized from its fp32 export in place). TensorRT: engines/tensorrt_build.py. Both record
+the request sizes the directory serves (engines/profiles.served_limits) in its manifest.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from svd_trt.engines.profiles import ProfileRequest, served_limits
+from svd_trt.errors import UserError
+from svd_trt.manifest import Manifest
+from svd_trt.spec import FLOAT_PRECISIONS, QUANTIZED_PRECISIONS, ComponentSpec, component_specs
+
+BACKENDS = ("onnxruntime", "tensorrt")
+OnComponent = Callable[[str, str, float], None]
+
+
+class BuildError(UserError, ValueError):
+    """A build request that cannot be met: one line."""
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """Everything `build-engines` takes besides MODEL and OUT."""
+
+    backend: str = "onnxruntime"
+    request: ProfileRequest = field(default_factory=ProfileRequest)
+    precisions: dict[str, str] = field(default_factory=dict)  # overrides of each spec's precision
+    variant: str | None = "auto"
+    calibration: Path | None = None  # int8 / fp8 UNet: the directory svd-export calibrate wrote
+    timing_cache: Path | None = None  # TensorRT: default one per TensorRT + GPU in the user cache dir
+    onnx_dir: Path | None = None  # TensorRT: where its ONNX files go; default OUT-onnx beside OUT
+
+    @property
+    def quantized(self) -> str | None:
+        """The UNet's int8 / fp8, or None for a float UNet."""
+        unet = self.precisions.get("unet")
+        return unet if unet in QUANTIZED_PRECISIONS else None
+
+    def check(self) -> None:
+        """BuildError (one line) for options that contradict each other, before any work."""
+        if self.calibration is not None and self.quantized is None:
+            raise BuildError("--calibration applies to --unet-precision int8 or fp8 only")
+        if self.quantized and self.calibration is None:
+            raise BuildError(f"--unet-precision {self.quantized} needs --calibration DIR (svd-export calibrate)")
+
+
+def component_precisions(
+    specs: dict[str, ComponentSpec], overrides: dict[str, str], backend: str
+) -> dict[str, str]:
+    """Each spec's precision on the backend, with the user's overrides checked."""
+    for name, precision in overrides.items():
+        if name not in specs:
+            raise BuildError(f"--precision {name}={precision}: unknown component; choose {', '.join(specs)}")
+        if precision in QUANTIZED_PRECISIONS and name == "unet":
+            continue
+        if precision not in FLOAT_PRECISIONS:
+            raise BuildError(
+                f"--precision {name}={precision}: engines here are fp32 or fp16 (int8 / fp8 for the UNet only)"
+            )
+    return {**{name: spec.precision_on(backend) for name, spec in specs.items()}, **overrides}
+
+
+def build_engines(
+    snapshot: str | Path, out: str | Path, options: BuildOptions, on_component: OnComponent | None = None
+) -> Manifest:
+    """Build (or reuse) every component of `snapshot` into `out` for `options.backend`."""
+    if options.backend not in BACKENDS:
+        raise BuildError(f"unknown backend {options.backend!r}: choose {' or '.join(BACKENDS)}")
+    if options.backend == "tensorrt":
+        from svd_trt.engines.tensorrt_build import build_tensorrt_dir
+
+        return build_tensorrt_dir(snapshot, out, options, on_component)
+    return build_onnxruntime_dir(snapshot, out, options, on_component)
+
+
+def build_onnxruntime_dir(
+    snapshot: str | Path, out: str | Path, options: BuildOptions, on_component: OnComponent | None = None
+) -> Manifest:
+    """ONNX files for ONNX Runtime; an int8 UNet is quantized from its fp32 export in place."""
+    from svd_trt.calibration.quantize import check_request, quantize_unet
+    from svd_trt.export.checkpoint import read_config
+    from svd_trt.export.onnx_export import build_onnx_dir
+    from svd_trt.manifest import load_manifest
+
+    options.check()
+    cfg = read_config(snapshot)
+    limits = served_limits(cfg, options.request, bounded=False)
+    precisions = component_precisions(component_specs(cfg), options.precisions, "onnxruntime")
+    if options.quantized:
+        check_request(options.quantized)  # fp8: a one-line QuantizeError before the export
+        precisions["unet"] = "fp32"  # Q/DQ nodes go into the fp32 graph
+    manifest = build_onnx_dir(
+        snapshot, out, "onnxruntime", precisions, options.variant, on_component, limits=limits
+    )
+    if not options.quantized:
+        return manifest
+    start = time.perf_counter()
+    quantize_unet(out, options.calibration, options.quantized)
+    if on_component:
+        on_component(f"unet {options.quantized} q/dq", "quantized", time.perf_counter() - start)
+    return load_manifest(out)

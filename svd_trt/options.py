@@ -1,0 +1,94 @@
+"""What one generation asks for, declared once: diffusers' __call__ arguments, defaults and checks.
+
+`GenerationOptions` is read by the pipeline, by `svd-trt infer`, `svd-export check` and
+`svd-export calibrate` (their click options are generated from these fields, svd_trt/cli.py)
+and by the Triton request contract. `resolve` is the one validation every entry point runs
+before any component does: positive sizes, the size rule (svd_trt/spec.py), finite floats,
+and the sizes the engine directory serves (its manifest's `limits`, from which TensorRT
+profiles are built). numpy-free.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from svd_trt.config import SVDConfig
+from svd_trt.errors import UserError
+from svd_trt.spec import DEFAULT_HEIGHT, DEFAULT_WIDTH, Span, size_multiple
+
+
+class PipelineError(UserError, ValueError):
+    """Bad input to a generation: the message is one line."""
+
+
+def _option(default, help: str, flag: str | None = None):
+    """A field with its command-line help; `flag` overrides the --name derived from the field."""
+    return field(default=default, metadata={"help": help, "flag": flag})
+
+
+@dataclass(frozen=True)
+class GenerationOptions:
+    """diffusers' StableVideoDiffusionPipeline.__call__ arguments and defaults; None = the model's."""
+
+    num_frames: int | None = _option(None, "Frames to generate. [default: the model's]")
+    height: int = _option(DEFAULT_HEIGHT, "Pixel height.")
+    width: int = _option(DEFAULT_WIDTH, "Pixel width.")
+    num_inference_steps: int = _option(25, "Denoising steps.")
+    min_guidance_scale: float = _option(1.0, "Guidance on the first frame.")
+    max_guidance_scale: float = _option(3.0, "Guidance on the last frame (CFG runs when > 1).")
+    fps: int = _option(7, "Conditioning fps (the model sees fps - 1).")
+    motion_bucket_id: int = _option(127, "Motion conditioning: higher moves more.")
+    noise_aug_strength: float = _option(0.02, "Noise added to the conditioning image.")
+    decode_chunk_size: int | None = _option(
+        None, "Frames per VAE decode. [default: all frames, or the engines' largest chunk]"
+    )
+    seed: int | None = _option(None, "Seed of the image noise and the initial latents. [default: random]")
+
+
+# Where `svd-export check` differs from a render: a fixed seed so reports are reproducible, and few
+# steps so the fp32 torch run of --end-to-end stays affordable.
+CHECK_DEFAULTS = {"seed": 0, "num_inference_steps": 3}
+
+FIELDS = {f.name: f for f in dataclasses.fields(GenerationOptions)}
+POSITIVE = ("num_frames", "height", "width", "num_inference_steps", "decode_chunk_size")
+FLOATS = ("min_guidance_scale", "max_guidance_scale", "noise_aug_strength")
+
+
+def flag(name: str) -> str:
+    """The command-line spelling of a field: --num-frames."""
+    return FIELDS[name].metadata.get("flag") or "--" + name.replace("_", "-")
+
+
+def resolve(opts: GenerationOptions, cfg: SVDConfig, limits: Mapping[str, Span] | None = None) -> GenerationOptions:
+    """Fill the model's defaults and refuse, in one line, anything the engines cannot run."""
+    limits = limits or {}
+    num_frames = opts.num_frames if opts.num_frames is not None else cfg.unet.num_frames
+    chunk = opts.decode_chunk_size
+    if chunk is None:
+        served = limits.get("decode_chunk_size")
+        chunk = num_frames if served is None or served.max is None else min(num_frames, served.max)
+    opts = dataclasses.replace(opts, num_frames=num_frames, decode_chunk_size=chunk)
+    for name in POSITIVE:
+        if getattr(opts, name) <= 0:
+            raise PipelineError(f"{flag(name)} must be positive, got {getattr(opts, name)}")
+    for name in FLOATS:
+        if not math.isfinite(getattr(opts, name)):
+            raise PipelineError(f"{flag(name)} must be a finite number, got {getattr(opts, name)}")
+    if opts.noise_aug_strength < 0:
+        raise PipelineError(f"{flag('noise_aug_strength')} must be >= 0, got {opts.noise_aug_strength}")
+    unit = size_multiple(cfg)
+    if opts.height % unit or opts.width % unit:
+        raise PipelineError(
+            f"height and width must be multiples of {unit}, got {opts.height}x{opts.width}"
+        )
+    for name, span in limits.items():
+        value = getattr(opts, name)
+        if not span.contains(value):
+            raise PipelineError(
+                f"{flag(name)} {value} is outside the {span.text()} these engines serve; "
+                f"rebuild them with a {flag(name)} range that covers it"
+            )
+    return opts
