@@ -176,9 +176,10 @@ def load_strict(
     module.load_state_dict(state, strict=True)
 
 
-def _is_arange(t: torch.Tensor) -> bool:
+def _is_arange(t: torch.Tensor, n: int) -> bool:
+    """t holds 0, 1, ..., n-1 exactly (any shape with n elements, any dtype)."""
     flat = t.reshape(-1)
-    return bool(torch.equal(flat.long(), torch.arange(flat.numel())))
+    return flat.numel() == n and bool(torch.equal(flat, torch.arange(n, dtype=flat.dtype)))
 
 
 def build_module(name: str, cfg: SVDConfig) -> nn.Module:
@@ -198,11 +199,12 @@ def build_module(name: str, cfg: SVDConfig) -> nn.Module:
     raise ValueError(f"unknown component {name!r}")
 
 
-def derived_keys(name: str) -> dict[str, Callable[[torch.Tensor], bool]]:
+def derived_keys(name: str, cfg: SVDConfig) -> dict[str, Callable[[torch.Tensor], bool]]:
     if name == "image_encoder":
         from svd_trt.export.clip import DERIVED_KEYS
 
-        return {k: _is_arange for k in DERIVED_KEYS}
+        num_positions = (cfg.clip.image_size // cfg.clip.patch_size) ** 2 + 1
+        return {k: lambda t: _is_arange(t, num_positions) for k in DERIVED_KEYS}
     return {}
 
 
@@ -223,7 +225,7 @@ def load_component(
     module = build_module(name, cfg)
     source = str(files[0]) if len(files) == 1 else f"{folder}/{comp.weights_stem} shards"
     # load_state_dict copies with a dtype cast, so fp16 files fill an fp32 module directly.
-    load_strict(module, state, source, derived_keys(name))
+    load_strict(module, state, source, derived_keys(name, cfg))
     log.info("loaded %s from %s (%d tensors)", name, source, len(state))
     return module.to(dtype).eval()
 
