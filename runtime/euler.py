@@ -7,9 +7,9 @@ Pure functions on numpy arrays (k-diffusion style): `make_schedule` is `set_time
     x0 = x - sigma F (epsilon),   x0 = F (sample)
     Euler: x' = x + (x - x0) / sigma * (sigma_next - sigma)           (s_churn = 0: no noise)
 Dtypes follow diffusers: float32 sigmas and timesteps; each step in float32, cast back to the model
-output's dtype. Where diffusers rounds through torch's float32 sqrt, exp and log (MKL on CPU, not
-correctly rounded: 1 ulp off for some inputs) we round float64's result once; tests swap `_sqrt`,
-`_exp` and `_log` for torch's to show every other operation is bit-identical.
+output's dtype. Where diffusers goes through torch's float32 sqrt, exp and log (MKL on CPU, not
+correctly rounded: 1 ulp off for some inputs) ours are correctly rounded; tests swap `_sqrt`, `_exp`
+and `_log` for torch's to show every other operation is bit-identical.
 """
 
 from __future__ import annotations
@@ -76,25 +76,41 @@ def _is_number(v) -> bool:
 
 
 def check_scheduler(cfg: SchedulerConfig) -> None:
-    """Raise a one-line SchedulerError naming the first field diffusers refuses or this runtime does not reproduce."""
+    """Raise a one-line SchedulerError naming the first field diffusers refuses or this runtime does not reproduce.
+
+    Needs no step count: engine builds and engine directories call it before any compute.
+    """
+    _check_choices(cfg)
+    _check_numbers(cfg)
+    if cfg.trained_betas is not None:  # diffusers ignores beta_schedule then
+        _check_trained_betas(cfg)
+    elif cfg.beta_schedule not in BETA_SCHEDULES:
+        raise _refuse(cfg, "beta_schedule", f"use one of {', '.join(BETA_SCHEDULES)}, or trained_betas")
+
+
+def _check_choices(cfg: SchedulerConfig) -> None:
     for field, allowed in (
         ("prediction_type", PREDICTION_TYPES),
         ("timestep_spacing", SPACINGS),
         ("interpolation_type", INTERPOLATIONS),
-        ("timestep_type", TIMESTEP_TYPES),
+        ("timestep_type", TIMESTEP_TYPES),  # diffusers reads an unknown one as discrete: refused here
         ("final_sigmas_type", FINAL_SIGMAS),
     ):
         if getattr(cfg, field) not in allowed:
             raise _refuse(cfg, field, f"use one of {', '.join(allowed)}")
     for field in SIGMA_FLAGS:
-        if not isinstance(getattr(cfg, field), bool):
-            raise _refuse(cfg, field, "use true or false")  # diffusers fails on null too
+        if not isinstance(getattr(cfg, field), bool):  # diffusers fails on null too (sum of the flags)
+            raise _refuse(cfg, field, "use true or false")
     if cfg.rescale_betas_zero_snr not in (True, False, None):  # diffusers reads null as false
         raise _refuse(cfg, "rescale_betas_zero_snr", "use true or false")
     if cfg.use_beta_sigmas:
         raise _refuse(cfg, "use_beta_sigmas", "beta sigmas need scipy.stats, not a runtime dependency")
     if cfg.use_karras_sigmas and cfg.use_exponential_sigmas:
         raise _refuse(cfg, "use_exponential_sigmas", "use_karras_sigmas is true too (diffusers allows one)")
+
+
+def _check_numbers(cfg: SchedulerConfig) -> None:
+    """Ranges outside which diffusers' schedule has a zero, infinite or NaN sigma (or crashes)."""
     if isinstance(cfg.num_train_timesteps, bool) or not isinstance(cfg.num_train_timesteps, int):
         raise _refuse(cfg, "num_train_timesteps", "use an integer")
     if cfg.num_train_timesteps < 2:
@@ -105,11 +121,7 @@ def check_scheduler(cfg: SchedulerConfig) -> None:
         v = getattr(cfg, field)
         if v is not None and not (_is_number(v) and v > 0):
             raise _refuse(cfg, field, "use a positive number or null")
-    if cfg.trained_betas is not None:
-        _check_trained_betas(cfg)
-    elif cfg.beta_schedule not in BETA_SCHEDULES:
-        raise _refuse(cfg, "beta_schedule", f"use one of {', '.join(BETA_SCHEDULES)}, or trained_betas")
-    elif cfg.beta_schedule != "squaredcos_cap_v2":
+    if cfg.trained_betas is None and cfg.beta_schedule in ("linear", "scaled_linear"):
         for field in ("beta_start", "beta_end"):
             v = getattr(cfg, field)
             if not (_is_number(v) and 0 < v < 1):
@@ -262,17 +274,20 @@ def make_schedule(cfg: SchedulerConfig, num_inference_steps: int) -> Schedule:
         # EDM's c_noise = ln(sigma) / 4 (diffusers falls back to discrete ones for other predictions)
         timesteps = F32(0.25) * _log(sigmas[:-1])
     timesteps = timesteps.astype(F32)
-    start = _first_index(cfg, timesteps, len(sigmas), train)
+    start = _first_index(cfg, n, timesteps, len(sigmas), train)
     return Schedule(sigmas[start:], timesteps, init_noise_sigma(sigmas, cfg.timestep_spacing))
 
 
-def _first_index(cfg: SchedulerConfig, timesteps: np.ndarray, num_sigmas: int, train: np.ndarray) -> int:
+def _first_index(
+    cfg: SchedulerConfig, n: int, timesteps: np.ndarray, num_sigmas: int, train: np.ndarray
+) -> int:
     """diffusers' index_for_timestep(timesteps[0]): the second match when that timestep repeats."""
     hits = np.flatnonzero(timesteps == timesteps[0])
     start = int(hits[1]) if len(hits) > 1 else 0
     if start + len(timesteps) < num_sigmas:
         return start
-    if (cfg.use_karras_sigmas or cfg.use_exponential_sigmas) and cfg.sigma_max is not None:
+    converted = cfg.use_karras_sigmas or cfg.use_exponential_sigmas
+    if converted and cfg.sigma_max is not None and cfg.sigma_max > train[-1]:
         raise _refuse(
             cfg,
             "sigma_max",
@@ -280,8 +295,8 @@ def _first_index(cfg: SchedulerConfig, timesteps: np.ndarray, num_sigmas: int, t
             "steps past its last sigma; use timestep_type='continuous' with v_prediction",
         )
     raise SchedulerError(
-        f"{len(timesteps)} steps repeat the discrete timestep {timesteps[0]:g} and diffusers would step "
-        "past its last sigma: use fewer steps"
+        f"num_inference_steps={n} is not supported with this scheduler: its first timestep "
+        f"{timesteps[0]:g} repeats and diffusers would step past its last sigma"
     )
 
 
