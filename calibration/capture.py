@@ -172,7 +172,9 @@ def capture_calibration(
     pipe = _float_pipeline(engine_dir, threads, device)
     base = pipe.resolve(options or GenerationOptions(seed=0))
     seed = base.seed or 0
-    total, one = runs * base.num_inference_steps, sample_bytes(pipe, base)
+    # UNet calls per run: the schedule's, which can differ from the step count (diffusers' log_linear)
+    calls = len(euler.make_schedule(pipe.cfg.scheduler, base.num_inference_steps).timesteps)
+    total, one = runs * calls, sample_bytes(pipe, base)
     if max_bytes < one:
         raise CalibrationError(f"the size cap ({max_bytes} bytes) holds no UNet call ({one} bytes each)")
     keep = choose_calls(total, max_bytes // one)
@@ -202,7 +204,7 @@ def _float_pipeline(engine_dir: str | Path, threads: int | None, device: str) ->
 
 def _run_one(pipe: SVDPipeline, plan: RunPlan, base: GenerationOptions, writer: _Writer) -> None:
     sigmas = euler.make_schedule(pipe.cfg.scheduler, base.num_inference_steps).sigmas
-    step = iter(range(base.num_inference_steps))
+    step = iter(range(len(sigmas) - 1))
 
     def record(inputs: dict[str, np.ndarray]) -> None:
         i = next(step)

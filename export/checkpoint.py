@@ -47,6 +47,7 @@ COMPONENTS = {
 }
 
 VARIANTS = (None, "fp16")
+SCHEDULER_CLASS = "EulerDiscreteScheduler"  # SVD's, and the only one runtime/euler.py reproduces
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -70,6 +71,7 @@ def read_config(snapshot: str | Path) -> SVDConfig:
             f"{root / 'model_index.json'}: not an SVD snapshot (no {', '.join(missing)}; "
             f"class {index.get('_class_name')!r})"
         )
+    _check_scheduler_class(root, index)
     unet = _read_json(root / "unet" / "config.json")
     if unet.get("_class_name", "UNetSpatioTemporalConditionModel") != "UNetSpatioTemporalConditionModel":
         raise CheckpointError(f"{root / 'unet' / 'config.json'}: {unet['_class_name']} is not SVD's UNet")
@@ -84,6 +86,17 @@ def read_config(snapshot: str | Path) -> SVDConfig:
             "feature_extractor": fe,
         }
     )
+
+
+def _check_scheduler_class(root: Path, index: dict[str, Any]) -> None:
+    """The runtime samples as diffusers' EulerDiscreteScheduler: another scheduler is refused, not
+    silently replaced (its config keys could even parse as Euler's)."""
+    named = index.get("scheduler")
+    path = root / "scheduler" / "scheduler_config.json"
+    declared = _read_json(path).get("_class_name", SCHEDULER_CLASS)
+    for where, name in ((root / "model_index.json", named[-1] if isinstance(named, list) else named), (path, declared)):
+        if name is not None and name != SCHEDULER_CLASS:
+            raise CheckpointError(f"{where}: scheduler {name} is not supported; svd-trt samples with {SCHEDULER_CLASS}")
 
 
 def weight_files(folder: Path, stem: str, variant: str | None) -> list[Path]:
@@ -173,9 +186,10 @@ def load_strict(
     module.load_state_dict(state, strict=True)
 
 
-def _is_arange(t: torch.Tensor) -> bool:
+def _is_arange(t: torch.Tensor, n: int) -> bool:
+    """t holds 0, 1, ..., n-1 exactly (any shape with n elements, any dtype)."""
     flat = t.reshape(-1)
-    return bool(torch.equal(flat.long(), torch.arange(flat.numel())))
+    return flat.numel() == n and bool(torch.equal(flat, torch.arange(n, dtype=flat.dtype)))
 
 
 def build_module(name: str, cfg: SVDConfig) -> nn.Module:
@@ -212,11 +226,12 @@ def component_module(source: nn.Module, spec: ComponentSpec) -> nn.Module:
     return source if spec.method is None else MethodModule(source, spec.method)
 
 
-def derived_keys(name: str) -> dict[str, Callable[[torch.Tensor], bool]]:
+def derived_keys(name: str, cfg: SVDConfig) -> dict[str, Callable[[torch.Tensor], bool]]:
     if name == "image_encoder":
         from svd_trt.export.clip import DERIVED_KEYS
 
-        return {k: _is_arange for k in DERIVED_KEYS}
+        num_positions = (cfg.clip.image_size // cfg.clip.patch_size) ** 2 + 1
+        return {k: lambda t: _is_arange(t, num_positions) for k in DERIVED_KEYS}
     return {}
 
 
@@ -237,7 +252,7 @@ def load_component(
     module = build_module(name, cfg)
     source = str(files[0]) if len(files) == 1 else f"{folder}/{comp.weights_stem} shards"
     # load_state_dict copies with a dtype cast, so fp16 files fill an fp32 module directly.
-    load_strict(module, state, source, derived_keys(name))
+    load_strict(module, state, source, derived_keys(name, cfg))
     log.info("loaded %s from %s (%d tensors)", name, source, len(state))
     return module.to(dtype).eval()
 

@@ -78,6 +78,9 @@ def _run(pipe, pil, opts, latents, image_noise, progress):
         return pipe(pil, opts, latents=latents, image_noise=image_noise)
     from tqdm import tqdm
 
-    steps = pipe.resolve(opts).num_inference_steps
-    with tqdm(total=steps, desc="denoising", unit="step") as bar:
-        return pipe(pil, opts, latents=latents, image_noise=image_noise, on_step=lambda i, n: bar.update(1))
+    def advance(i: int, n: int) -> None:
+        bar.total = n  # the schedule's count (diffusers' log_linear sigmas take one step more)
+        bar.update(1)
+
+    with tqdm(total=opts.num_inference_steps, desc="denoising", unit="step") as bar:
+        return pipe(pil, opts, latents=latents, image_noise=image_noise, on_step=advance)

@@ -163,29 +163,28 @@ class SVDPipeline:
             latent = np.concatenate([np.zeros_like(latent), latent])
         return np.repeat(latent[:, None], opts.num_frames, axis=1)
 
-    def denoise(self, latents, embeds, image_latents, opts, cfg_on, timings, on_step=None) -> np.ndarray:
-        """Euler over Karras sigmas; one UNet call per step, at batch 2 when CFG is on."""
-        schedule = euler.make_schedule(self.cfg.scheduler, opts.num_inference_steps)
+    def denoise(self, noise, embeds, image_latents, opts, cfg_on, timings, on_step=None) -> np.ndarray:
+        """euler.sample_euler with the UNet as its model: image latents appended, CFG per frame."""
+        sched = self.cfg.scheduler
+        schedule = euler.make_schedule(sched, opts.num_inference_steps)
         batch = image_latents.shape[0]
         time_ids = added_time_ids(opts.fps, opts.motion_bucket_id, opts.noise_aug_strength, batch)
         scale = guidance.guidance_scale(opts.min_guidance_scale, opts.max_guidance_scale, opts.num_frames, 1)
         unet = _Timed(self.runners["unet"], timings, "unet_steps")
-        latents = latents * np.float32(schedule.init_noise_sigma)
-        for i, (sigma, t) in enumerate(zip(schedule.sigmas[:-1], schedule.timesteps)):
-            model_in = np.concatenate([latents] * batch) if cfg_on else latents
-            model_in = np.concatenate([euler.scale_model_input(model_in, sigma), image_latents], axis=2)
+
+        def model(x_in: np.ndarray, t: np.float32) -> np.ndarray:
+            """One UNet call for [B, F, C, h, w]: at batch 2B (uncond first) when CFG is on."""
+            model_in = np.concatenate([x_in] * 2) if cfg_on else x_in
             pred = unet(
-                sample=model_in,
+                sample=np.concatenate([model_in, image_latents], axis=2),
                 timestep=np.full((batch,), t, dtype=np.float32),
                 encoder_hidden_states=embeds,
                 added_time_ids=time_ids,
             )
-            if cfg_on:
-                pred = guidance.combine(pred[:1], pred[1:], scale)
-            latents = euler.step(pred, latents, sigma, schedule.sigmas[i + 1], self.cfg.scheduler.prediction_type)
-            if on_step:
-                on_step(i + 1, opts.num_inference_steps)
-        return latents
+            half = len(x_in)
+            return guidance.combine(pred[:half], pred[half:], scale) if cfg_on else pred
+
+        return euler.sample_euler(model, noise, schedule, sched.prediction_type, on_step)
 
     def decode(self, latents: np.ndarray, opts: GenerationOptions, timings: Timings) -> np.ndarray:
         """Chunks of decode_chunk_size frames, each decoded on its own (as diffusers): [F, H, W, 3]."""

@@ -124,28 +124,64 @@ class CLIPConfig:
         return {"architectures": ["CLIPVisionModelWithProjection"], "model_type": "clip_vision_model", **d}
 
 
+# EulerDiscreteScheduler.__init__'s defaults: what diffusers reads for a key a scheduler_config.json
+# lacks (tests check them against diffusers' signature). Not SVD's values: SVD's file sets most keys.
+EULER_DEFAULTS: dict[str, Any] = {
+    "num_train_timesteps": 1000,
+    "beta_start": 0.0001,
+    "beta_end": 0.02,
+    "beta_schedule": "linear",
+    "trained_betas": None,
+    "prediction_type": "epsilon",
+    "interpolation_type": "linear",
+    "use_karras_sigmas": False,
+    "use_exponential_sigmas": False,
+    "use_beta_sigmas": False,
+    "sigma_min": None,
+    "sigma_max": None,
+    "timestep_spacing": "linspace",
+    "timestep_type": "discrete",
+    "steps_offset": 0,
+    "rescale_betas_zero_snr": False,
+    "final_sigmas_type": "zero",
+}
+
+
 @dataclass(frozen=True)
 class SchedulerConfig:
-    """EulerDiscreteScheduler as SVD's scheduler_config.json sets it."""
+    """EulerDiscreteScheduler; defaults are SVD's scheduler_config.json (plus diffusers' defaults for
+    the keys it lacks: final_sigmas_type, rescale_betas_zero_snr, the other sigma schedules).
+
+    Which values the runtime reproduces is svd_trt.runtime.euler.check_scheduler's call.
+    """
 
     num_train_timesteps: int = 1000
     beta_start: float = 0.00085
     beta_end: float = 0.012
     beta_schedule: str = "scaled_linear"
+    trained_betas: tuple[float, ...] | None = None
     prediction_type: str = "v_prediction"
-    use_karras_sigmas: bool = True
-    sigma_min: float = 0.002
-    sigma_max: float = 700.0
-    timestep_spacing: str = "leading"
-    steps_offset: int = 1
-    timestep_type: str = "continuous"
     interpolation_type: str = "linear"
+    use_karras_sigmas: bool = True
+    use_exponential_sigmas: bool = False
+    use_beta_sigmas: bool = False
+    sigma_min: float | None = 0.002
+    sigma_max: float | None = 700.0
+    timestep_spacing: str = "leading"
+    timestep_type: str = "continuous"
+    steps_offset: int = 1
+    rescale_betas_zero_snr: bool = False
     final_sigmas_type: str = "zero"
 
-    from_dict = classmethod(_from_dict)
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SchedulerConfig:
+        """As diffusers' from_config reads it: a missing key is EULER_DEFAULTS' value, an explicit null
+        stays null (sigma_min/max: the training sigmas' range), unknown keys are ignored."""
+        return cls(**{k: _tuplify(d.get(k, default)) for k, default in EULER_DEFAULTS.items()})
 
     def to_dict(self) -> dict[str, Any]:
-        return {"_class_name": "EulerDiscreteScheduler", "trained_betas": None, **dataclasses.asdict(self)}
+        d = {k: _listify(v) for k, v in dataclasses.asdict(self).items()}
+        return {"_class_name": "EulerDiscreteScheduler", **d}
 
 
 @dataclass(frozen=True)

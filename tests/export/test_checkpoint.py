@@ -164,3 +164,72 @@ def test_full_size_fp16_checkpoint_loads_strictly(tmp_path):
     assert round(counts["unet"] / 1e9, 3) == 1.525
     assert round(counts["vae"] / 1e6, 1) == 97.7
     assert 630e6 < counts["image_encoder"] < 635e6  # ViT-H/14 vision tower + projection
+
+
+POSITION_IDS = "vision_model.embeddings.position_ids"  # older transformers saved it (persistent buffer)
+CLIP_FILE = "image_encoder/model.safetensors"
+
+
+def _with_position_ids(snapshot: Path, dst: Path, position_ids: torch.Tensor) -> Path:
+    snap = _copy(snapshot, dst)
+    state = load_file(str(snap / CLIP_FILE))
+    assert POSITION_IDS not in state  # today's transformers does not save it
+    save_file({**state, POSITION_IDS: position_ids}, str(snap / CLIP_FILE))
+    return snap
+
+
+def _num_positions(cfg) -> int:
+    return (cfg.clip.image_size // cfg.clip.patch_size) ** 2 + 1
+
+
+def test_old_snapshot_with_arange_position_ids_loads(tiny_snapshot, tiny_pipe, tmp_path):
+    """An old transformers snapshot's position_ids ([1, N] int64 arange) is checked and dropped."""
+    cfg = read_config(tiny_snapshot)
+    ids = torch.arange(_num_positions(cfg)).unsqueeze(0)
+    clip = load_component(_with_position_ids(tiny_snapshot, tmp_path / "old", ids), "image_encoder")
+    assert POSITION_IDS not in clip.state_dict()
+    pixels = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert rel_err(clip(pixels), tiny_pipe.image_encoder(pixels).image_embeds) <= 1e-5
+
+
+def _shuffled(n: int) -> torch.Tensor:
+    ids = torch.arange(n)
+    ids[[1, 2]] = ids[[2, 1]]
+    return ids
+
+
+@pytest.mark.parametrize(
+    "make_ids",
+    [
+        lambda n: _shuffled(n).unsqueeze(0),
+        lambda n: (torch.arange(n) + 1).unsqueeze(0),
+        lambda n: torch.zeros(1, n, dtype=torch.long),
+        lambda n: torch.arange(n - 1).unsqueeze(0),  # an arange, of another model's length
+        lambda n: (torch.arange(n) + 0.25).unsqueeze(0),  # truncates to an arange
+    ],
+    ids=["swapped", "shifted", "zeros", "short", "fractional"],
+)
+def test_position_ids_that_are_not_the_arange_are_refused(tiny_snapshot, tmp_path, make_ids):
+    ids = make_ids(_num_positions(read_config(tiny_snapshot)))
+    snap = _with_position_ids(tiny_snapshot, tmp_path / "bad", ids)
+    with pytest.raises(CheckpointError, match=POSITION_IDS.replace(".", r"\.")) as err:
+        load_component(snap, "image_encoder")
+    assert CLIP_FILE in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("where", ["model_index", "scheduler_config"])
+def test_another_scheduler_is_refused_in_one_line(tiny_snapshot, tmp_path, where):
+    snap = tmp_path / "snap"
+    shutil.copytree(tiny_snapshot, snap)
+    if where == "model_index":
+        path = snap / "model_index.json"
+        data = json.loads(path.read_text())
+        data["scheduler"] = ["diffusers", "EulerAncestralDiscreteScheduler"]
+    else:
+        path = snap / "scheduler" / "scheduler_config.json"
+        data = {**json.loads(path.read_text()), "_class_name": "EulerAncestralDiscreteScheduler"}
+    path.write_text(json.dumps(data))
+    with pytest.raises(CheckpointError, match="EulerAncestralDiscreteScheduler is not supported") as e:
+        read_config(snap)
+    assert "\n" not in str(e.value) and str(path) in str(e.value)

@@ -92,17 +92,6 @@ def test_state_dict_keys_are_the_checkpoint_keys() -> None:
     assert not DERIVED_KEYS & set(ours_sd)
 
 
-def test_old_checkpoint_position_ids_are_an_arange() -> None:
-    """What DERIVED_KEYS promises: the old persistent buffer is arange(num_positions)."""
-    cfg = CONFIGS["tiny"]
-    n = (cfg.image_size // cfg.patch_size) ** 2 + 1
-    sd = reference(cfg).state_dict()
-    sd["vision_model.embeddings.position_ids"] = torch.arange(n).expand(1, -1)
-    (key,) = DERIVED_KEYS
-    assert torch.equal(sd.pop(key).flatten(), torch.arange(n))
-    CLIPVisionWithProjection(cfg).load_state_dict(sd, strict=True)
-
-
 def test_unknown_activation_is_rejected() -> None:
     with pytest.raises(ValueError, match="hidden_act"):
         CLIPVisionWithProjection(dataclasses.replace(CONFIGS["tiny"], hidden_act="relu"))

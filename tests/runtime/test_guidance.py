@@ -1,75 +1,102 @@
-"""Per-frame CFG scale and combine against the code of diffusers' StableVideoDiffusionPipeline."""
+"""Per-frame CFG against what diffusers' StableVideoDiffusionPipeline actually computes in its loop:
+the UNet's raw batch and the guided output its scheduler.step receives, recorded on a real run."""
 
 from __future__ import annotations
-
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
-from diffusers import StableVideoDiffusionPipeline
-from diffusers.pipelines.stable_video_diffusion.pipeline_stable_video_diffusion import _append_dims
+from PIL import Image
 
 from svd_trt.runtime import guidance
 
-CASES = [(b, f) for b in (1, 2) for f in (1, 2, 14, 25)]
+SIZE = 32  # pixels: tiny VAE's latents are 16 x 16
 
 
-def _pipeline_scale(min_scale: float, max_scale: float, num_frames: int, batch: int) -> torch.Tensor:
-    """Step 8 of StableVideoDiffusionPipeline.__call__, verbatim (latents are 5-D)."""
-    scale = torch.linspace(min_scale, max_scale, num_frames).unsqueeze(0)
-    scale = scale.to("cpu", torch.float32)
-    scale = scale.repeat(batch, 1)
-    return _append_dims(scale, 5)
+def _image() -> Image.Image:
+    rng = np.random.default_rng(0)
+    return Image.fromarray(rng.integers(0, 256, (40, 56, 3), dtype=np.uint8))
 
 
-def _pipeline_cfg(max_scale) -> bool:
-    """The pipeline's do_classifier_free_guidance property, on a stand-in object."""
-    return bool(
-        StableVideoDiffusionPipeline.do_classifier_free_guidance.fget(
-            SimpleNamespace(guidance_scale=max_scale)
-        )
-    )
+def _record(pipe, lo: float, hi: float, frames: int, batch: int, steps: int) -> dict:
+    """Run `steps` steps; record every UNet output, every model_output given to step, and the pipeline's
+    guidance tensor and do_classifier_free_guidance at the end of the loop."""
+    raw, guided = [], []
+    handle = pipe.unet.register_forward_hook(lambda module, args, out: raw.append(out[0].clone()))
+    real_step = pipe.scheduler.step
+
+    def step(model_output, t, sample, *args, **kwargs):
+        guided.append(model_output.clone())
+        return real_step(model_output, t, sample, *args, **kwargs)
+
+    pipe.scheduler.step = step  # an instance attribute over the class's method
+    try:
+        with torch.no_grad():
+            pipe(
+                _image(),
+                height=SIZE,
+                width=SIZE,
+                num_frames=frames,
+                num_inference_steps=steps,
+                min_guidance_scale=lo,
+                max_guidance_scale=hi,
+                num_videos_per_prompt=batch,
+                decode_chunk_size=frames,
+                output_type="latent",
+                generator=torch.Generator().manual_seed(0),
+            )
+    finally:
+        handle.remove()
+        del pipe.scheduler.step
+    return {
+        "raw": [r.numpy() for r in raw],
+        "guided": [g.numpy() for g in guided],
+        "scale": pipe.guidance_scale.numpy(),
+        "do_cfg": bool(pipe.do_classifier_free_guidance),
+    }
 
 
-@pytest.mark.parametrize("batch, frames", CASES)
+# (min, max, frames, batch, steps); one pipeline run each (~10 s on a busy 2-core machine)
+CASES = [
+    (1.0, 3.0, 3, 1, 2),  # diffusers' defaults
+    (0.7, 7.3, 4, 2, 1),  # batch 2: [uncond x2, cond x2]
+    (1.5, 3.0, 1, 1, 1),  # one frame: the ramp is min alone (with min <= 1 < max diffusers breaks)
+    (1.0, 1.0 + 1e-6, 2, 1, 1),  # CFG on: max > 1 by a hair
+    (1.0, 1.0, 2, 1, 1),  # CFG off
+    (0.5, 0.9, 2, 2, 1),  # CFG off, batch 2
+]
+
+
+@pytest.mark.parametrize("lo, hi, frames, batch, steps", CASES)
+def test_guided_output_is_the_pipelines(tiny_pipe, lo, hi, frames, batch, steps):
+    rec = _record(tiny_pipe, lo, hi, frames, batch, steps)
+    cfg_on = guidance.do_cfg(hi)
+    assert cfg_on == rec["do_cfg"]
+    scale = guidance.guidance_scale(lo, hi, frames, batch)
+    # the pipeline's own per-frame tensor: bit-identical (we reproduce torch.linspace's float32 rounding)
+    assert scale.shape == rec["scale"].shape == (batch, frames, 1, 1, 1) and scale.dtype == np.float32
+    np.testing.assert_array_equal(scale, rec["scale"])
+    assert len(rec["raw"]) == len(rec["guided"]) == steps
+    for raw, guided in zip(rec["raw"], rec["guided"]):
+        if not cfg_on:  # one UNet batch, used as is
+            assert raw.shape[0] == batch
+            np.testing.assert_array_equal(raw, guided)
+            continue
+        # the UNet batch is [unconditional (zero image embedding and latent), conditional]
+        assert raw.shape[0] == 2 * batch
+        ours = guidance.combine(raw[:batch], raw[batch:], scale)
+        assert ours.dtype == guided.dtype
+        # bit-identical: the same float32 subtract, multiply and add, in the same order
+        np.testing.assert_array_equal(ours, guided)
+
+
+@pytest.mark.parametrize("frames", [1, 2, 14, 25])
 @pytest.mark.parametrize("lo, hi", [(1.0, 3.0), (1.0, 2.5), (1.5, 3.0), (0.7, 7.3)])
-def test_scale_matches_pipeline(batch, frames, lo, hi):
-    ours = guidance.guidance_scale(lo, hi, frames, batch)
-    ref = _pipeline_scale(lo, hi, frames, batch).numpy()
-    assert ours.shape == ref.shape == (batch, frames, 1, 1, 1)
-    assert ours.dtype == np.float32
-    # bit-identical: we reproduce torch.linspace's float32 rounding (see euler.linspace_f32)
-    np.testing.assert_array_equal(ours, ref)
-
-
-def test_scale_dtype_follows_latents():
-    """The pipeline casts the scale to latents.dtype (fp16 pipelines)."""
-    ours = guidance.guidance_scale(1.0, 3.0, 25, 1, dtype=np.float16)
-    ref = _pipeline_scale(1.0, 3.0, 25, 1).to(torch.float16).numpy()
-    assert ours.dtype == np.float16
-    np.testing.assert_array_equal(ours, ref)
-
-
-@pytest.mark.parametrize("max_scale", [0.5, 1.0, 1.0 + 1e-6, 1.5, 3.0])
-def test_do_cfg_matches_pipeline(max_scale):
-    assert guidance.do_cfg(max_scale) == _pipeline_cfg(max_scale)
-    # inside the loop the property sees the per-frame tensor; with min <= max it agrees
-    assert guidance.do_cfg(max_scale) == _pipeline_cfg(_pipeline_scale(min(1.0, max_scale), max_scale, 14, 1))
-
-
-@pytest.mark.parametrize("batch, frames", CASES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-def test_combine_matches_pipeline(batch, frames, dtype):
-    gen = torch.Generator().manual_seed(batch * 100 + frames)
-    noise_pred = torch.randn(2 * batch, frames, 4, 6, 8, generator=gen).to(dtype)
-    scale = _pipeline_scale(1.0, 3.0, frames, batch).to(dtype)
-    uncond, cond = noise_pred.chunk(2)  # the pipeline's order: unconditional first
-    ref = uncond + scale * (cond - uncond)
-    ours = guidance.combine(
-        uncond.numpy(),
-        cond.numpy(),
-        guidance.guidance_scale(1.0, 3.0, frames, batch, dtype=scale.numpy().dtype),
-    )
-    assert ours.dtype == ref.numpy().dtype
-    np.testing.assert_array_equal(ours, ref.numpy())
+def test_scale_is_torch_linspace(frames, lo, hi, dtype):
+    """Frame counts the pipeline run above does not reach; fp16 as the pipeline casts to latents' dtype."""
+    ref = torch.linspace(lo, hi, frames).to(dtype).numpy()
+    ours = guidance.guidance_scale(lo, hi, frames, 2, dtype=ref.dtype)
+    assert ours.shape == (2, frames, 1, 1, 1) and ours.dtype == ref.dtype
+    for row in ours[:, :, 0, 0, 0]:
+        np.testing.assert_array_equal(row, ref)

@@ -3,6 +3,7 @@ same initial latents and the same noise-augmentation draw."""
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from scheduler_configs import SCHEDULER_CONFIGS, scheduler_config
 
 from svd_trt.runtime.pipeline import GenerationOptions, SVDPipeline
 from svd_trt.spec import FRAME_MAX_ABS
@@ -108,6 +110,28 @@ def test_runtime_equals_diffusers(tiny_runtime, tiny_pipe, case, monkeypatch):
     print(f"{case}: max abs frame error vs diffusers {err:.2e}")
     assert err <= FRAME_TOL, f"max abs frame error {err:.2e}"
     assert ours.std() > 1e-3, "frames are constant: the comparison would prove nothing"
+
+
+@pytest.mark.parametrize("name", SCHEDULER_CONFIGS)
+def test_every_scheduler_config_equals_diffusers(tiny_runtime, tiny_pipe, name, monkeypatch):
+    """A snapshot whose scheduler_config.json is not SVD's (epsilon + discrete timesteps, plain or
+    exponential sigmas, ...) still gives diffusers' frames: the runtime reads it from the manifest."""
+    from diffusers import EulerDiscreteScheduler
+
+    sched = scheduler_config(name)
+    manifest = tiny_runtime.manifest
+    model = dataclasses.replace(manifest.model, scheduler=sched)
+    ours_pipe = SVDPipeline(dataclasses.replace(manifest, model=model), tiny_runtime.runners)
+    monkeypatch.setattr(tiny_pipe, "scheduler", EulerDiscreteScheduler.from_config(sched.to_dict()))
+    opts = CASES["cfg-f3-chunk2-tail"]
+    image = Image.open(ASSETS / "astronaut.jpg").convert("RGB")
+    noise, latents = draws(tiny_runtime, opts, seed=11)
+    ours = ours_pipe(image, opts, latents=latents, image_noise=noise).frames
+    ref = run_diffusers(tiny_pipe, image, ours_pipe.resolve(opts), latents, noise, monkeypatch)
+    err = float(np.abs(ours - ref).max())
+    print(f"{name}: max abs frame error vs diffusers {err:.2e}")
+    assert err <= FRAME_TOL, f"max abs frame error {err:.2e}"
+    assert ours.std() > 1e-3
 
 
 def test_cli_infer_equals_diffusers_without_torch(tiny_engines, tiny_pipe, tmp_path, monkeypatch):
