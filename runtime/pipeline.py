@@ -120,6 +120,22 @@ class SVDPipeline:
         }
         return cls(manifest, runners)
 
+    def close(self) -> None:
+        """Free what the runners hold (TensorRT device buffers); closing twice is harmless."""
+        import contextlib
+
+        # ExitStack calls every close even when one raises, and then re-raises.
+        with contextlib.ExitStack() as stack:
+            for runner in self.runners.values():
+                if callable(getattr(runner, "close", None)):
+                    stack.callback(runner.close)
+
+    def __enter__(self) -> SVDPipeline:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
     def resolve(self, opts: GenerationOptions) -> GenerationOptions:
         """Fill model defaults and reject what the engines cannot run, each with one line."""
         num_frames = opts.num_frames if opts.num_frames is not None else self.cfg.unet.num_frames
