@@ -217,10 +217,9 @@ def run_end_to_end(opts: CheckOptions, manifest: Manifest, backend: str) -> EndT
 
     image = load_image(opts.image)
     gen = opts.generation
-    engines = SVDPipeline.from_engine_dir(opts.engine_dir, backend)
-    noise, latents = engines.draw_noise(gen, None, None)  # both pipelines get these arrays
-    ours = engines(image, gen, latents=latents, image_noise=noise)
-    del engines  # one model set in memory at a time
+    with SVDPipeline.from_engine_dir(opts.engine_dir, backend) as engines:  # one model set at a time
+        noise, latents = engines.draw_noise(gen, None, None)  # both pipelines get these arrays
+        ours = engines(image, gen, latents=latents, image_noise=noise)
     reference = SVDPipeline(manifest, torch_runners(opts.snapshot, manifest.model, opts.device))
     ref = reference(image, gen, latents=latents, image_noise=noise)
     diff = np.abs(ours.frames.astype(np.float64) - ref.frames)

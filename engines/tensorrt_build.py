@@ -44,26 +44,31 @@ def onnx_dir_for(out: Path) -> Path:
 def build_engine(
     onnx_path: Path, engine_path: Path, profile: Profile, precision: str, timing_cache: Path
 ) -> None:
-    """Parse `onnx_path`, build one engine with one optimization profile, write its bytes."""
+    """Parse `onnx_path` strongly typed, build one engine with one optimization profile, write its bytes.
+
+    The ONNX graph carries its precision (fp16 tensors with fp32 islands, fp32 VAE, Q/DQ pairs
+    for int8 / fp8), so `precision` sets no builder flag: TensorRT follows the graph's types.
+    """
     from polygraphy.backend.trt import CreateConfig, EngineBytesFromNetwork, NetworkFromOnnxPath
     from polygraphy.backend.trt import Profile as TrtProfile
 
     trt_profile = TrtProfile()
     for name, shapes in profile.items():
         trt_profile.add(name, min=shapes["min"], opt=shapes["opt"], max=shapes["max"])
-    # fp32 means strict fp32: no TF32 (Polygraphy's default). A Q/DQ (int8 / fp8) network is
-    # explicitly quantized: the flag lets TensorRT honour the Q/DQ pairs, fp16 the float rest.
+    # No fp16 / int8 / fp8 flags: precision flags are "not allowed if graph is strongly typed"
+    # (trtexec 10.x drops them with that warning; NVIDIA's diffusion demo clears them; kFP16 /
+    # kINT8 are deprecated since 10.12, superseded by strong typing). TF32 is still a builder
+    # choice for fp32 tensors: off (TensorRT's default is on; Polygraphy clears it unless
+    # asked), so the fp32 VAE and the fp32 islands stay strict fp32.
     config = CreateConfig(
-        fp16=precision in ("fp16", *QUANTIZED),
-        int8=precision == "int8",
-        fp8=precision == "fp8",
+        tf32=False,
         profiles=[trt_profile],
         load_timing_cache=str(timing_cache) if timing_cache.exists() else None,
     )
+    log.debug("building %s (%s, strongly typed)", onnx_path.name, precision)
     # Parsing from the path lets TensorRT find the external weights beside the graph.
-    build = EngineBytesFromNetwork(
-        NetworkFromOnnxPath(str(onnx_path)), config=config, save_timing_cache=str(timing_cache)
-    )
+    network = NetworkFromOnnxPath(str(onnx_path), strongly_typed=True)
+    build = EngineBytesFromNetwork(network, config=config, save_timing_cache=str(timing_cache))
     engine_path.write_bytes(build())
 
 

@@ -20,7 +20,9 @@ from svd_trt.manifest import ComponentEntry, ManifestError, load_manifest
 from svd_trt.runtime.trt_runner import Platform
 
 # Bump when the builder settings change (flags, workspace, ...): old engines then rebuild.
-BUILDER_VERSION = 1
+# tests/engines/test_tensorrt_build.py pins the flags of each version (BUILDER_FLAGS).
+# 1: fp16 / int8 / fp8 builder flags. 2: strongly typed networks, no precision flags.
+BUILDER_VERSION = 2
 
 
 def onnx_files(path: Path) -> list[Path]:

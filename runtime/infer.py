@@ -62,9 +62,9 @@ def infer_to_file(
         pil = load_image(image)
     except ValueError as e:
         raise InferError(str(e)) from None
-    pipe = SVDPipeline.from_engine_dir(engine_dir, backend=backend)
     try:
-        result = _run(pipe, pil, opts, latents, image_noise, progress)
+        with SVDPipeline.from_engine_dir(engine_dir, backend=backend) as pipe:
+            result = _run(pipe, pil, opts, latents, image_noise, progress)
     except RuntimeError as e:  # a backend failed at run time (ONNX Runtime / TensorRT)
         raise InferError(f"the engines cannot run this request: {str(e).splitlines()[0]}") from None
     fps = output_fps if output_fps is not None else opts.fps

@@ -8,6 +8,7 @@ at batch 2, chunked decode. Only `runners` differ between backends.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
@@ -101,6 +102,20 @@ class SVDPipeline:
             for name in manifest.specs()
         }
         return cls(manifest, runners)
+
+    def close(self) -> None:
+        """Free what the runners hold (TensorRT device buffers); closing twice is harmless."""
+        # ExitStack calls every close even when one raises, and then re-raises.
+        with contextlib.ExitStack() as stack:
+            for runner in self.runners.values():
+                if callable(getattr(runner, "close", None)):
+                    stack.callback(runner.close)
+
+    def __enter__(self) -> SVDPipeline:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     def resolve(self, opts: GenerationOptions) -> GenerationOptions:
         """Fill model defaults and reject what the engines cannot run, each with one line."""

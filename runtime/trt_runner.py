@@ -73,19 +73,40 @@ def tensorrt_version() -> str:
 
 def gpu_identity(device: int = 0) -> tuple[str, str]:
     """(name, compute capability) of CUDA device `device`, from the driver API via ctypes."""
-    try:
-        lib = ctypes.CDLL("nvcuda.dll" if sys.platform == "win32" else "libcuda.so.1")
-    except OSError:
-        raise TrtError("no CUDA GPU: the NVIDIA driver (libcuda) is not installed") from None
+    lib = _libcuda()
     dev = ctypes.c_int()
-    if lib.cuInit(0) != 0 or lib.cuDeviceGet(ctypes.byref(dev), device) != 0:
-        raise TrtError(f"no CUDA GPU: CUDA device {device} is not available")
     name = ctypes.create_string_buffer(256)
     major, minor = ctypes.c_int(), ctypes.c_int()
-    lib.cuDeviceGetName(name, len(name), dev)
-    lib.cuDeviceGetAttribute(ctypes.byref(major), _CC_MAJOR, dev)
-    lib.cuDeviceGetAttribute(ctypes.byref(minor), _CC_MINOR, dev)
+    # Every call is checked: on a failed call the outputs stay zero and would pass for a GPU "" 0.0.
+    _check(lib, "cuInit", lib.cuInit(0))
+    _check(lib, f"cuDeviceGet(device {device})", lib.cuDeviceGet(ctypes.byref(dev), device))
+    _check(lib, "cuDeviceGetName", lib.cuDeviceGetName(name, len(name), dev))
+    for value, attribute, label in ((major, _CC_MAJOR, "MAJOR"), (minor, _CC_MINOR, "MINOR")):
+        call = f"cuDeviceGetAttribute(COMPUTE_CAPABILITY_{label})"
+        _check(lib, call, lib.cuDeviceGetAttribute(ctypes.byref(value), attribute, dev))
     return name.value.decode(errors="replace"), f"{major.value}.{minor.value}"
+
+
+def _libcuda() -> Any:
+    """The CUDA driver library; TrtError without it."""
+    try:
+        return ctypes.CDLL("nvcuda.dll" if sys.platform == "win32" else "libcuda.so.1")
+    except OSError:
+        raise TrtError("no CUDA GPU: the NVIDIA driver (libcuda) is not installed") from None
+
+
+def _check(lib: Any, call: str, code: int) -> None:
+    """TrtError naming the driver call and its CUresult unless `code` is CUDA_SUCCESS (0)."""
+    if code != 0:
+        raise TrtError(f"no usable CUDA GPU: {call} returned CUresult {code} ({_cu_error_name(lib, code)})")
+
+
+def _cu_error_name(lib: Any, code: int) -> str:
+    """The CUresult's enum name (e.g. CUDA_ERROR_NO_DEVICE), from the driver itself."""
+    text = ctypes.c_char_p()
+    if lib.cuGetErrorName(code, ctypes.byref(text)) != 0 or not text.value:
+        return "unknown CUresult"
+    return text.value.decode(errors="replace")
 
 
 def current_platform() -> Platform:
@@ -164,57 +185,91 @@ def load_engine(path: str | Path) -> Any:
 
 
 class EngineSession:
-    """One execution context; device buffers allocated once at the profile's max shapes."""
+    """One execution context and CUDA stream; device buffers allocated once at the profile's max shapes.
 
-    def __init__(self, engine: Any, max_shapes: Mapping[str, tuple[int, ...]]) -> None:
+    Every copy and the execution are enqueued on this session's own stream, never on the
+    legacy default stream (handle 0), which would serialize with every other stream.
+    """
+
+    def __init__(self, engine: Any, max_shapes: Mapping[str, tuple[int, ...]], name: str = "engine") -> None:
         import tensorrt as trt
         from polygraphy import cuda
 
+        self.name = name
+        self.closed = False
         self.engine = engine
         self.context = engine.create_execution_context()
+        if self.context is None:  # TensorRT returns None, e.g. when activation memory cannot be allocated
+            raise TrtError(f"{name}: TensorRT could not create an execution context; see the TensorRT log")
         self.stream = cuda.Stream()
+        self.buffers: dict[str, Any] = {}
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         self.inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self.outputs = [n for n in names if n not in self.inputs]
         self.dtypes = {n: np.dtype(trt.nptype(engine.get_tensor_dtype(n))) for n in names}
+        try:
+            self._allocate(cuda, names, max_shapes)
+        except BaseException:
+            self.close()  # a refused address or shape must not leak what was allocated so far
+            raise
+
+    def _allocate(self, cuda: Any, names: list[str], max_shapes: Mapping[str, tuple[int, ...]]) -> None:
         for n in self.inputs:  # output sizes at max follow from the inputs at max
             self._set_shape(n, tuple(max_shapes[n]))
-        self.buffers = {}
         for n in names:
             size = int(np.prod(tuple(self.context.get_tensor_shape(n))))
             self.buffers[n] = cuda.DeviceArray(shape=(size,), dtype=self.dtypes[n])
             # Addresses never change: every later shape fits the max-size buffer.
             if not self.context.set_tensor_address(n, self.buffers[n].ptr):
-                raise RuntimeError(f"TensorRT refused the address of {n}")
+                raise TrtError(f"{self.name}: TensorRT refused the device address of tensor {n}")
 
     def _set_shape(self, name: str, shape: tuple[int, ...]) -> None:
         if tuple(self.context.get_tensor_shape(name)) == shape:
             return  # set_input_shape re-runs shape inference; skip it when unchanged (as Polygraphy does)
         if not self.context.set_input_shape(name, shape):
-            raise RuntimeError(f"TensorRT refused shape {list(shape)} for {name}")
+            raise TrtError(
+                f"{self.name}: TensorRT refused shape {list(shape)} for input {name}; see the TensorRT log"
+            )
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Inputs cast to the engine's dtypes; outputs as new host arrays in the engine's dtypes."""
+        if self.closed:
+            raise TrtError(f"{self.name}: the TensorRT session is closed")
         host = {n: np.ascontiguousarray(inputs[n], dtype=self.dtypes[n]) for n in self.inputs}
         for n, arr in host.items():
             self._set_shape(n, arr.shape)
             self.buffers[n].copy_from(arr, self.stream)
         if not self.context.execute_async_v3(self.stream.ptr):
-            raise RuntimeError("TensorRT execute_async_v3 failed; see the TensorRT log")
+            raise TrtError(f"{self.name}: TensorRT execute_async_v3 failed; see the TensorRT log")
         outs = {}
         for n in self.outputs:
             out = np.empty(tuple(self.context.get_tensor_shape(n)), dtype=self.dtypes[n])
             self.buffers[n].view((out.size,)).copy_to(out, self.stream)
             outs[n] = out
-        self.stream.synchronize()  # `host` stays referenced until the copies are done
+        # The copies above are asynchronous: `outs` hold their values, and `host` may be
+        # released, only once the stream has drained.
+        self.stream.synchronize()
         return outs
 
     def close(self) -> None:
-        """Free the device buffers and the stream now (Polygraphy's arrays have no finalizer)."""
-        for buf in self.buffers.values():
-            buf.free()
-        self.buffers = {}
-        self.stream.free()
+        """Free the device buffers, the stream and the context now; a second call does nothing.
+
+        Polygraphy's arrays have no finalizer, and its Stream.free destroys the same handle
+        again when called twice, so this session frees each exactly once.
+        """
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self.stream.synchronize()  # a run that raised may have left copies queued on these buffers
+        finally:
+            for buf in self.buffers.values():
+                buf.free()
+            self.buffers = {}
+            self.stream.free()
+            # The context holds TensorRT's activation memory; it must go before its engine.
+            self.context = None
+            self.engine = None
 
 
 class TrtEngineRunner:
@@ -229,13 +284,18 @@ class TrtEngineRunner:
         self.profile = entry.extra["profile"]
         self.dims = {k: v["dims"] for k, v in entry.inputs.items()}
         max_shapes = {k: tuple(v["max"]) for k, v in self.profile.items()}
-        self.session = EngineSession(load_engine(path), max_shapes)
+        self.session: EngineSession | None = EngineSession(load_engine(path), max_shapes, self.name)
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.session is None:
+            raise TrtError(f"{self.name}: this TensorRT runner was closed")
         problem = shape_error(self.name, self.dims, self.profile, {k: np.shape(v) for k, v in inputs.items()})
         if problem:
             raise ProfileError(problem)
         return self.session.run(inputs)
 
     def close(self) -> None:
-        self.session.close()
+        """Free the engine's device memory; closing twice is harmless."""
+        if self.session is not None:
+            self.session.close()
+            self.session = None

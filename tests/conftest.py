@@ -15,6 +15,9 @@ from svd_trt.config import SVDConfig, preset
 if TYPE_CHECKING:  # torch is imported by the tests that use it
     import torch
 
+# The TensorRT / CUDA fakes and their fixtures (no_tensorrt, fake_trt, fake_build, polygraphy_calls).
+pytest_plugins = ["trt_fakes"]
+
 
 # Ops an exported graph must not have: frame handling stays reshapes (no loops or sequences),
 # GroupNorm stays InstanceNormalization (GroupNormalization 18/21 had TensorRT parser bugs).
