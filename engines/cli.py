@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from svd_trt.cli import fail, one_line_errors
-from svd_trt.spec import FLOAT_PRECISIONS, QUANTIZED_PRECISIONS
+from svd_trt.spec import DEFAULT_HEIGHT, DEFAULT_WIDTH, FLOAT_PRECISIONS, QUANTIZED_PRECISIONS
 
 log = logging.getLogger("svd_trt")
 
@@ -127,10 +127,14 @@ def _range(text: str | None, option: str) -> tuple[int, int] | None:
     help="Frames the engines serve, N or MIN:MAX. [default: TensorRT the model's count; ONNX Runtime any]",
 )
 @click.option(
-    "--height", default=None, help="Pixel heights served, N or MIN:MAX. [default: TensorRT 576; ONNX Runtime any]"
+    "--height",
+    default=None,
+    help=f"Pixel heights served, N or MIN:MAX. [default: TensorRT {DEFAULT_HEIGHT}; ONNX Runtime any]",
 )
 @click.option(
-    "--width", default=None, help="Pixel widths served, N or MIN:MAX. [default: TensorRT 1024; ONNX Runtime any]"
+    "--width",
+    default=None,
+    help=f"Pixel widths served, N or MIN:MAX. [default: TensorRT {DEFAULT_WIDTH}; ONNX Runtime any]",
 )
 @click.option(
     "--decode-chunk-size",

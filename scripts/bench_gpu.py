@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import flops  # noqa: E402  (the sibling script; scripts/ is not a package)
 
 from svd_trt.config import SVDConfig, preset  # noqa: E402
+from svd_trt.spec import DEFAULT_HEIGHT, DEFAULT_WIDTH  # noqa: E402
 
 log = logging.getLogger("bench_gpu")
 SPEC_PEAK = 989e12  # H100 SXM dense fp16 tensor-core spec (no sparsity)
@@ -271,8 +272,8 @@ def main() -> None:
     ap.add_argument("--size", default="full", choices=["tiny", "small", "full"])
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--frames", type=int, nargs="+", default=[25, 14])
-    ap.add_argument("--height", type=int, default=576)
-    ap.add_argument("--width", type=int, default=1024)
+    ap.add_argument("--height", type=int, default=DEFAULT_HEIGHT)
+    ap.add_argument("--width", type=int, default=DEFAULT_WIDTH)
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--decode-chunks", type=int, nargs="*", default=[1, 2, 4, 8, 14, 25])
     ap.add_argument("--compile", action="store_true", help="also torch.compile the fast UNet (minutes)")

@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 
 from svd_trt.config import CLIPConfig, SVDConfig, UNetConfig, VAEConfig
+from svd_trt.spec import DEFAULT_HEIGHT, DEFAULT_WIDTH
 
 VARIANTS = ("diffusers", "port")
 
@@ -223,8 +224,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=main.__doc__)
     ap.add_argument("--size", default="full", choices=["tiny", "small", "full", "full-14"])
     ap.add_argument("--frames", type=int, default=25)
-    ap.add_argument("--height", type=int, default=576)
-    ap.add_argument("--width", type=int, default=1024)
+    ap.add_argument("--height", type=int, default=DEFAULT_HEIGHT)
+    ap.add_argument("--width", type=int, default=DEFAULT_WIDTH)
     ap.add_argument("--steps", type=int, default=25)
     ap.add_argument("--chunk", type=int, default=8)
     a = ap.parse_args()
