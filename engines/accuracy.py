@@ -30,6 +30,7 @@ from polygraphy.common import TensorMetadata
 from polygraphy.comparator import Comparator, SimpleCompareFunc
 from polygraphy.logger import G_LOGGER
 
+from svd_trt.engines.activations import ActivationPeak, fp16_activation_peak
 from svd_trt.engines.report import ComponentResult, EndToEndResult, OutputResult, Report
 from svd_trt.errors import UserError
 from svd_trt.manifest import FLOAT_UNET, ComponentEntry, Manifest, load_manifest
@@ -164,6 +165,7 @@ def check_component(
         # Engine first, reference second: Polygraphy's relative error divides by the second runner.
         results = Comparator.run([engine, reference], data_loader=[feed])
         accuracy = Comparator.compare_accuracy(results, compare_func=func)
+        peak = fp16_peak(opts.engine_dir, entry, backend, feed)
     matches = accuracy[0][(engine.name, reference.name)][0]
     ours, ref = results[engine.name][0], results[reference.name][0]
     return ComponentResult(
@@ -176,7 +178,15 @@ def check_component(
         outputs=[_output_result(n, ours[n], ref[n], matches.get(n, False)) for n in spec.output_names],
         seconds_engine=float(ours.runtime),
         seconds_reference=float(ref.runtime),
+        fp16_peak=peak,
     )
+
+
+def fp16_peak(engine_dir: Path, entry: ComponentEntry, backend: str, feed) -> ActivationPeak | None:
+    """The fp16 activation peak of an fp16 ONNX graph run by ONNX Runtime (None for anything else)."""
+    if entry.precision != "fp16" or backend != "onnxruntime" or not entry.file.endswith(".onnx"):
+        return None
+    return fp16_activation_peak(Path(engine_dir) / entry.file, feed)
 
 
 def _finite(x: float | None) -> float | None:

@@ -67,6 +67,31 @@ def component_precisions(
     return {**{name: spec.precision_on(backend) for name, spec in specs.items()}, **overrides}
 
 
+def export_onnx(
+    snapshot: str | Path,
+    out: str | Path,
+    target: str,
+    precisions: dict[str, str] | None = None,
+    variant: str | None = "auto",
+    on_component: OnComponent | None = None,
+) -> Manifest:
+    """The float ONNX files made for `target` (for TensorRT: exactly what its engines build from)."""
+    from svd_trt.export.checkpoint import read_config
+    from svd_trt.export.onnx_export import build_onnx_dir
+
+    if target not in BACKENDS:
+        raise BuildError(f"unknown target {target!r}: choose {' or '.join(BACKENDS)}")
+    quantized = [f"{n}={p}" for n, p in (precisions or {}).items() if p in QUANTIZED_PRECISIONS]
+    if quantized:
+        raise BuildError(
+            f"--precision {quantized[0]}: export-onnx writes float graphs; "
+            "quantize with build-engines --unet-precision int8 --calibration DIR"
+        )
+    specs = component_specs(read_config(snapshot))
+    chosen = component_precisions(specs, precisions or {}, target)
+    return build_onnx_dir(snapshot, out, target, chosen, variant, on_component)
+
+
 def build_engines(
     snapshot: str | Path, out: str | Path, options: BuildOptions, on_component: OnComponent | None = None
 ) -> Manifest:

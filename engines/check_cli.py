@@ -113,4 +113,8 @@ def _echo_component(result) -> None:
     errors = [o.max_abs for o in result.outputs if o.max_abs is not None]
     comparable = errors and len(errors) == len(result.outputs)
     detail = f"max abs {max(errors):.3g}, atol {result.atol:g}" if comparable else "outputs not comparable"
+    peak = result.fp16_peak
+    if peak is not None:
+        overflow = f", {peak.nonfinite_tensors} fp16 tensors overflowed" if peak.overflowed else ""
+        detail += f"; fp16 peak {peak.max_abs:.3g} of 65504{overflow}"
     click.echo(f"{result.name} ({result.precision}): {'PASS' if result.passed else 'FAIL'} ({detail})")

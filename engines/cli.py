@@ -84,6 +84,46 @@ class _Progress:
             self.bar = None
 
 
+@main.command("export-onnx")
+@click.option(
+    "--model", "snapshot", required=True, type=click.Path(), help="diffusers SVD snapshot directory."
+)
+@click.option("--out", required=True, type=click.Path(), help="ONNX directory to write.")
+@click.option(
+    "--target",
+    type=click.Choice(["onnxruntime", "tensorrt"]),
+    default="onnxruntime",
+    show_default=True,
+    help="Whom the graphs are for. tensorrt: the exact files build-engines --backend tensorrt builds "
+    "from (strongly typed fp16 CLIP and UNet with fp32 islands, fp32 VAE); they run in ONNX Runtime too.",
+)
+@click.option(
+    "--precision", "precisions", multiple=True, help="COMPONENT=fp32|fp16, e.g. unet=fp32 (repeatable)."
+)
+@click.option(
+    "--variant",
+    type=click.Choice(["auto", "fp32", "fp16"]),
+    default="auto",
+    show_default=True,
+    help="Which weight files of the snapshot to read.",
+)
+@one_line_errors
+def export_onnx_command(snapshot: str, out: str, target: str, precisions: tuple[str, ...], variant: str) -> None:
+    """Export every component of MODEL to ONNX for TARGET into OUT, without TensorRT."""
+    from svd_trt.engines.build import export_onnx
+
+    start = time.perf_counter()
+    progress = _Progress(4, f"onnx for {target}")
+    try:
+        manifest = export_onnx(
+            snapshot, out, target, _parse_precisions(precisions), {"fp32": None}.get(variant, variant), progress
+        )
+    finally:
+        progress.close()
+    chosen = ", ".join(f"{n} {e.precision}" for n, e in manifest.components.items())
+    click.echo(f"wrote ONNX for {target} ({chosen}) to {out} in {time.perf_counter() - start:.1f} s")
+
+
 def _range(text: str | None, option: str) -> tuple[int, int] | None:
     from svd_trt.engines.profiles import parse_range
 

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from svd_trt.engines.activations import ActivationPeak
+
 
 @dataclass
 class OutputResult:
@@ -40,10 +42,13 @@ class ComponentResult:
     outputs: list[OutputResult]
     seconds_engine: float
     seconds_reference: float
+    # An fp16 ONNX graph run in ONNX Runtime: its fp16 tensors' peak (engines/activations.py)
+    fp16_peak: ActivationPeak | None = None
 
     @property
     def passed(self) -> bool:
-        return bool(self.outputs) and all(o.passed for o in self.outputs)
+        overflowed = self.fp16_peak is not None and self.fp16_peak.overflowed
+        return bool(self.outputs) and all(o.passed for o in self.outputs) and not overflowed
 
 
 @dataclass
@@ -144,6 +149,25 @@ def render_markdown(report: Report) -> str:
                 f"| {c.name} | {o.name} | {c.precision} | {o.shape} | {_num(o.max_abs)} | {_num(o.mean_abs)} "
                 f"| {_num(o.max_rel)} | {_num(o.mean_rel)} | {_num(o.max_abs_over_ref_max)} "
                 f"| {c.atol:g} | {c.rtol:g} | {'PASS' if o.passed else 'FAIL'} |"
+            )
+    peaks = [c for c in report.components if c.fp16_peak is not None]
+    if peaks:
+        lines += [
+            "",
+            "## fp16 activations",
+            "",
+            "Every fp16 tensor of the graph, on the inputs above: the largest magnitude against fp16's "
+            "65504 (an inf or NaN is an overflow and fails the component). Random weights lack the "
+            "outliers of trained ones.",
+            "",
+            "| component | largest abs | tensor | headroom | fp16 tensors | non-finite |",
+            "|---|---|---|---|---|---|",
+        ]
+        for c in peaks:
+            p = c.fp16_peak
+            lines.append(
+                f"| {c.name} | {p.max_abs:.4g} | `{p.tensor}` | {p.headroom:.3g}x | {p.fp16_tensors} "
+                f"| {p.nonfinite_tensors} |"
             )
     e = report.end_to_end
     if e is not None:

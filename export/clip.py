@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from svd_trt.config import CLIPConfig
-from svd_trt.export.layers import attention
+from svd_trt.export.layers import LayerNorm, attention
 
 # Older transformers saved `position_ids` (an arange over positions) as a persistent
 # buffer, so real snapshots may carry it. The port derives positions instead; a loader
@@ -97,9 +97,9 @@ class CLIPEncoderLayer(nn.Module):
     def __init__(self, cfg: CLIPConfig):
         super().__init__()
         self.self_attn = CLIPAttention(cfg)
-        self.layer_norm1 = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.layer_norm1 = LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
         self.mlp = CLIPMLP(cfg)
-        self.layer_norm2 = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.layer_norm2 = LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.self_attn(self.layer_norm1(x))
@@ -125,9 +125,9 @@ class CLIPVisionTransformer(nn.Module):
     def __init__(self, cfg: CLIPConfig):
         super().__init__()
         self.embeddings = CLIPVisionEmbeddings(cfg)
-        self.pre_layrnorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)  # sic: the key's spelling
+        self.pre_layrnorm = LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)  # sic: the key's spelling
         self.encoder = CLIPEncoder(cfg)
-        self.post_layernorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.post_layernorm = LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         hidden = self.encoder(self.pre_layrnorm(self.embeddings(pixel_values)))

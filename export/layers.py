@@ -23,6 +23,40 @@ from torch import nn
 GROUPS = 32  # every GroupNorm in SVD uses 32 groups
 
 
+# ----------------------------------------------------------------------------- fp32 islands
+# An fp16 ONNX graph carries its precision: TensorRT builds it strongly typed and ONNX Runtime runs
+# it as written, so the places where fp16 is known to fail are explicit fp32 islands in the graph:
+# normalisation statistics (a variance of thousands of elements, squares past 65504), softmax (a
+# sum of up to 9,216 exponentials at SVD-XT's first level), and the time / conditioning embeddings
+# (sinusoids of arguments up to ~1000, per-sample vectors: free). Only while exporting: eager torch
+# already accumulates norms and softmax in fp32 for fp16 inputs, and its fp16 path stays diffusers'.
+
+
+def fp32_island(x: torch.Tensor) -> bool:
+    """True where `x` is fp16 inside an ONNX export: compute in fp32, cast the result back."""
+    return x.dtype == torch.float16 and torch.onnx.is_in_onnx_export()
+
+
+class GroupNorm(nn.GroupNorm):
+    """nn.GroupNorm (same keys), an fp32 island in an fp16 export."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not fp32_island(x):
+            return super().forward(x)
+        w, b = self.weight.float(), self.bias.float()
+        return F.group_norm(x.float(), self.num_groups, w, b, self.eps).to(x.dtype)
+
+
+class LayerNorm(nn.LayerNorm):
+    """nn.LayerNorm (same keys), an fp32 island in an fp16 export."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not fp32_island(x):
+            return super().forward(x)
+        w, b = self.weight.float(), self.bias.float()
+        return F.layer_norm(x.float(), self.normalized_shape, w, b, self.eps).to(x.dtype)
+
+
 # ----------------------------------------------------------------------------- embeddings
 
 
@@ -52,7 +86,7 @@ class Timesteps(nn.Module):
 
 
 class TimestepEmbedding(nn.Module):
-    """linear_1 -> SiLU -> linear_2."""
+    """linear_1 -> SiLU -> linear_2, in the input's dtype (fp32 for the export's embedding island)."""
 
     def __init__(self, in_dim: int, hidden_dim: int, out_dim: int | None = None) -> None:
         super().__init__()
@@ -60,7 +94,8 @@ class TimestepEmbedding(nn.Module):
         self.linear_2 = nn.Linear(hidden_dim, out_dim or hidden_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear_2(F.silu(self.linear_1(x)))
+        h = F.linear(x, self.linear_1.weight.to(x.dtype), self.linear_1.bias.to(x.dtype))
+        return F.linear(F.silu(h), self.linear_2.weight.to(x.dtype), self.linear_2.bias.to(x.dtype))
 
 
 # ----------------------------------------------------------------------------- resnets
@@ -71,10 +106,10 @@ class ResnetBlock2D(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, temb_channels: int | None, eps: float) -> None:
         super().__init__()
-        self.norm1 = nn.GroupNorm(GROUPS, in_channels, eps=eps)
+        self.norm1 = GroupNorm(GROUPS, in_channels, eps=eps)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
         self.time_emb_proj = nn.Linear(temb_channels, out_channels) if temb_channels is not None else None
-        self.norm2 = nn.GroupNorm(GROUPS, out_channels, eps=eps)
+        self.norm2 = GroupNorm(GROUPS, out_channels, eps=eps)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
         self.conv_shortcut = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else None
 
@@ -104,10 +139,10 @@ class TemporalResnetBlock(nn.Module):
 
     def __init__(self, channels: int, temb_channels: int | None, eps: float) -> None:
         super().__init__()
-        self.norm1 = nn.GroupNorm(GROUPS, channels, eps=eps)
+        self.norm1 = GroupNorm(GROUPS, channels, eps=eps)
         self.conv1 = nn.Conv3d(channels, channels, (3, 1, 1), padding=(1, 0, 0))
         self.time_emb_proj = nn.Linear(temb_channels, channels) if temb_channels is not None else None
-        self.norm2 = nn.GroupNorm(GROUPS, channels, eps=eps)
+        self.norm2 = GroupNorm(GROUPS, channels, eps=eps)
         self.conv2 = nn.Conv3d(channels, channels, (3, 1, 1), padding=(1, 0, 0))
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor | None = None) -> torch.Tensor:
@@ -265,10 +300,26 @@ class _ContribAttention(torch.autograd.Function):
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
     """softmax(q k^T / sqrt(d)) v per head: q [N, L, heads*d], k/v [N, S, heads*d] -> [N, L, heads*d]."""
-    if torch.onnx.is_in_onnx_export() and _ONNX_ATTENTION["kind"] == "contrib":
-        return _ContribAttention.apply(q, k, v, heads)
+    if torch.onnx.is_in_onnx_export():
+        if _ONNX_ATTENTION["kind"] == "contrib":
+            return _ContribAttention.apply(q, k, v, heads)
+        return _standard_attention(_split(q, heads), _split(k, heads), _split(v, heads))
     out = F.scaled_dot_product_attention(_split(q, heads), _split(k, heads), _split(v, heads))
     return out.transpose(1, 2).flatten(2)
+
+
+def _standard_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """The exported form: MatMul, Softmax, MatMul on [N, heads, L, d], written out so its types are ours.
+
+    Q and K are each scaled by d^-1/4 before the first product, as TensorRT's attention fusion
+    requires (and so the logits stay small). The softmax is an fp32 island in an fp16 graph; the
+    logits themselves are the first product's output, fp16 there: their largest magnitude is what
+    `svd-export check` reports against fp16's 65504.
+    """
+    scale = q.shape[-1] ** -0.25
+    logits = torch.matmul(q * scale, (k * scale).transpose(-1, -2))
+    probs = torch.softmax(logits.float(), dim=-1).to(v.dtype) if fp32_island(logits) else logits.softmax(-1)
+    return torch.matmul(probs, v).transpose(1, 2).flatten(2)
 
 
 class Attention(nn.Module):
@@ -289,7 +340,7 @@ class Attention(nn.Module):
         kv_dim = cross_attention_dim or query_dim
         self.heads = heads
         self.group_norm = (
-            nn.GroupNorm(norm_num_groups, query_dim, eps=eps) if norm_num_groups is not None else None
+            GroupNorm(norm_num_groups, query_dim, eps=eps) if norm_num_groups is not None else None
         )
         self.to_q = nn.Linear(query_dim, inner, bias=bias)
         self.to_k = nn.Linear(kv_dim, inner, bias=bias)
@@ -363,11 +414,11 @@ class BasicTransformerBlock(nn.Module):
 
     def __init__(self, dim: int, heads: int, dim_head: int, cross_attention_dim: int) -> None:
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=1e-5)
+        self.norm1 = LayerNorm(dim, eps=1e-5)
         self.attn1 = Attention(dim, heads, dim_head)
-        self.norm2 = nn.LayerNorm(dim, eps=1e-5)
+        self.norm2 = LayerNorm(dim, eps=1e-5)
         self.attn2 = Attention(dim, heads, dim_head, cross_attention_dim)
-        self.norm3 = nn.LayerNorm(dim, eps=1e-5)
+        self.norm3 = LayerNorm(dim, eps=1e-5)
         self.ff = FeedForward(dim)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
@@ -383,13 +434,13 @@ class TemporalBasicTransformerBlock(nn.Module):
     def __init__(self, dim: int, inner_dim: int, heads: int, dim_head: int, cross_attention_dim: int) -> None:
         super().__init__()
         self.is_res = dim == inner_dim
-        self.norm_in = nn.LayerNorm(dim)
+        self.norm_in = LayerNorm(dim)
         self.ff_in = FeedForward(dim, dim_out=inner_dim)
-        self.norm1 = nn.LayerNorm(inner_dim)
+        self.norm1 = LayerNorm(inner_dim)
         self.attn1 = Attention(inner_dim, heads, dim_head)
-        self.norm2 = nn.LayerNorm(inner_dim)
+        self.norm2 = LayerNorm(inner_dim)
         self.attn2 = Attention(inner_dim, heads, dim_head, cross_attention_dim)
-        self.norm3 = nn.LayerNorm(inner_dim)
+        self.norm3 = LayerNorm(inner_dim)
         self.ff = FeedForward(inner_dim)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
@@ -418,7 +469,7 @@ class TransformerSpatioTemporalModel(nn.Module):
     ) -> None:
         super().__init__()
         inner = heads * dim_head
-        self.norm = nn.GroupNorm(GROUPS, in_channels, eps=1e-6)
+        self.norm = GroupNorm(GROUPS, in_channels, eps=1e-6)
         self.proj_in = nn.Linear(in_channels, inner)
         self.transformer_blocks = nn.ModuleList(
             [BasicTransformerBlock(inner, heads, dim_head, cross_attention_dim) for _ in range(num_layers)]

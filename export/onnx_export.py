@@ -160,13 +160,17 @@ def _reusable(out: Path) -> dict[str, ComponentEntry]:
 def build_onnx_dir(
     snapshot: str | Path,
     out: str | Path,
-    backend: str = "onnxruntime",
+    target: str = "onnxruntime",
     precisions: dict[str, str] | None = None,
     variant: str = "auto",
     on_component: Callable[[str, str, float], None] | None = None,
     limits: dict[str, Span] | None = None,
 ) -> Manifest:
-    """Export every component into `out` (atomically) and write its manifest.
+    """Export every component for `target` into `out` (atomically) and write its manifest.
+
+    `target` decides the graphs: each spec's precision on it and the attention form (ONNX
+    Runtime's fused contrib node, or standard ops for TensorRT). Either directory runs in ONNX
+    Runtime: for TensorRT it holds the exact files `build-engines --backend tensorrt` builds from.
 
     Components whose key (weights hash, precision, opset, exporter versions) matches the
     existing directory's are reused. The new directory is assembled beside `out` and
@@ -178,14 +182,16 @@ def build_onnx_dir(
     check_scheduler(cfg.scheduler)  # a snapshot the runtime cannot sample is refused before any export
     specs = component_specs(cfg)
     opts = ExportOptions(
-        {**default_precisions(backend, specs), **(precisions or {})},
+        {**default_precisions(target, specs), **(precisions or {})},
         variant=variant,
-        attention=attention_kind(backend),
+        attention=attention_kind(target),
     )
     old = _reusable(out)
     with staged_dir(out) as stage:
         entries = _export_all(snapshot, cfg, specs, opts, out, old, stage, on_component)
-        manifest = Manifest(backend, cfg, entries, source=str(snapshot.resolve()), limits=limits or {})
+        manifest = Manifest(
+            "onnxruntime", cfg, entries, source=str(snapshot.resolve()), limits=limits or {}, target=target
+        )
         manifest.save(stage)
     return manifest
 

@@ -20,6 +20,7 @@ from svd_trt.config import UNetConfig
 from svd_trt.export.layers import (
     GROUPS,
     Downsample2D,
+    GroupNorm,
     SpatioTemporalResBlock,
     TimestepEmbedding,
     Timesteps,
@@ -227,7 +228,7 @@ class UNetSpatioTemporal(nn.Module):
         self.up_blocks = nn.ModuleList(
             [self._up_block(cfg, i, temb, heads, cross, layers, tlayers) for i in range(n)]
         )
-        self.conv_norm_out = nn.GroupNorm(GROUPS, ch[0], eps=1e-5)
+        self.conv_norm_out = GroupNorm(GROUPS, ch[0], eps=1e-5)
         self.conv_out = nn.Conv2d(ch[0], cfg.out_channels, 3, padding=1)
 
     @staticmethod
@@ -254,10 +255,15 @@ class UNetSpatioTemporal(nn.Module):
     def embed_time(
         self, timestep: torch.Tensor, added_time_ids: torch.Tensor, dtype: torch.dtype
     ) -> torch.Tensor:
-        """timestep [B], added_time_ids [B, K] -> [B, 4*C0]: sinusoids of both, through their MLPs, summed."""
-        emb = self.time_embedding(self.time_proj(timestep).to(dtype))
+        """timestep [B], added_time_ids [B, K] -> [B, 4*C0]: sinusoids of both, through their MLPs, summed.
+
+        The sinusoids are fp32 (arguments up to ~1000); an fp16 export keeps the MLPs in fp32 too
+        (layers.py: fp32 islands), eager torch runs them in the module's dtype as diffusers does.
+        """
+        mlp_dtype = torch.float32 if torch.onnx.is_in_onnx_export() else dtype
+        emb = self.time_embedding(self.time_proj(timestep).to(mlp_dtype))
         ids = self.add_time_proj(added_time_ids.flatten()).reshape(added_time_ids.shape[0], -1)
-        return emb + self.add_embedding(ids.to(dtype))
+        return (emb + self.add_embedding(ids.to(mlp_dtype))).to(dtype)
 
     def forward(
         self,

@@ -16,6 +16,7 @@ from svd_trt.config import VAEConfig
 from svd_trt.export.layers import (
     GROUPS,
     Downsample2D,
+    GroupNorm,
     ImageSelfAttention,
     ResnetBlock2D,
     SpatioTemporalResBlock,
@@ -95,7 +96,7 @@ class Encoder(nn.Module):
             [DownEncoderBlock2D(ch[max(i - 1, 0)], ch[i], cfg.layers_per_block, i < n - 1) for i in range(n)]
         )
         self.mid_block = UNetMidBlock2D(ch[-1])
-        self.conv_norm_out = nn.GroupNorm(GROUPS, ch[-1], eps=EPS)
+        self.conv_norm_out = GroupNorm(GROUPS, ch[-1], eps=EPS)
         self.conv_out = nn.Conv2d(ch[-1], 2 * cfg.latent_channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -160,7 +161,7 @@ class TemporalDecoder(nn.Module):
                 for i in range(n)
             ]
         )
-        self.conv_norm_out = nn.GroupNorm(GROUPS, rev[-1], eps=EPS)
+        self.conv_norm_out = GroupNorm(GROUPS, rev[-1], eps=EPS)
         self.conv_out = nn.Conv2d(rev[-1], cfg.out_channels, 3, padding=1)
         self.time_conv_out = nn.Conv3d(cfg.out_channels, cfg.out_channels, (3, 1, 1), padding=(1, 0, 0))
 

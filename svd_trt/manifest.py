@@ -54,11 +54,16 @@ class ComponentEntry:
 
 @dataclass(frozen=True)
 class Manifest:
+    """`backend` runs the files by default (ONNX files: onnxruntime); `target` is whom the graphs
+    are made for: an ONNX directory for TensorRT holds the exact files its engines are built from
+    (strongly typed fp16, standard attention ops), which ONNX Runtime runs here too."""
+
     backend: str
     model: SVDConfig
     components: dict[str, ComponentEntry]
     source: str = ""
     limits: dict[str, Span] = field(default_factory=dict)  # LIMIT_NAMES -> served range
+    target: str = ""  # "" = the backend
     svd_trt_version: str = __version__
     format_version: int = FORMAT_VERSION
 
@@ -82,7 +87,14 @@ class Manifest:
         comps = {k: ComponentEntry(**v) for k, v in d["components"].items()}
         limits = {k: Span(**v) for k, v in d.get("limits", {}).items()}
         return Manifest(
-            d["backend"], model, comps, d.get("source", ""), limits, d["svd_trt_version"], d["format_version"]
+            d["backend"],
+            model,
+            comps,
+            d.get("source", ""),
+            limits,
+            d.get("target", ""),
+            d["svd_trt_version"],
+            d["format_version"],
         )
 
 

@@ -234,7 +234,8 @@ def component_specs(cfg: SVDConfig) -> dict[str, ComponentSpec]:
                 TensorSpec("sample", ("B", "F", cfg.unet.in_channels, "h", "w")),
                 TensorSpec("timestep", ("B",), dist="timestep", fixed_dtype="float32"),
                 TensorSpec("encoder_hidden_states", ("B", 1, clip.projection_dim)),
-                TensorSpec("added_time_ids", ("B", cfg.unet.num_time_ids), dist="time_ids"),
+                # fp32 in every precision: it feeds fp32 sinusoids (noise-aug strength 0.02 is not an fp16 value)
+                TensorSpec("added_time_ids", ("B", cfg.unet.num_time_ids), dist="time_ids", fixed_dtype="float32"),
             ),
             outputs=(TensorSpec("noise_pred", ("B", "F", cfg.unet.out_channels, "h", "w")),),
             # batch 2 = cond + uncond (CFG on), the common case; 1 still runs when guidance is off

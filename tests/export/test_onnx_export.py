@@ -12,7 +12,7 @@ import torch
 from conftest import FORBIDDEN_OPS, rel_err
 
 from svd_trt.export import onnx_export
-from svd_trt.export.checkpoint import CheckpointError, load_component, read_config
+from svd_trt.export.checkpoint import CheckpointError, component_module, load_component, read_config
 from svd_trt.export.onnx_export import build_onnx_dir, trace_sizes
 from svd_trt.manifest import load_manifest
 from svd_trt.runtime.runners import OrtRunner
@@ -30,13 +30,8 @@ def small_onnx(small_engines):
 
 
 def _port(snapshot, name, cfg):
-    source = {"image_encoder": "image_encoder", "unet": "unet"}.get(name, "vae")
-    module = load_component(snapshot, source, cfg)
-    if name == "vae_encoder":
-        return module.encode
-    if name == "vae_decoder":
-        return module.decode
-    return module
+    spec = component_specs(cfg)[name]
+    return component_module(load_component(snapshot, spec.source, cfg), spec)
 
 
 @pytest.mark.parametrize(

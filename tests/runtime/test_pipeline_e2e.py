@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+from conftest import draws, run_diffusers
 from PIL import Image
 from scheduler_configs import SCHEDULER_CONFIGS, scheduler_config
 
@@ -29,45 +29,6 @@ BIN = Path(sys.executable).parent
 @pytest.fixture(scope="module")
 def tiny_runtime(tiny_engines) -> SVDPipeline:
     return SVDPipeline.from_engine_dir(tiny_engines)
-
-
-def draws(pipe: SVDPipeline, opts: GenerationOptions, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    opts = pipe.resolve(opts)
-    rng = np.random.default_rng(seed)
-    noise = rng.standard_normal((1, 3, opts.height, opts.width), dtype=np.float32)
-    latents = rng.standard_normal(pipe.latent_shape(opts), dtype=np.float32)
-    return noise, latents
-
-
-def run_diffusers(pipe, image, opts: GenerationOptions, latents, image_noise, monkeypatch) -> np.ndarray:
-    """diffusers' pipeline with our arrays: latents as its argument, the image noise patched in."""
-    import diffusers.pipelines.stable_video_diffusion.pipeline_stable_video_diffusion as svd_mod
-
-    real = svd_mod.randn_tensor
-
-    def fake_randn(shape, generator=None, device=None, dtype=None, **kw):
-        if tuple(shape) == image_noise.shape:
-            return torch.from_numpy(image_noise).to(dtype)
-        return real(shape, generator=generator, device=device, dtype=dtype, **kw)
-
-    monkeypatch.setattr(svd_mod, "randn_tensor", fake_randn)
-    with torch.no_grad():
-        out = pipe(
-            image,
-            height=opts.height,
-            width=opts.width,
-            num_frames=opts.num_frames,
-            num_inference_steps=opts.num_inference_steps,
-            min_guidance_scale=opts.min_guidance_scale,
-            max_guidance_scale=opts.max_guidance_scale,
-            fps=opts.fps,
-            motion_bucket_id=opts.motion_bucket_id,
-            noise_aug_strength=opts.noise_aug_strength,
-            decode_chunk_size=opts.decode_chunk_size,
-            latents=torch.from_numpy(latents),
-            output_type="np",
-        )
-    return np.asarray(out.frames[0])
 
 
 CASES = {
