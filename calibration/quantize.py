@@ -21,8 +21,6 @@ import fnmatch
 import hashlib
 import json
 import logging
-import os
-import shutil
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
@@ -37,6 +35,7 @@ from svd_trt.manifest import (
     Manifest,
     load_manifest,
 )
+from svd_trt.output_dir import check_target, link_or_copy
 from svd_trt.spec import QUANTIZED_PRECISIONS
 
 log = logging.getLogger(__name__)
@@ -271,7 +270,7 @@ def quantize_unet(
     log.info("quantizing %s to %s (%s calibration)", float_entry.file, dst.name, method)
     excluded = quantize_onnx(target / float_entry.file, tmp, calib_dir, opts)
     _install(tmp, dst)
-    entry = _entry(float_entry, dst.name, calib_dir, opts, excluded)
+    entry = _entry(float_entry, dst.name, calib_dir, opts, excluded).recorded(target)
     components = {**manifest.components, "unet": entry, FLOAT_UNET: float_entry}
     dataclasses.replace(manifest, components=components).save(target)
     return dst
@@ -324,14 +323,13 @@ def _entry(
 
 
 def _copy_dir(src: Path, manifest: Manifest, dst: Path) -> None:
-    """Hard-link (or copy) every file the manifest names, so `dst` is a complete directory."""
+    """Hard-link (or copy) every file the manifest names, so `dst` is a complete directory.
+
+    `dst` must be new, empty or an engine directory of ours (svd_trt/output_dir.py): never a
+    folder whose files a same-named link would replace."""
+    check_target(dst, protect=[src])
     dst.mkdir(parents=True, exist_ok=True)
-    files = {MANIFEST_NAME} | {e.file for e in manifest.components.values()}
-    files |= {f + ".data" for f in files if (src / (f + ".data")).exists()}
+    files = {MANIFEST_NAME} | {n for e in manifest.components.values() for n in e.file_names(src)}
     for name in sorted(files):
-        if (dst / name).exists():
-            (dst / name).unlink()
-        try:
-            os.link(src / name, dst / name)
-        except OSError:
-            shutil.copy2(src / name, dst / name)
+        (dst / name).unlink(missing_ok=True)
+        link_or_copy(src / name, dst / name)

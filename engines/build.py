@@ -36,6 +36,7 @@ class BuildOptions:
     calibration: Path | None = None  # int8 / fp8 UNet: the directory svd-export calibrate wrote
     timing_cache: Path | None = None  # TensorRT: default one per TensorRT + GPU in the user cache dir
     onnx_dir: Path | None = None  # TensorRT: where its ONNX files go; default OUT-onnx beside OUT
+    force: bool = False  # replace an engine directory of ours whose manifest cannot be read
 
     @property
     def quantized(self) -> str | None:
@@ -74,6 +75,7 @@ def export_onnx(
     precisions: dict[str, str] | None = None,
     variant: str | None = "auto",
     on_component: OnComponent | None = None,
+    force: bool = False,
 ) -> Manifest:
     """The float ONNX files made for `target` (for TensorRT: exactly what its engines build from)."""
     from svd_trt.export.checkpoint import read_config
@@ -89,7 +91,7 @@ def export_onnx(
         )
     specs = component_specs(read_config(snapshot))
     chosen = component_precisions(specs, precisions or {}, target)
-    return build_onnx_dir(snapshot, out, target, chosen, variant, on_component)
+    return build_onnx_dir(snapshot, out, target, chosen, variant, on_component, force=force)
 
 
 def build_engines(
@@ -122,7 +124,7 @@ def build_onnxruntime_dir(
         check_request(options.quantized)  # fp8: a one-line QuantizeError before the export
         precisions["unet"] = "fp32"  # Q/DQ nodes go into the fp32 graph
     manifest = build_onnx_dir(
-        snapshot, out, "onnxruntime", precisions, options.variant, on_component, limits=limits
+        snapshot, out, "onnxruntime", precisions, options.variant, on_component, limits, options.force
     )
     if not options.quantized:
         return manifest

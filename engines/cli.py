@@ -84,6 +84,16 @@ class _Progress:
             self.bar = None
 
 
+# An existing OUT is rebuilt in place (unchanged components reused) when it is an engine directory
+# svd-trt wrote and holds nothing else; anything else is refused (svd_trt/output_dir.py).
+FORCE = click.option(
+    "--force",
+    is_flag=True,
+    help="Also replace an engine directory of ours whose manifest cannot be read (another format "
+    "version, damaged). Never replaces a directory holding files svd-trt did not write.",
+)
+
+
 @main.command("export-onnx")
 @click.option(
     "--model", "snapshot", required=True, type=click.Path(), help="diffusers SVD snapshot directory."
@@ -107,17 +117,19 @@ class _Progress:
     show_default=True,
     help="Which weight files of the snapshot to read.",
 )
+@FORCE
 @one_line_errors
-def export_onnx_command(snapshot: str, out: str, target: str, precisions: tuple[str, ...], variant: str) -> None:
+def export_onnx_command(
+    snapshot: str, out: str, target: str, precisions: tuple[str, ...], variant: str, force: bool
+) -> None:
     """Export every component of MODEL to ONNX for TARGET into OUT, without TensorRT."""
     from svd_trt.engines.build import export_onnx
 
     start = time.perf_counter()
     progress = _Progress(4, f"onnx for {target}")
     try:
-        manifest = export_onnx(
-            snapshot, out, target, _parse_precisions(precisions), {"fp32": None}.get(variant, variant), progress
-        )
+        variant_arg = {"fp32": None}.get(variant, variant)
+        manifest = export_onnx(snapshot, out, target, _parse_precisions(precisions), variant_arg, progress, force)
     finally:
         progress.close()
     chosen = ", ".join(f"{n} {e.precision}" for n, e in manifest.components.items())
@@ -188,6 +200,7 @@ def _range(text: str | None, option: str) -> tuple[int, int] | None:
     default=None,
     help="TensorRT: tactic timing cache shared across builds. [default: per TensorRT + GPU in ~/.cache/svd-trt]",
 )
+@FORCE
 @one_line_errors
 def build_engines(
     snapshot: str,
@@ -202,6 +215,7 @@ def build_engines(
     width: str | None,
     decode_chunk_size: int | None,
     timing_cache: str | None,
+    force: bool,
 ):
     """Export every component of MODEL and build the engines into OUT."""
     from svd_trt.engines.build import BuildOptions, build_engines
@@ -222,6 +236,7 @@ def build_engines(
         variant={"fp32": None}.get(variant, variant),
         calibration=Path(calibration) if calibration else None,
         timing_cache=Path(timing_cache) if timing_cache else None,
+        force=force,
     )
     start = time.perf_counter()
     progress = _Progress((8 if backend == "tensorrt" else 4) + bool(options.quantized), backend)
@@ -234,6 +249,24 @@ def build_engines(
         f"wrote {len(manifest.components)} {backend} components ({size:.1f} MiB) to {out} "
         f"in {time.perf_counter() - start:.1f} s"
     )
+
+
+@main.command("verify")
+@click.option("--engines", "engine_dir", required=True, type=click.Path(), help="Engine directory to verify.")
+@one_line_errors
+def verify_command(engine_dir: str) -> None:
+    """Hash every file of ENGINES against its manifest: a changed or truncated byte is named."""
+    from svd_trt.manifest import ManifestError, load_manifest, verify
+
+    start = time.perf_counter()
+    problems = verify(engine_dir)
+    for problem in problems:
+        click.echo(problem, err=True)
+    if problems:
+        raise ManifestError(f"{engine_dir}: {len(problems)} file(s) differ from the manifest; rebuild the engines")
+    manifest = load_manifest(engine_dir)
+    count = sum(len(e.files) or 1 for e in manifest.components.values())
+    click.echo(f"{engine_dir}: {count} files match the manifest ({time.perf_counter() - start:.1f} s)")
 
 
 def _register() -> None:

@@ -26,8 +26,9 @@ from svd_trt.engines.trt_cache import (
     reusable,
 )
 from svd_trt.export.checkpoint import read_config
-from svd_trt.export.onnx_export import _link_or_copy, build_onnx_dir, staged_dir
+from svd_trt.export.onnx_export import build_onnx_dir
 from svd_trt.manifest import ComponentEntry, Manifest
+from svd_trt.output_dir import link_or_copy, writing
 from svd_trt.runtime.trt_runner import Platform, current_platform
 from svd_trt.spec import QUANTIZED_PRECISIONS as QUANTIZED
 from svd_trt.spec import ComponentSpec, component_specs
@@ -88,9 +89,9 @@ def _engine_entry(ctx: _Context, spec: ComponentSpec, onnx_path: Path, precision
     digest = onnx_hash(onnx_path)
     key = engine_key(digest, profile, precision, ctx.platform)
     file = f"{spec.name}.engine"
-    old = reusable(ctx.old, spec.name, key)
+    old = reusable(ctx.out, ctx.old, spec.name, key)
     if old is not None:
-        _link_or_copy(ctx.out / old.file, ctx.stage / file)
+        link_or_copy(ctx.out / old.file, ctx.stage / file)
         return old, "reused"
     build_engine(onnx_path, ctx.stage / file, profile, precision, ctx.timing_cache)
     extra: dict[str, Any] = {
@@ -98,7 +99,7 @@ def _engine_entry(ctx: _Context, spec: ComponentSpec, onnx_path: Path, precision
         "platform": dataclasses.asdict(ctx.platform),
         "onnx_sha256": digest,
     }
-    return ComponentEntry.describe(spec, file, precision, key, **extra), "built"
+    return ComponentEntry.describe(spec, file, precision, key, **extra).recorded(ctx.stage), "built"
 
 
 def build_tensorrt_dir(
@@ -129,15 +130,15 @@ def build_tensorrt_dir(
         {**precisions, "unet": "fp32"} if quantized else precisions,  # Q/DQ go into the fp32 graph
         variant=options.variant,
         on_component=_tagged(on_component),
+        force=options.force,
     )
     if quantized:
         onnx = _quantize(onnx_dir, options.calibration, precisions["unet"], on_component)
     timing_cache = options.timing_cache or default_timing_cache(platform)
     timing_cache.parent.mkdir(parents=True, exist_ok=True)
     log.info("TensorRT %s on %s; timing cache %s", platform.tensorrt_version, platform.gpu, timing_cache)
-    old = previous_engines(out)
-    with staged_dir(out) as stage:
-        ctx = _Context(out, stage, old, platform, timing_cache)
+    with writing(out, protect=[snapshot, onnx_dir], force=options.force) as stage:
+        ctx = _Context(out, stage, previous_engines(out), platform, timing_cache)
         entries = _build_all(ctx, specs, onnx_dir, onnx.components, profiles, on_component)
         manifest = Manifest("tensorrt", cfg, entries, source=str(snapshot.resolve()), limits=limits)
         manifest.save(stage)

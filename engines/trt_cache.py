@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from svd_trt.manifest import ComponentEntry, ManifestError, load_manifest
+from svd_trt.manifest import ComponentEntry, ManifestError, entry_problems, load_manifest, sha256_file
 from svd_trt.runtime.trt_runner import Platform
 
 # Bump when the builder settings change (flags, workspace, ...): old engines then rebuild.
@@ -32,14 +32,9 @@ def onnx_files(path: Path) -> list[Path]:
 
 
 def onnx_hash(path: str | Path) -> str:
-    """sha256 over the graph and its external data, streamed (the UNet's weights are GBs)."""
-    h = hashlib.sha256()
-    for p in onnx_files(Path(path)):
-        h.update(p.name.encode())
-        with open(p, "rb") as f:
-            while chunk := f.read(1 << 24):
-                h.update(chunk)
-    return h.hexdigest()
+    """sha256 over the names and contents of the graph and its external data."""
+    parts = [f"{p.name}:{sha256_file(p)}" for p in onnx_files(Path(path))]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()
 
 
 def engine_key(onnx_sha256: str, profile: dict[str, Any], precision: str, platform: Platform) -> str:
@@ -68,15 +63,17 @@ def default_timing_cache(platform: Platform) -> Path:
 
 
 def previous_engines(out: Path) -> dict[str, ComponentEntry]:
-    """The entries of an existing, complete TensorRT engine directory at `out` (else none)."""
+    """The entries of an existing TensorRT engine directory at `out` (else none); files unchecked."""
     try:
-        manifest = load_manifest(out)
+        manifest = load_manifest(out, check_sizes=False)
     except ManifestError:
         return {}
     return manifest.components if manifest.backend == "tensorrt" else {}
 
 
-def reusable(old: dict[str, ComponentEntry], name: str, key: str) -> ComponentEntry | None:
-    """The old entry of `name` when its key equals `key` (load_manifest checked its file)."""
+def reusable(out: Path, old: dict[str, ComponentEntry], name: str, key: str) -> ComponentEntry | None:
+    """The old entry of `name` when its key equals `key` and its files still hash as recorded."""
     entry = old.get(name)
-    return entry if entry is not None and entry.key == key else None
+    if entry is None or entry.key != key or entry_problems(out, name, entry, full=True):
+        return None
+    return entry

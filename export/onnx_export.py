@@ -10,15 +10,13 @@ weights in one `<name>.onnx.data` beside the graph, and the checker runs on the 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
-import os
 import shutil
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,7 +28,15 @@ from torch import nn
 from svd_trt.config import SVDConfig
 from svd_trt.export.checkpoint import COMPONENTS, component_module, find_weights, load_component, read_config
 from svd_trt.export.layers import onnx_attention
-from svd_trt.manifest import FLOAT_UNET, MANIFEST_NAME, ComponentEntry, Manifest, ManifestError, load_manifest
+from svd_trt.manifest import (
+    FLOAT_UNET,
+    ComponentEntry,
+    Manifest,
+    ManifestError,
+    entry_problems,
+    load_manifest,
+)
+from svd_trt.output_dir import link_or_copy, writing
 from svd_trt.runtime.euler import check_scheduler
 from svd_trt.spec import ComponentSpec, Span, component_specs
 
@@ -142,13 +148,9 @@ def _save_single(raw: Path, path: Path) -> None:
     )
 
 
-def _component_files(directory: Path, entry: ComponentEntry) -> list[Path]:
-    return [p for p in (directory / entry.file, directory / (entry.file + ".data")) if p.exists()]
-
-
 def _reusable(out: Path) -> dict[str, ComponentEntry]:
     try:
-        components = dict(load_manifest(out).components)
+        components = dict(load_manifest(out, check_sizes=False).components)
     except ManifestError:
         return {}
     # A quantized directory keeps its float UNet beside the quantized one.
@@ -165,6 +167,7 @@ def build_onnx_dir(
     variant: str = "auto",
     on_component: Callable[[str, str, float], None] | None = None,
     limits: dict[str, Span] | None = None,
+    force: bool = False,
 ) -> Manifest:
     """Export every component for `target` into `out` (atomically) and write its manifest.
 
@@ -186,28 +189,14 @@ def build_onnx_dir(
         variant=variant,
         attention=attention_kind(target),
     )
-    old = _reusable(out)
-    with staged_dir(out) as stage:
+    with writing(out, protect=[snapshot], force=force) as stage:
+        old = _reusable(out)
         entries = _export_all(snapshot, cfg, specs, opts, out, old, stage, on_component)
         manifest = Manifest(
             "onnxruntime", cfg, entries, source=str(snapshot.resolve()), limits=limits or {}, target=target
         )
         manifest.save(stage)
     return manifest
-
-
-@contextlib.contextmanager
-def staged_dir(out: Path) -> Iterator[Path]:
-    """A new directory beside `out`, swapped in whole when the block succeeds, removed if not:
-    an interrupted build never leaves a directory that looks complete."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
-    try:
-        yield stage
-        _swap_in(stage, out)
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
 
 
 def _export_all(snapshot, cfg, specs, opts, out, old, stage, on_component) -> dict[str, ComponentEntry]:
@@ -222,16 +211,16 @@ def _export_all(snapshot, cfg, specs, opts, out, old, stage, on_component) -> di
         precision = opts.precision(name)
         key = component_key(hashes[spec.source], name, precision, opts)
         start = time.perf_counter()
-        if name in old and old[name].key == key:
-            for f in _component_files(out, old[name]):
-                _link_or_copy(f, stage / f.name)
+        if name in old and old[name].key == key and not entry_problems(out, name, old[name], full=True):
+            for f in old[name].file_names(out):
+                link_or_copy(out / f, stage / f)
             entries[name] = old[name]
             status = "reused"
         else:
             module = _module_for(snapshot, cfg, spec, precision, opts.variant, loaded)
             with onnx_attention(opts.attention):
                 export_onnx(module, spec, stage / spec.onnx_file, precision, trace_sizes(cfg), opts.opset)
-            entries[name] = ComponentEntry.describe(spec, spec.onnx_file, precision, key)
+            entries[name] = ComponentEntry.describe(spec, spec.onnx_file, precision, key).recorded(stage)
             status = "exported"
         if last_user[spec.source] == name:
             loaded.pop((spec.source, precision), None)  # the real UNet is 6 GB in fp32
@@ -247,34 +236,3 @@ def _module_for(snapshot, cfg, spec: ComponentSpec, precision, variant, loaded) 
     if (spec.source, precision) not in loaded:
         loaded[(spec.source, precision)] = load_component(snapshot, spec.source, cfg, dtype=dtype, variant=variant)
     return component_module(loaded[(spec.source, precision)], spec)
-
-
-def _relax_permissions(directory: Path) -> None:
-    """mkdtemp makes 0700 directories and onnx writes 0600 data files; an engine directory is
-    shared like any build output, so give it the umask's usual modes."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(directory, 0o777 & ~umask)
-    for f in directory.iterdir():
-        os.chmod(f, 0o666 & ~umask)
-
-
-def _link_or_copy(src: Path, dst: Path) -> None:
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
-
-
-def _swap_in(stage: Path, out: Path) -> None:
-    """Replace `out` by the complete `stage` directory; the old one is removed after."""
-    if not (stage / MANIFEST_NAME).exists():
-        raise RuntimeError(f"{stage}: no manifest; refusing to install an incomplete directory")
-    _relax_permissions(stage)
-    trash = None
-    if out.exists():
-        trash = out.with_name(f".{out.name}.old-{os.getpid()}")
-        out.rename(trash)
-    stage.rename(out)
-    if trash:
-        shutil.rmtree(trash, ignore_errors=True)

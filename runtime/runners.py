@@ -67,7 +67,11 @@ class OrtRunner:
                     "onnxruntime here has no CUDAExecutionProvider (pip install onnxruntime-gpu)"
                 )
             providers.insert(0, "CUDAExecutionProvider")
-        self.session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+        try:
+            self.session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+        except Exception as e:  # onnxruntime raises its own types (InvalidProtobuf, Fail, NoSuchFile, ...)
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ManifestError(f"{path}: ONNX Runtime cannot load it ({type(e).__name__}: {first[:300]})") from None
         self.dtypes = {i.name: _ORT_DTYPES[i.type] for i in self.session.get_inputs()}
         self.output_names = [o.name for o in self.session.get_outputs()]
 

@@ -181,7 +181,14 @@ def load_engine(path: str | Path) -> Any:
     """Deserialize an engine file with Polygraphy (trt.ICudaEngine)."""
     from polygraphy.backend.trt import engine_from_bytes
 
-    return engine_from_bytes(Path(path).read_bytes())
+    try:
+        engine = engine_from_bytes(Path(path).read_bytes())
+    except Exception as e:  # Polygraphy raises its own exception type for a bad plan
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise TrtError(f"{path}: TensorRT cannot deserialize it ({first[:300]}); {REBUILD_HINT}") from None
+    if engine is None:
+        raise TrtError(f"{path}: TensorRT cannot deserialize it; {REBUILD_HINT}")
+    return engine
 
 
 class EngineSession:

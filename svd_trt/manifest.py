@@ -10,6 +10,7 @@ last by export and engine builds, so a directory without it is incomplete by def
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +44,8 @@ class ComponentEntry:
     inputs: dict[str, dict[str, Any]] = field(default_factory=dict)
     outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)  # backend-specific: profiles, TRT version, GPU
+    # every file the component reads (the graph and its external data): name -> {size, sha256}
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @staticmethod
     def describe(spec: ComponentSpec, file: str, precision: str, key: str, **extra: Any) -> ComponentEntry:
@@ -50,6 +53,67 @@ class ComponentEntry:
             return {t.name: {"dims": list(t.dims), "dtype": t.dtype(precision).name} for t in ts}
 
         return ComponentEntry(file, precision, key, io(spec.inputs), io(spec.outputs), dict(extra))
+
+    def file_names(self, directory: str | Path) -> list[str]:
+        """The graph or engine file and, where it exists or is recorded, its external data."""
+        data = self.file + ".data"
+        return [self.file, data] if data in self.files or (Path(directory) / data).exists() else [self.file]
+
+    def recorded(self, directory: str | Path) -> ComponentEntry:
+        """This entry with the sizes and hashes of its files as they are in `directory` now."""
+        root = Path(directory)
+        return dataclasses.replace(self, files={n: file_record(root / n) for n in self.file_names(root)})
+
+    def digest(self) -> str:
+        """One hash of every recorded file (names and contents): what a derived artefact depends on."""
+        text = json.dumps(sorted((n, r["sha256"]) for n, r in self.files.items()))
+        return hashlib.sha256(text.encode()).hexdigest()
+
+
+def sha256_file(path: str | Path) -> str:
+    """sha256 of a file, streamed (the UNet's weights are GBs)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def file_record(path: Path) -> dict[str, Any]:
+    return {"size": path.stat().st_size, "sha256": sha256_file(path)}
+
+
+def entry_problems(root: Path, name: str, entry: ComponentEntry, full: bool = False) -> list[str]:
+    """Why component `name`'s files in `root` are not the ones the manifest recorded (one line each).
+
+    Sizes are cheap and checked on every load; `full` also compares the sha256 of every byte.
+    """
+    problems = []
+    names = list(entry.files) or [entry.file]
+    for file in names:
+        path = root / file
+        record = entry.files.get(file)
+        if not path.is_file():
+            problems.append(f"{path}: missing file of component {name}")
+        elif record is not None and path.stat().st_size != record["size"]:
+            size = path.stat().st_size
+            problems.append(
+                f"{path}: {size} bytes, the manifest recorded {record['size']} (truncated or replaced); "
+                f"rebuild the engines"
+            )
+        elif full and record is not None and sha256_file(path) != record["sha256"]:
+            problems.append(f"{path}: contents changed since the build (sha256 differs); rebuild the engines")
+    return problems
+
+
+def verify(directory: str | Path) -> list[str]:
+    """Every problem of an engine directory, every byte hashed (svd-export verify)."""
+    root = Path(directory)
+    manifest = load_manifest(root, check_sizes=False)
+    problems = []
+    for name, entry in manifest.components.items():
+        problems += entry_problems(root, name, entry, full=True)
+    return problems
 
 
 @dataclass(frozen=True)
@@ -98,8 +162,12 @@ class Manifest:
         )
 
 
-def load_manifest(directory: str | Path) -> Manifest:
-    """The manifest of an engine directory; every problem is a one-line ManifestError."""
+def load_manifest(directory: str | Path, check_sizes: bool = True) -> Manifest:
+    """The manifest of an engine directory; every problem is a one-line ManifestError.
+
+    Every component the model needs must be listed, and its files must exist with the sizes the
+    build recorded (cheap: a truncated or replaced file is caught on every load; `verify` hashes).
+    """
     root = Path(directory)
     if not root.is_dir():
         raise ManifestError(f"{root}: engine directory not found")
@@ -120,7 +188,11 @@ def load_manifest(directory: str | Path) -> Manifest:
         manifest = Manifest.from_dict(d)
     except (KeyError, TypeError) as e:
         raise ManifestError(f"{path}: malformed ({type(e).__name__}: {e})") from None
+    missing = [name for name in manifest.specs() if name not in manifest.components]
+    if missing:
+        raise ManifestError(f"{path}: lists no {missing[0]} component; rebuild the engines")
     for name, entry in manifest.components.items():
-        if not (root / entry.file).exists():
-            raise ManifestError(f"{root / entry.file}: missing file for component {name}")
+        problems = entry_problems(root, name, entry) if check_sizes else []
+        if problems:
+            raise ManifestError(problems[0])
     return manifest
