@@ -169,12 +169,12 @@ def test_usage_errors_exit_2(small_snapshot, tiny_snapshot, tiny_engines, tmp_pa
     assert not (tmp_path / "r").exists()
 
 
-def test_torch_runners_share_the_vae_and_keep_timestep_fp32(tiny_snapshot):
+def test_torch_runners_share_the_vae_and_keep_time_inputs_fp32(tiny_snapshot):
     runners = torch_runners(tiny_snapshot, dtype=torch.float16)
     assert list(runners) == COMPONENTS
     assert runners["vae_encoder"].module.module is runners["vae_decoder"].module.module
     unet = runners["unet"]
-    assert unet.fixed == {"timestep": torch.float32}
+    assert unet.fixed == {"timestep": torch.float32, "added_time_ids": torch.float32}
     assert unet._tensor("timestep", np.ones(2, np.float32)).dtype == torch.float32
     assert unet._tensor("sample", np.ones(2, np.float32)).dtype == torch.float16
 

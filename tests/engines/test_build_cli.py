@@ -85,7 +85,9 @@ def test_without_tensorrt_exit_2_with_install_command(tiny_ckpt, tmp_path, monke
     assert list(tmp_path.iterdir()) == []  # refused before the ONNX export
 
 
-def fake_onnx_dir(snapshot, out, backend, precisions, variant=None, on_component=None, limits=None) -> Manifest:
+def fake_onnx_dir(
+    snapshot, out, backend, precisions, variant=None, on_component=None, limits=None, force=False
+) -> Manifest:
     """Stands in for the ONNX export (tested in tests/export and test_tensorrt.py): files + manifest."""
     cfg = read_config(snapshot)
     out.mkdir(parents=True, exist_ok=True)

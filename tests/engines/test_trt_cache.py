@@ -67,28 +67,40 @@ def test_timing_cache_is_per_platform_in_user_cache(tmp_path, monkeypatch):
     assert other != path and other.parent == path.parent
 
 
+COMPONENTS = ("image_encoder", "vae_encoder", "unet", "vae_decoder")
+
+
 def _write_dir(path, backend: str) -> dict[str, ComponentEntry]:
     path.mkdir()
-    (path / "unet.engine").write_bytes(b"engine")
-    entries = {"unet": ComponentEntry("unet.engine", "fp16", "k1", extra={"profile": PROFILE})}
+    entries = {}
+    for name in COMPONENTS:
+        (path / f"{name}.engine").write_bytes(f"{name} engine".encode())
+        entry = ComponentEntry(f"{name}.engine", "fp16", "k1", extra={"profile": PROFILE})
+        entries[name] = entry.recorded(path)
     Manifest(backend, preset("tiny"), entries).save(path)
     return entries
 
 
-def test_previous_engines_only_from_a_complete_tensorrt_dir(tmp_path):
+def test_previous_engines_only_from_a_tensorrt_dir(tmp_path):
     assert previous_engines(tmp_path / "missing") == {}
     assert previous_engines(tmp_path) == {}  # no manifest
     _write_dir(tmp_path / "ort", "onnxruntime")
     assert previous_engines(tmp_path / "ort") == {}
     entries = _write_dir(tmp_path / "trt", "tensorrt")
     old = previous_engines(tmp_path / "trt")
-    assert set(old) == {"unet"} and old["unet"].file == entries["unet"].file
-    (tmp_path / "trt" / "unet.engine").unlink()  # a directory missing a file is not reused
-    assert previous_engines(tmp_path / "trt") == {}
+    assert set(old) == set(COMPONENTS) and old["unet"].file == entries["unet"].file
+    # files are not checked here: each is checked (hashed) when it is considered for reuse
+    (tmp_path / "trt" / "unet.engine").unlink()
+    assert set(previous_engines(tmp_path / "trt")) == set(COMPONENTS)
 
 
-def test_reusable_needs_the_same_key():
-    old = {"unet": ComponentEntry("unet.engine", "fp16", "k1")}
-    assert reusable(old, "unet", "k1") is old["unet"]
-    assert reusable(old, "unet", "k2") is None
-    assert reusable(old, "vae_decoder", "k1") is None
+def test_reusable_needs_the_same_key_and_intact_files(tmp_path):
+    old = _write_dir(tmp_path / "trt", "tensorrt")
+    out = tmp_path / "trt"
+    assert reusable(out, old, "unet", "k1") is old["unet"]
+    assert reusable(out, old, "unet", "k2") is None
+    assert reusable(out, old, "missing", "k1") is None
+    (out / "vae_decoder.engine").write_bytes(b"vae_decoder ENGINE")  # same size, other bytes
+    assert reusable(out, old, "vae_decoder", "k1") is None
+    (out / "unet.engine").unlink()
+    assert reusable(out, old, "unet", "k1") is None

@@ -111,7 +111,8 @@ def test_norm_eps_and_groups_match_diffusers(name: str) -> None:
     assert norms
     for n, m in norms:
         r = ref_modules[n]
-        assert type(r) is type(m), n
+        # ours subclass torch's norms only to add an export-time fp32 island (same keys, same math)
+        assert isinstance(m, type(r)), n
         assert r.eps == m.eps, f"{n}: eps {m.eps} != diffusers {r.eps}"
         assert getattr(r, "num_groups", None) == getattr(m, "num_groups", None), n
 

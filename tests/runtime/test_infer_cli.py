@@ -72,7 +72,7 @@ def test_missing_engine_dir_and_file(tiny_engines, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(tiny_engines, broken)
     (broken / "unet.onnx").unlink()
-    assert_one_line_error(infer(broken, out), "missing file for component unet", out)
+    assert_one_line_error(infer(broken, out), "missing file of component unet", out)
 
 
 def test_wrong_shape_arrays(tiny_engines, tmp_path):
