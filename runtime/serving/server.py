@@ -9,6 +9,7 @@ otherwise a pyenv or venv interpreter ends up with another Python's packages.
 
 from __future__ import annotations
 
+import ctypes
 import importlib.util
 import logging
 import os
@@ -29,6 +30,7 @@ from svd_trt.errors import UserError
 log = logging.getLogger(__name__)
 
 PIP_SERVE = "pip install 'svd-trt[serve]'"
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 STUB = "triton_python_backend_stub"
 
 
@@ -151,6 +153,7 @@ class TritonServer:
             stdout=self.log_file,
             stderr=subprocess.STDOUT if self.log_file else None,
             start_new_session=True,  # signals go to us; we stop the server (and its stubs) ourselves
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
         )
         self._wait_ready(ready_timeout_s)
         return self
@@ -195,6 +198,13 @@ class TritonServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM it when the thread that started it dies (Linux
+    PR_SET_PDEATHSIG), so a `serve` killed with SIGKILL does not leave tritonserver running.
+    Start servers from a thread that lives as long as they should (the main thread)."""
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _kill_group(pgid: int) -> None:
