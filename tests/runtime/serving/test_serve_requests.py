@@ -157,7 +157,7 @@ def test_bad_requests_get_one_line_errors_and_the_server_keeps_serving(
     assert [m for _, m in cases[:3]] == [
         "image: not a readable image (UnidentifiedImageError)",
         "height and width must be multiples of 8, got 36x48",
-        "num-frames must be positive, got 0",
+        "--num-frames must be positive, got 0",
     ]
     for override, expected in cases:
         request = {**REQUEST, "image": image_bytes, **override}
@@ -178,7 +178,7 @@ def test_bad_requests_get_one_line_errors_and_the_server_keeps_serving(
 
     with pytest.raises(InferenceServerException) as e:  # the stream model answers the same way
         generate_streaming(triton.grpc, image_bytes, **{**REQUEST, "num_frames": 0})
-    assert e.value.message() == "num-frames must be positive, got 0"
+    assert e.value.message() == "--num-frames must be positive, got 0"
 
     served = generate(triton.http, image_bytes, **REQUEST, seed=13)
     assert max_level_diff(served["frames"], reference(13)) <= ONE_LEVEL
