@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import json
 import re
+import shutil
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
@@ -34,14 +36,26 @@ def max_level_diff(a: np.ndarray, b: np.ndarray) -> int:
     return int(np.abs(a.astype(np.int16) - b.astype(np.int16)).max())
 
 
+MAX_FRAMES = 3  # the served engines' frame limit, so a request can ask for sizes they do not serve
+
+
 @pytest.fixture(scope="module")
-def triton(tiny_engines, tmp_path_factory):
+def engines(tiny_engines, tmp_path_factory):
+    """The tiny engines with num_frames limited to 1..3 in the manifest, as a bounded build records it."""
+    out = tmp_path_factory.mktemp("engines") / "tiny-bounded"
+    shutil.copytree(tiny_engines, out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["limits"]["num_frames"] = {"min": 1, "opt": MAX_FRAMES, "max": MAX_FRAMES}
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    return out
+
+
+@pytest.fixture(scope="module")
+def triton(engines, tmp_path_factory):
     """One server for this module: 2 instances per model, 2 more requests may queue per model."""
     if serve_extra_missing():
         pytest.skip(serve_extra_missing())
-    server = start_serve(
-        tiny_engines, tmp_path_factory.mktemp("serve") / "serve.log", instances=2, max_queue=2
-    )
+    server = start_serve(engines, tmp_path_factory.mktemp("serve") / "serve.log", instances=2, max_queue=2)
     yield server
     server.stop()
 
@@ -52,9 +66,9 @@ def image_bytes() -> bytes:
 
 
 @pytest.fixture(scope="module")
-def reference(tiny_engines, image_bytes):
+def reference(engines, image_bytes):
     """uint8 frames of the in-process pipeline for a seed, computed once per seed."""
-    pipe = SVDPipeline.from_engine_dir(tiny_engines)
+    pipe = SVDPipeline.from_engine_dir(engines)
     image = load_image(io.BytesIO(image_bytes))
     cache: dict[int, np.ndarray] = {}
 
@@ -81,9 +95,9 @@ def test_health_ready_and_metadata(triton):
         assert config["instance_group"][0]["count"] == 2
 
 
-def test_one_request_equals_svd_trt_infer(triton, tiny_engines, image_bytes, tmp_path):
+def test_one_request_equals_svd_trt_infer(triton, engines, image_bytes, tmp_path):
     out = tmp_path / "infer.npy"
-    args = ["infer", "--engines", str(tiny_engines), "--image", str(IMAGE_PATH), "--out", str(out)]
+    args = ["infer", "--engines", str(engines), "--image", str(IMAGE_PATH), "--out", str(out)]
     args += [f"--{k.replace('_', '-')}={v}" for k, v in {**REQUEST, "seed": 7}.items()]
     result = CliRunner().invoke(svd_trt, [*args, "--no-progress"])
     assert result.exit_code == 0, result.output
@@ -128,9 +142,9 @@ def test_streaming_progress_over_grpc(triton, image_bytes, reference):
     assert max_level_diff(result.outputs["frames"], reference(12)) <= ONE_LEVEL
 
 
-def cli_error(tiny_engines, tmp_path, image, **options) -> str:
+def cli_error(engines, tmp_path, image, **options) -> str:
     """The message `svd-trt infer` prints after `Error: ` for the same input."""
-    args = ["infer", "--engines", str(tiny_engines), "--image", str(image), "--out", str(tmp_path / "x.npy")]
+    args = ["infer", "--engines", str(engines), "--image", str(image), "--out", str(tmp_path / "x.npy")]
     args += [f"--{k.replace('_', '-')}={v}" for k, v in {**REQUEST, **options}.items()]
     result = CliRunner().invoke(svd_trt, [*args, "--no-progress"])
     assert result.exit_code == 2, result.output
@@ -138,7 +152,7 @@ def cli_error(tiny_engines, tmp_path, image, **options) -> str:
 
 
 def test_bad_requests_get_one_line_errors_and_the_server_keeps_serving(
-    triton, tiny_engines, image_bytes, tmp_path, reference
+    triton, engines, image_bytes, tmp_path, reference
 ):
     from tritonclient.utils import InferenceServerException
 
@@ -149,15 +163,18 @@ def test_bad_requests_get_one_line_errors_and_the_server_keeps_serving(
     # (request overrides, the message expected: what `svd-trt infer` prints for the same input;
     # the CLI names the image file where the server names the input)
     cases = [
-        ({"image": junk.read_bytes()}, cli_error(tiny_engines, tmp_path, junk).replace(str(junk), "image")),
-        ({"height": 36}, cli_error(tiny_engines, tmp_path, good, height=36)),
-        ({"num_frames": 0}, cli_error(tiny_engines, tmp_path, good, num_frames=0)),
+        ({"image": junk.read_bytes()}, cli_error(engines, tmp_path, junk).replace(str(junk), "image")),
+        ({"height": 36}, cli_error(engines, tmp_path, good, height=36)),
+        ({"num_frames": 0}, cli_error(engines, tmp_path, good, num_frames=0)),
+        ({"num_frames": MAX_FRAMES + 1}, cli_error(engines, tmp_path, good, num_frames=MAX_FRAMES + 1)),
         ({"output_format": "gif"}, "output_format must be one of: mp4; got 'gif'"),
     ]
-    assert [m for _, m in cases[:3]] == [
+    assert [m for _, m in cases[:4]] == [
         "image: not a readable image (UnidentifiedImageError)",
         "height and width must be multiples of 8, got 36x48",
         "--num-frames must be positive, got 0",
+        "--num-frames 4 is outside the 1..3 these engines serve; "
+        "rebuild them with a --num-frames range that covers it",
     ]
     for override, expected in cases:
         request = {**REQUEST, "image": image_bytes, **override}
