@@ -378,7 +378,7 @@ def sample_euler(
     model(c_in * x, t) -> the model output for x: the caller appends the image latents and runs CFG.
     on_step(i, n) after step i (1-based) of n.
     """
-    x = _as_dtype(noise * schedule.init_noise_sigma, noise.dtype)
+    x = _as_dtype(_f32(noise) * schedule.init_noise_sigma, noise.dtype)
     n = len(schedule.timesteps)
     for i, t in enumerate(schedule.timesteps):
         sigma, sigma_next = schedule.sigmas[i], schedule.sigmas[i + 1]
