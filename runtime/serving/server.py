@@ -153,7 +153,7 @@ class TritonServer:
             stdout=self.log_file,
             stderr=subprocess.STDOUT if self.log_file else None,
             start_new_session=True,  # signals go to us; we stop the server (and its stubs) ourselves
-            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            preexec_fn=die_with_parent if sys.platform == "linux" else None,
         )
         self._wait_ready(ready_timeout_s)
         return self
@@ -200,7 +200,7 @@ class TritonServer:
         self.stop()
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """In the child, before exec: SIGTERM it when the thread that started it dies (Linux
     PR_SET_PDEATHSIG), so a `serve` killed with SIGKILL does not leave tritonserver running.
     Start servers from a thread that lives as long as they should (the main thread)."""

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from svd_trt.runtime.serving.server import die_with_parent
+
 ASSETS = Path(__file__).resolve().parents[3] / "runtime" / "assets"
 IMAGE_PATH = ASSETS / "coffee.jpg"
 # Small enough for the CI budget, big enough to pass every tiny-model block (as test_infer_cli's).
@@ -85,7 +87,10 @@ def start_serve(
         "--metrics-port", str(ports[2]), "--instances", str(instances), "--max-queue", str(max_queue),
     ]  # fmt: skip
     with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        # die_with_parent: a pytest killed mid-run leaves no server behind
+        proc = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent
+        )
     server = ServeProcess(
         proc, f"{LOOPBACK}:{ports[0]}", f"{LOOPBACK}:{ports[1]}", f"{LOOPBACK}:{ports[2]}", log
     )
