@@ -273,8 +273,9 @@ def _register() -> None:
     """The commands that live beside their libraries."""
     from svd_trt.calibration.cli import calibrate, quantize
     from svd_trt.engines.check_cli import check
+    from svd_trt.runtime.serving.cli import triton_repo
 
-    for command in (check, calibrate, quantize):
+    for command in (check, calibrate, quantize, triton_repo):
         main.add_command(command)
 
 

@@ -82,5 +82,14 @@ def infer(
     click.echo(result.timings.summary())
 
 
+def _register() -> None:
+    """The commands that live beside their libraries."""
+    from svd_trt.runtime.serving.cli import serve
+
+    main.add_command(serve)
+
+
+_register()
+
 if __name__ == "__main__":
     main()

@@ -316,10 +316,16 @@ def _as_dtype(x: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return x.astype(dtype, copy=False)
 
 
+def _f32(x: np.ndarray) -> np.ndarray:
+    return x.astype(F32, copy=False)
+
+
 def scale_model_input(x: np.ndarray, sigma: float) -> np.ndarray:
     """c_in * x = x / sqrt(sigma^2 + 1): float32 arithmetic, result in x's dtype (torch's opmath rule)."""
     sigma = F32(sigma)
-    return _as_dtype(x / _sqrt(sigma * sigma + F32(1)), x.dtype)
+    # Explicit float32: numpy < 2 (the serve extra pins it) would divide a float16 array by a
+    # float32 scalar in float16; numpy 2 (NEP 50) and torch compute in float32.
+    return _as_dtype(_f32(x) / _sqrt(sigma * sigma + F32(1)), x.dtype)
 
 
 def denoised(model_output: np.ndarray, sample: np.ndarray, sigma: float, prediction_type: str) -> np.ndarray:
@@ -328,7 +334,7 @@ def denoised(model_output: np.ndarray, sample: np.ndarray, sigma: float, predict
     if prediction_type == "v_prediction":
         var = sigma * sigma + F32(1)
         # torch multiplies in model_output's dtype (float32 opmath, rounded back) before the float32 add
-        out = _as_dtype(model_output * (-sigma / _sqrt(var)), model_output.dtype)
+        out = _as_dtype(_f32(model_output) * (-sigma / _sqrt(var)), model_output.dtype)
         return out + sample / var
     if prediction_type == "epsilon":
         # diffusers' `sigma * model_output`: torch's CPU mul casts a 0-d FIRST operand to the other's
@@ -372,7 +378,7 @@ def sample_euler(
     model(c_in * x, t) -> the model output for x: the caller appends the image latents and runs CFG.
     on_step(i, n) after step i (1-based) of n.
     """
-    x = _as_dtype(noise * schedule.init_noise_sigma, noise.dtype)
+    x = _as_dtype(_f32(noise) * schedule.init_noise_sigma, noise.dtype)
     n = len(schedule.timesteps)
     for i, t in enumerate(schedule.timesteps):
         sigma, sigma_next = schedule.sigmas[i], schedule.sigmas[i + 1]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -10,16 +11,20 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 F32 = np.float32
 
 
-def load_image(path: str | Path) -> Image.Image:
-    """Open an image file as RGB, EXIF orientation applied (as diffusers.utils.load_image)."""
+def load_image(path: str | Path | BinaryIO, name: str | None = None) -> Image.Image:
+    """Open an image file as RGB, EXIF orientation applied (as diffusers.utils.load_image).
+
+    `path` may be an open binary file (a served request's bytes); `name` then labels errors.
+    """
+    name = name or str(path)
     try:
         with Image.open(path) as image:
             image.load()
             image = ImageOps.exif_transpose(image)
     except FileNotFoundError:
-        raise ValueError(f"{path}: no such file") from None
+        raise ValueError(f"{name}: no such file") from None
     except (UnidentifiedImageError, OSError) as e:
-        raise ValueError(f"{path}: not a readable image ({type(e).__name__})") from None
+        raise ValueError(f"{name}: not a readable image ({type(e).__name__})") from None
     return image.convert("RGB")
 
 

@@ -32,6 +32,11 @@ class InferResult:
     timings: Timings
 
 
+def engine_error(error: RuntimeError) -> InferError:
+    """A backend's run-time failure (ONNX Runtime / TensorRT) as the one line users see."""
+    return InferError(f"the engines cannot run this request: {str(error).splitlines()[0]}")
+
+
 def _check_out(out: Path) -> None:
     if out.suffix.lower() not in OUTPUT_SUFFIXES and not out.is_dir():
         raise InferError(f"{out}: unknown output type {out.suffix!r}; use .mp4, .gif, .npy or a directory")
@@ -66,7 +71,7 @@ def infer_to_file(
         with SVDPipeline.from_engine_dir(engine_dir, backend=backend) as pipe:
             result = _run(pipe, pil, opts, latents, image_noise, progress)
     except RuntimeError as e:  # a backend failed at run time (ONNX Runtime / TensorRT)
-        raise InferError(f"the engines cannot run this request: {str(e).splitlines()[0]}") from None
+        raise engine_error(e) from None
     fps = output_fps if output_fps is not None else opts.fps
     path = save_frames(result.frames, out, fps=fps)
     sheet = write_contact_sheet(result.frames, Path(contact_sheet)) if contact_sheet else None

@@ -1,0 +1,94 @@
+"""`svd-trt serve` and `svd-export triton-repo`: thin commands over serve.py and repository.py.
+
+Registered on the two command groups by runtime/cli.py and engines/cli.py. Expected
+failures (UserError) are one line on stderr and exit code 2 (svd_trt/cli.py), as in the
+other commands.
+"""
+
+from __future__ import annotations
+
+import click
+
+from svd_trt.cli import one_line_errors
+
+
+def _repository_options(instances: int, max_queue: int, threads: int):
+    from svd_trt.runtime.serving.repository import RepositoryOptions
+
+    return RepositoryOptions(instances=instances, max_queue=max_queue, threads=threads)
+
+
+_ENGINES = click.option("--engines", "engine_dir", required=True, type=click.Path(), help="Engine directory.")
+_INSTANCES = click.option(
+    "--instances",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Pipelines per model (on TensorRT engines: per visible GPU).",
+)
+_MAX_QUEUE = click.option(
+    "--max-queue",
+    type=int,
+    default=8,
+    show_default=True,
+    help="Requests that may wait for a busy pipeline, per model; more are refused at once. 0: no limit.",
+)
+_THREADS = click.option(
+    "--threads", type=int, default=0, help="ONNX Runtime threads per pipeline; default cores / instances."
+)
+
+
+@click.command("triton-repo")
+@_ENGINES
+@click.option("--out", required=True, type=click.Path(), help="New model repository directory.")
+@_INSTANCES
+@_MAX_QUEUE
+@_THREADS
+@one_line_errors
+def triton_repo(engine_dir: str, out: str, instances: int, max_queue: int, threads: int) -> None:
+    """Write a Triton model repository (models svd, svd_stream) serving ENGINES."""
+    from svd_trt.runtime.serving.repository import write_repository
+
+    path = write_repository(engine_dir, out, _repository_options(instances, max_queue, threads))
+    click.echo(f"wrote Triton model repository {path} (models svd, svd_stream)")
+
+
+@click.command("serve")
+@_ENGINES
+@click.option("--http-port", type=int, default=8000, show_default=True)
+@click.option("--grpc-port", type=int, default=8001, show_default=True)
+@click.option("--metrics-port", type=int, default=8002, show_default=True)
+@click.option(
+    "--address", default="127.0.0.1", show_default=True, help="Listen address; 0.0.0.0 for every interface."
+)
+@_INSTANCES
+@_MAX_QUEUE
+@_THREADS
+@click.option(
+    "--exit-timeout", type=int, default=10, show_default=True, help="Seconds in-flight requests get at stop."
+)
+@one_line_errors
+def serve(
+    engine_dir, http_port, grpc_port, metrics_port, address, instances, max_queue, threads, exit_timeout
+) -> None:
+    """Serve ENGINES with Triton Inference Server until SIGINT or SIGTERM."""
+    from svd_trt.runtime.serving.serve import serve as run
+    from svd_trt.runtime.serving.server import ServerConfig
+
+    config = ServerConfig(
+        http_port=http_port,
+        grpc_port=grpc_port,
+        metrics_port=metrics_port,
+        address=address,
+        exit_timeout_s=exit_timeout,
+    )
+
+    def ready(server) -> None:
+        click.echo(
+            f"serving {engine_dir}: HTTP {server.url}, gRPC {address}:{grpc_port}, "
+            f"metrics http://{address}:{metrics_port}/metrics (models svd, svd_stream); Ctrl-C stops",
+            err=True,
+        )
+
+    run(engine_dir, config, _repository_options(instances, max_queue, threads), on_ready=ready)
+    click.echo("stopped", err=True)

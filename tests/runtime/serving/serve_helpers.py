@@ -1,0 +1,145 @@
+"""Helpers for the serving tests: real `svd-trt serve` processes on loopback ports.
+
+Not a conftest.py: a second module named `conftest` would shadow tests/conftest.py for
+the tests that import helpers from it. Everything skips, with the reason, when the serve
+extra is missing.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from svd_trt.runtime.serving.server import die_with_parent
+
+ASSETS = Path(__file__).resolve().parents[3] / "runtime" / "assets"
+IMAGE_PATH = ASSETS / "coffee.jpg"
+# Small enough for the CI budget, big enough to pass every tiny-model block (as test_infer_cli's).
+REQUEST = {"num_frames": 2, "height": 32, "width": 48, "num_inference_steps": 2}
+LOOPBACK = "127.0.0.1"
+
+
+def serve_extra_missing() -> str | None:
+    """Why the serving tests cannot run here, or None."""
+    from svd_trt.runtime.serving.server import ServeError, find_triton
+
+    try:
+        find_triton()
+        import tritonclient.grpc  # noqa: F401
+        import tritonclient.http  # noqa: F401
+    except (ServeError, ImportError) as e:
+        return f"the serve extra is not installed ({e}); pip install 'svd-trt[serve]'"
+    return None
+
+
+needs_triton = pytest.mark.skipif(serve_extra_missing() is not None, reason=str(serve_extra_missing()))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((LOOPBACK, 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class ServeProcess:
+    """`svd-trt -v serve ...` started by a test; http/grpc are host:port on loopback."""
+
+    proc: subprocess.Popen
+    http: str
+    grpc: str
+    metrics: str
+    log: Path
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def repository(self) -> Path:
+        """The temporary model repository it wrote (from its INFO log)."""
+        match = re.search(r"wrote Triton repository (\S+) for", self.log_text())
+        assert match, self.log_text()[-2000:]
+        return Path(match.group(1))
+
+    def stop(self, timeout_s: float = 60) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout_s)
+
+
+def start_serve(
+    engines: Path, log: Path, instances: int, max_queue: int, timeout_s: float = 300
+) -> ServeProcess:
+    """Start `svd-trt serve` (the real CLI, in a subprocess) and wait until Triton is ready."""
+    ports = [free_port() for _ in range(3)]
+    cmd = [
+        sys.executable, "-m", "svd_trt.runtime.cli", "-v", "serve", "--engines", str(engines),
+        "--address", LOOPBACK, "--http-port", str(ports[0]), "--grpc-port", str(ports[1]),
+        "--metrics-port", str(ports[2]), "--instances", str(instances), "--max-queue", str(max_queue),
+    ]  # fmt: skip
+    with open(log, "wb") as out:
+        # die_with_parent: a pytest killed mid-run leaves no server behind
+        proc = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent
+        )
+    server = ServeProcess(
+        proc, f"{LOOPBACK}:{ports[0]}", f"{LOOPBACK}:{ports[1]}", f"{LOOPBACK}:{ports[2]}", log
+    )
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"svd-trt serve exited with {proc.returncode}:\n{server.log_text()[-3000:]}")
+        if http_ok(f"http://{server.http}/v2/health/ready"):
+            return server
+        time.sleep(0.3)
+    server.stop()
+    pytest.fail(f"svd-trt serve not ready after {timeout_s} s:\n{server.log_text()[-3000:]}")
+
+
+def http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def descendants(pid: int) -> set[int]:
+    """Every live process below `pid`, from /proc (no psutil)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is gone for our purposes
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
