@@ -57,6 +57,7 @@ SCALE=${GPU_CHECK_TIME_SCALE:-1}
 BUDGET=$((${GPU_CHECK_BUDGET_S:-440} * SCALE))
 WHEELS=${GPU_CHECK_WHEELS-$ROOT/.whl}
 PY=${PYTHON:-python3}
+[[ $PY == */* ]] && PY=$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY")  # parts run in WORK
 WORK=${GPU_CHECK_WORK:-$(mktemp -d /tmp/gpu-check.XXXXXX)}
 mkdir -p "$WORK"
 WORK=$(cd "$WORK" && pwd)
@@ -115,6 +116,7 @@ run_part() {  # run_part NAME CAP FLOOR_AFTER CMD...: CMD in WORK, limit min(CAP
   if ((limit < 5)); then
     echo "=== $name: skipped at $(elapsed) s, the budget of $BUDGET s is spent"
     record "$name" 0 0 "skipped: budget spent"
+    FAILED=1
     return 1
   fi
   echo "=== $name: start at $(elapsed) s, limit $limit s"
