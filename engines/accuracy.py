@@ -151,8 +151,9 @@ def check_component(
     feed = spec.sample_inputs(component_sizes(manifest, gen, spec), np.random.default_rng(gen.seed))
     engine_io = {n: (np.dtype(v["dtype"]), v["dims"]) for n, v in entry.inputs.items()}
     ref_io = {t.name: (t.dtype("fp32"), list(t.dims)) for t in spec.inputs}
+    where = engine_options(backend, opts.device)
     engine = PolygraphyRunner(
-        f"{backend}:{name}", lambda: open_runner(opts.engine_dir, name, entry, backend), engine_io
+        f"{backend}:{name}", lambda: open_runner(opts.engine_dir, name, entry, backend, **where), engine_io
     )
     reference = PolygraphyRunner(
         f"torch-fp32:{spec.name}",
@@ -180,6 +181,19 @@ def check_component(
         seconds_reference=float(ref.runtime),
         fp16_peak=peak,
     )
+
+
+def engine_options(backend: str, device: str) -> dict[str, str]:
+    """ONNX Runtime runs the graphs on the GPU when the reference is on one and onnxruntime has a
+    CUDA execution provider (onnxruntime-gpu); otherwise on the CPU, as before."""
+    if backend != "onnxruntime" or not device.startswith("cuda"):
+        return {}
+    import onnxruntime
+
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        log.info("onnxruntime has no CUDAExecutionProvider: the ONNX graphs run on the CPU")
+        return {}
+    return {"device": "cuda"}
 
 
 def fp16_peak(engine_dir: Path, entry: ComponentEntry, backend: str, feed) -> ActivationPeak | None:

@@ -33,7 +33,11 @@ EXIT_FAILED = 1
     "num_frames", "height", "width", "decode_chunk_size", "seed", "num_inference_steps", **CHECK_DEFAULTS
 )
 @click.option(
-    "--device", default="auto", show_default=True, help="torch device of the fp32 reference (cpu, cuda)."
+    "--device",
+    default="auto",
+    show_default=True,
+    help="torch device of the fp32 reference (cpu, cuda). With cuda, ONNX graphs run on ONNX Runtime's "
+    "CUDA execution provider where onnxruntime has one (onnxruntime-gpu), else on the CPU.",
 )
 @click.option(
     "--report",

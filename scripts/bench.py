@@ -183,7 +183,7 @@ class OursContender:
             self.pipe = SVDPipeline(*_torch_parts(snapshot, case))
 
     def __call__(self, image, latents: np.ndarray, steps: int, noise: np.ndarray) -> tuple[np.ndarray, dict]:
-        from svd_trt.runtime.pipeline import GenerationOptions
+        from svd_trt.options import GenerationOptions
 
         c = self.case
         opts = GenerationOptions(
@@ -393,14 +393,25 @@ def interleaved(case, work, snapshot, engines, contenders, rounds, repeat) -> di
 
 
 def frame_errors(work: Path, contenders: list[str], reference: str = "diffusers") -> dict[str, float]:
+    """Max abs frame error of each contender against the reference's frames (frames in [0, 1])."""
+    return {c: float(np.abs(ours - ref).max()) for c, ours, ref in _frame_pairs(work, contenders, reference)}
+
+
+def frame_psnr(work: Path, contenders: list[str], reference: str = "diffusers") -> dict[str, float]:
+    """PSNR (dB, peak 1: frames in [0, 1]) of each contender's frames against the reference's;
+    inf when identical, NaN when a frame is not finite (json writes both as Python reads them)."""
+    from svd_trt.calibration.report import psnr
+
+    return {c: psnr(ours, ref) for c, ours, ref in _frame_pairs(work, contenders, reference)}
+
+
+def _frame_pairs(work: Path, contenders: list[str], reference: str):
     ref = np.load(work / f"frames-{reference}.npy")
-    out = {}
     for c in contenders:
         if c != reference:
             ours = np.load(work / f"frames-{c}.npy")
             assert ours.shape == ref.shape, (ours.shape, ref.shape)
-            out[c] = float(np.abs(ours - ref).max())
-    return out
+            yield c, ours, ref
 
 
 def stats(values: list[float]) -> dict[str, float]:
@@ -457,12 +468,26 @@ def environment() -> dict[str, str]:
     return env
 
 
+def _db(db: float) -> str:
+    if db == float("inf"):
+        return "inf dB (identical)"
+    return f"{db:.2f} dB" if np.isfinite(db) else "n/a (non-finite frames)"
+
+
 def _ms(s: dict[str, float], scale: float = 1.0) -> str:
     return f"{s['median'] * scale:.3f} ({s['min'] * scale:.3f}-{s['max'] * scale:.3f})"
 
 
-def markdown(case: Case, summary: dict, errors: dict, decode_mem: list[dict], env: dict, command: str) -> str:
-    """The section of docs/benchmarks.md for one case."""
+def markdown(
+    case: Case,
+    summary: dict,
+    errors: dict,
+    decode_mem: list[dict],
+    env: dict,
+    command: str,
+    psnr: dict[str, float] | None = None,
+) -> str:
+    """The section of docs/benchmarks.md for one case (`psnr`: frame PSNR in dB per contender)."""
     f = flops.run_flops(preset(case.size), case.frames, case.height, case.width, case.steps, case.chunk)
     ref = summary.get("diffusers")
     lines = [
@@ -475,7 +500,8 @@ def markdown(case: Case, summary: dict, errors: dict, decode_mem: list[dict], en
         "",
         "Max abs frame error vs diffusers (frames in [0, 1]): "
         + ", ".join(f"{c} {e:.2e}" for c, e in errors.items())
-        + f" (tolerance {TOLERANCE[case.dtype]:g}).",
+        + f" (tolerance {TOLERANCE[case.dtype]:g})."
+        + ("" if not psnr else " PSNR: " + ", ".join(f"{c} {_db(db)}" for c, db in psnr.items()) + "."),
         "",
         "Seconds, median (min-max) over every timed run; runtime overhead = wall time outside model calls.",
         "",
@@ -548,6 +574,7 @@ def run_parent(args: argparse.Namespace) -> int:
     snapshot, engines = prepare(case, work, contenders)
     results = interleaved(case, work, snapshot, engines, contenders, args.rounds, args.repeat)
     errors = frame_errors(work, contenders) if "diffusers" in contenders else {}
+    psnr = frame_psnr(work, contenders) if "diffusers" in contenders else {}
     summary = summarise(results)
     decode_mem = []
     for chunk in args.decode_chunks:
@@ -557,7 +584,9 @@ def run_parent(args: argparse.Namespace) -> int:
     command = "python scripts/bench.py " + " ".join(sys.argv[1:])
     report = {
         "case": dataclasses.asdict(case),
+        "command": command,
         "errors": errors,
+        "psnr_db": psnr,
         "summary": summary,
         "decode_memory": decode_mem,
     }
@@ -570,7 +599,7 @@ def run_parent(args: argparse.Namespace) -> int:
     if bad:
         log.error("outputs disagree with diffusers (tolerance %g): %s; no times reported", tol, bad)
         return 1
-    text = markdown(case, summary, errors, decode_mem, report["environment"], command)
+    text = markdown(case, summary, errors, decode_mem, report["environment"], command, psnr)
     print(text)
     if args.docs:
         update_section(Path(args.docs), args.section or case.name, text)

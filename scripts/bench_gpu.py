@@ -3,6 +3,7 @@
     python scripts/bench_gpu.py --work /tmp/w --out gpu.json [--frames 25 14] [--compile]
     python scripts/bench_gpu.py --work /tmp/w --out cpu.json --size tiny --device cpu \\
         --height 32 --width 48 --frames 3 --decode-chunks 1 2 3     # a smoke run of every path
+    python scripts/bench_gpu.py ... --dtype fp32     # the CPU smoke run in fp32: fp16 on a CPU is slow
 
 UNet: one CFG step (batch 2) per frame count, fp16: diffusers' UNet (SDPA attention, its
 default), the port as exported, the port with fast attention (fused QKV, one-key
@@ -10,11 +11,12 @@ cross-attention shortcut), that replayed from a CUDA graph, and optionally that
 torch.compile'd first. Every output is compared with diffusers' fp16 one and with the fp32
 port (TF32 off) on the same inputs; diffusers' own fp16 error is the yardstick. Rates use
 the model's FLOPs (diffusers' count, scripts/flops.py) for every variant, against the
-measured fp16 GEMM peak and H100 SXM's 989 TFLOP/s dense fp16 spec.
+measured fp16 GEMM peak and H100 SXM's 989 TFLOP/s dense fp16 spec. `markdown(result)`
+renders the JSON as the tables of docs/benchmarks_gpu.md (scripts/gpu_check_report.py).
 
 Decode: the frames' latents decoded in chunks of each size, diffusers and the fast port:
 time and peak GPU memory above the loaded model. The random fp16 checkpoint is written
-to WORK/<size>-fp16-snapshot if missing (scripts/bench.py's convention for --work WORK/x).
+to WORK/<size>-fp16-snapshot if missing (where scripts/bench.py --work WORK --dtype fp16 finds it).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from svd_trt.spec import DEFAULT_HEIGHT, DEFAULT_WIDTH  # noqa: E402
 
 log = logging.getLogger("bench_gpu")
 SPEC_PEAK = 989e12  # H100 SXM dense fp16 tensor-core spec (no sparsity)
+DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
 
 
 class Bench:
@@ -117,9 +120,9 @@ def bench_unet(snapshot: Path, cfg: SVDConfig, args: argparse.Namespace, b: Benc
 
     from svd_trt.export.torch_backend import CudaGraphRunner, speed_up_attention, strict_fp32, torch_runner
 
-    dtype, s = torch.float16, cfg.vae.scale_factor
+    dtype, s = DTYPES[args.dtype], cfg.vae.scale_factor
     inputs = {f: unet_inputs(cfg, f, args.height, args.width, b.device, dtype) for f in args.frames}
-    ref16: dict[int, torch.Tensor] = {}
+    ref_diffusers: dict[int, torch.Tensor] = {}
     ref32: dict[int, torch.Tensor] = {}
     rows: list[dict] = []
     if not args.no_fp32_reference:  # the port in fp32 equals diffusers' fp32 UNet (tests/export)
@@ -142,7 +145,7 @@ def bench_unet(snapshot: Path, cfg: SVDConfig, args: argparse.Namespace, b: Benc
         row["tflops"] = work / t["median"] / 1e12
         row["frac_measured_peak"] = work / t["median"] / peak
         row["frac_spec_peak"] = work / t["median"] / SPEC_PEAK
-        row["vs_diffusers_fp16"] = errors(out, ref16[f]) if f in ref16 else None
+        row["vs_diffusers"] = errors(out, ref_diffusers[f]) if f in ref_diffusers else None
         row["vs_fp32"] = errors(out, ref32[f]) if f in ref32 else None
         log.info(
             "%s F=%d: %.2f ms, %.0f TFLOP/s (%.0f%% of spec), rel err vs diffusers %.1e, vs fp32 %.1e",
@@ -151,12 +154,12 @@ def bench_unet(snapshot: Path, cfg: SVDConfig, args: argparse.Namespace, b: Benc
             1e3 * t["median"],
             row["tflops"],
             100 * row["frac_spec_peak"],
-            (row["vs_diffusers_fp16"] or {}).get("rel", 0.0),
+            (row["vs_diffusers"] or {}).get("rel", 0.0),
             (row["vs_fp32"] or {}).get("rel", 0.0),
         )
         rows.append(row)
         if variant == "diffusers":
-            ref16[f] = out
+            ref_diffusers[f] = out
 
     unet = UNetSpatioTemporalConditionModel.from_pretrained(
         str(snapshot / "unet"), torch_dtype=dtype, variant="fp16"
@@ -194,12 +197,12 @@ def bench_unet(snapshot: Path, cfg: SVDConfig, args: argparse.Namespace, b: Benc
 
 
 def bench_decode(snapshot: Path, cfg: SVDConfig, args: argparse.Namespace, b: Bench) -> list[dict]:
-    """All max(frames) latents decoded chunk by chunk in fp16: seconds and peak memory above the weights."""
+    """All max(frames) latents decoded chunk by chunk in --dtype: seconds and peak memory above the weights."""
     from diffusers import AutoencoderKLTemporalDecoder
 
     from svd_trt.export.torch_backend import speed_up_attention, torch_runner
 
-    dtype, s, frames = torch.float16, cfg.vae.scale_factor, max(args.frames)
+    dtype, s, frames = DTYPES[args.dtype], cfg.vae.scale_factor, max(args.frames)
     g = torch.Generator().manual_seed(1)
     # the pipeline decodes latents / scaling_factor: ~5x unit variance
     z = torch.randn(frames, cfg.vae.latent_channels, args.height // s, args.width // s, generator=g)
@@ -234,7 +237,7 @@ def bench_decode(snapshot: Path, cfg: SVDConfig, args: argparse.Namespace, b: Be
             row.update(tflops=work / t["median"] / 1e12, frac_spec_peak=work / t["median"] / SPEC_PEAK)
             rows.append(row)
             log.info("decode %s chunk %d: %.3f s, +%s MiB", name, chunk, t["median"], mem)
-        rows[-1]["vs_diffusers_fp16"] = errors(outs["port+fast-attention"], outs["diffusers"])
+        rows[-1]["vs_diffusers"] = errors(outs["port+fast-attention"], outs["diffusers"])
         del outs
         b.free()
     return rows
@@ -264,6 +267,63 @@ def machine() -> dict:
     return info
 
 
+def _ms(t: dict[str, float]) -> str:
+    return f"{1e3 * t['median']:.2f} ({1e3 * t['min']:.2f}-{1e3 * t['max']:.2f})"
+
+
+def _err(e: dict | None, key: str = "rel") -> str:
+    return "-" if e is None else f"{e[key]:.2e}"
+
+
+def _mib(m: float | None) -> str:
+    return "-" if m is None else f"{m:,.0f}"
+
+
+def markdown(result: dict) -> str:
+    """This script's JSON as markdown tables: the UNet variants, then the decode sweep."""
+    m = result.get("machine", {})
+    dtype = result.get("args", {}).get("dtype", "fp16")
+    lines = [
+        "Machine: " + "; ".join(f"{k} {v}" for k, v in m.items() if k != "nvidia_smi"),
+        "",
+        f"Measured GEMM peak (one 8192^3 fp16 product; 512^3 fp32 on a CPU): "
+        f"{result.get('gemm_peak_tflops', float('nan')):.3g} TFLOP/s; "
+        f"spec {SPEC_PEAK / 1e12:.0f} TFLOP/s (H100 SXM dense fp16).",
+    ]
+    if result.get("unet"):
+        lines += [
+            "",
+            f"UNet, one CFG step (batch 2), {dtype}; ms median (min-max); rates from diffusers' FLOP count; "
+            "relative error = max |d| / max |ref|; peak = GPU memory one call allocates above what is resident.",
+            "",
+            f"| variant | F | ms / step | TFLOP/s | % of GEMM peak | % of spec | rel. err vs diffusers {dtype} "
+            "| rel. err vs fp32 port | peak MiB above weights |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in result["unet"]:
+            lines.append(
+                f"| {r['variant']} | {r['frames']} | {_ms(r['seconds'])} | {r['tflops']:.3g} "
+                f"| {100 * r['frac_measured_peak']:.0f}% | {100 * r['frac_spec_peak']:.0f}% "
+                f"| {_err(r['vs_diffusers'])} | {_err(r['vs_fp32'])} | {_mib(r['peak_mem_mib'])} |"
+            )
+    if result.get("decode"):
+        lines += [
+            "",
+            f"VAE decode of all frames' latents, chunk by chunk, {dtype}: seconds median (min-max), "
+            "peak GPU memory above the loaded decoder.",
+            "",
+            "| decode chunk | implementation | frames | s | TFLOP/s | peak MiB above weights | max abs vs diffusers |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for r in result["decode"]:
+            t = r["seconds"]
+            lines.append(
+                f"| {r['chunk']} | {r['impl']} | {r['frames']} | {t['median']:.3f} ({t['min']:.3f}-{t['max']:.3f}) "
+                f"| {r['tflops']:.3g} | {_mib(r['peak_mem_mib'])} | {_err(r.get('vs_diffusers'), 'max_abs')} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -275,6 +335,9 @@ def main() -> None:
     ap.add_argument("--height", type=int, default=DEFAULT_HEIGHT)
     ap.add_argument("--width", type=int, default=DEFAULT_WIDTH)
     ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument(
+        "--dtype", default="fp16", choices=list(DTYPES), help="of every variant (fp32: CPU smoke runs)"
+    )
     ap.add_argument("--decode-chunks", type=int, nargs="*", default=[1, 2, 4, 8, 14, 25])
     ap.add_argument("--compile", action="store_true", help="also torch.compile the fast UNet (minutes)")
     ap.add_argument("--skip-unet", action="store_true")
