@@ -264,7 +264,7 @@ def quantize_unet(
     if target != src_dir:
         _copy_dir(src_dir, manifest, target)
     float_entry = manifest.components.get(FLOAT_UNET, manifest.components["unet"])
-    _check_inputs(calib_dir, float_entry)
+    check_inputs(calib_dir, float_entry)
     dst = target / f"unet.{precision}.onnx"
     tmp = dst.with_name(f".{dst.name}.partial")
     log.info("quantizing %s to %s (%s calibration)", float_entry.file, dst.name, method)
@@ -276,7 +276,8 @@ def quantize_unet(
     return dst
 
 
-def _check_inputs(calib_dir: Path, entry: ComponentEntry) -> None:
+def check_inputs(calib_dir: Path, entry: ComponentEntry) -> None:
+    """QuantizeError when the recorded inputs are not the UNet's."""
     names = tuple(entry.inputs)
     if names and set(names) != set(UNET_INPUTS):
         raise QuantizeError(

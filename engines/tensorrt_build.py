@@ -150,12 +150,17 @@ def _capability(platform: Platform) -> tuple[int, ...]:
 
 
 def _quantize(onnx_dir: Path, calibration: Path, precision: str, on_component) -> Manifest:
-    """The ONNX directory's UNet becomes its Q/DQ file; what TensorRT then builds from."""
-    from svd_trt.calibration.quantize import quantize_unet
+    """The ONNX directory's UNet becomes its Q/DQ file; what TensorRT then builds from.
+
+    NVIDIA Model Optimizer places the Q/DQ where TensorRT's fusions expect them and
+    calibrates at the recorded (full) shape (calibration/modelopt_quantize.py); ONNX
+    Runtime's quantizer stays the ONNX Runtime build's: its layout serves ORT's CPU kernels.
+    """
+    from svd_trt.calibration.modelopt_quantize import quantize_unet_modelopt
     from svd_trt.manifest import load_manifest
 
     start = time.perf_counter()
-    quantize_unet(onnx_dir, calibration, precision, target="tensorrt")
+    quantize_unet_modelopt(onnx_dir, calibration, precision)
     if on_component:
         on_component(f"unet {precision} q/dq", "quantized", time.perf_counter() - start)
     return load_manifest(onnx_dir)

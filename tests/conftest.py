@@ -214,3 +214,13 @@ def small_int8(small_engines, small_calibration, tmp_path_factory):
     out = tmp_path_factory.mktemp("engines") / "small-int8"
     path = quantize_unet(small_engines[0], small_calibration[0], out=out)
     return out, path
+
+
+@pytest.fixture(scope="session")
+def small_trt_onnx(small_snapshot, tmp_path_factory) -> Path:
+    """The TensorRT build's ONNX directory of the small model, fp32 UNet (standard attention ops)."""
+    from svd_trt.export.onnx_export import build_onnx_dir
+
+    out = tmp_path_factory.mktemp("engines") / "small-trt-onnx"
+    build_onnx_dir(small_snapshot, out, "tensorrt", {"unet": "fp32"})
+    return out
