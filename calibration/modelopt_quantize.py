@@ -32,7 +32,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gc
-import hashlib
 import json
 import logging
 import os
@@ -48,11 +47,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from svd_trt.calibration.dataset import INDEX_NAME, load_index, load_sample, select
+from svd_trt.calibration.dataset import load_index, load_sample, select
 from svd_trt.calibration.fused_attention import attention_cores, fuse_attention
-from svd_trt.calibration.quantize import QuantizeError, check_inputs, fold_constants
+from svd_trt.calibration.quantize import QuantizeError, float_unet, fold_constants, record_quantized
 from svd_trt.calibration.tensor_ranges import TensorStats, float_activations, measure, probe_shapes
-from svd_trt.manifest import FLOAT_UNET, ComponentEntry, load_manifest
+from svd_trt.manifest import ComponentEntry
 
 log = logging.getLogger(__name__)
 
@@ -84,16 +83,9 @@ def quantize_unet_modelopt(engine_dir: str | Path, calib_dir: str | Path, precis
     if precision not in PRECISIONS:
         raise QuantizeError(f"unknown precision {precision!r}: choose int8 or fp8")
     engine_dir, calib_dir = Path(engine_dir), Path(calib_dir)
-    manifest = load_manifest(engine_dir)
-    float_entry = manifest.components.get(FLOAT_UNET, manifest.components["unet"])
-    if not float_entry.file.endswith(".onnx"):
-        raise QuantizeError(
-            f"{engine_dir}: quantization reads ONNX files; this is a {manifest.backend} directory"
-        )
-    index = load_index(calib_dir)
-    if not select(index, "calibration"):
+    manifest, float_entry = float_unet(engine_dir, calib_dir)
+    if not select(load_index(calib_dir), "calibration"):
         raise QuantizeError(f"{calib_dir}: no calibration samples")
-    check_inputs(calib_dir, float_entry)
     dst = engine_dir / f"unet.{precision}.onnx"
     work = Path(tempfile.mkdtemp(dir=engine_dir, prefix=f".unet-{precision}-modelopt-"))
     try:
@@ -107,9 +99,8 @@ def quantize_unet_modelopt(engine_dir: str | Path, calib_dir: str | Path, precis
         _install(job.dst, dst)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    entry = _entry(float_entry, dst.name, calib_dir, precision, summary)
-    components = {**manifest.components, "unet": entry, FLOAT_UNET: float_entry}
-    dataclasses.replace(manifest, components=components).save(engine_dir)
+    tool, quant = _describe(precision, calib_dir, float_entry, summary)
+    record_quantized(engine_dir, manifest, float_entry, dst.name, calib_dir, precision, tool, quant)
     return dst
 
 
@@ -367,16 +358,13 @@ def _install(tmp: Path, dst: Path) -> None:
             os.chmod(f, 0o666 & ~umask)
 
 
-def _entry(
-    float_entry: ComponentEntry, file: str, calib_dir: Path, precision: str, summary: dict
-) -> ComponentEntry:
+def _describe(precision: str, calib_dir: Path, float_entry: ComponentEntry, summary: dict) -> tuple[str, dict]:
+    """The tool's identity (part of the quantized UNet's key) and the manifest's quantization record."""
     from importlib.metadata import version
 
     import onnxruntime
 
     tool = f"nvidia-modelopt {version('nvidia-modelopt')}"
-    data_hash = hashlib.sha256((calib_dir / INDEX_NAME).read_bytes()).hexdigest()
-    text = f"{float_entry.key}|{data_hash}|{precision}|max|{tool}|ort{onnxruntime.__version__}"
     kind = "fp8 e4m3" if precision == "fp8" else "int8 symmetric"
     quant = {
         "tool": tool,
@@ -392,10 +380,7 @@ def _entry(
         "excluded_nodes": summary["float_nodes"],  # Conv / MatMul / Gemm left without Q/DQ
         "float_file": float_entry.file,
     }
-    key = hashlib.sha256(text.encode()).hexdigest()[:32]
-    return dataclasses.replace(
-        float_entry, file=file, precision=precision, key=key, extra={"quantization": quant}
-    )
+    return f"max|{tool}|ort{onnxruntime.__version__}", quant
 
 
 if __name__ == "__main__":

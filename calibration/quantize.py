@@ -25,6 +25,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import onnx
+import onnxruntime
 
 from svd_trt.calibration.dataset import INDEX_NAME, UNET_INPUTS, load_index, load_sample, select
 from svd_trt.errors import UserError
@@ -254,26 +255,66 @@ def quantize_unet(
         method, per_channel = FP8_METHOD, False
     opts = QuantOptions(precision, method, tuple(exclude), per_channel)
     src_dir, calib_dir = Path(engine_dir), Path(calib_dir)
-    manifest = load_manifest(src_dir)
-    if not manifest.components["unet"].file.endswith(".onnx"):
-        raise QuantizeError(
-            f"{src_dir}: quantization reads ONNX files; this is a {manifest.backend} engine directory"
-        )
-    load_index(calib_dir)  # a one-line error before any work
+    manifest, float_entry = float_unet(src_dir, calib_dir)
     target = Path(out) if out else src_dir
     if target != src_dir:
         _copy_dir(src_dir, manifest, target)
-    float_entry = manifest.components.get(FLOAT_UNET, manifest.components["unet"])
-    check_inputs(calib_dir, float_entry)
     dst = target / f"unet.{precision}.onnx"
     tmp = dst.with_name(f".{dst.name}.partial")
     log.info("quantizing %s to %s (%s calibration)", float_entry.file, dst.name, method)
     excluded = quantize_onnx(target / float_entry.file, tmp, calib_dir, opts)
     _install(tmp, dst)
-    entry = _entry(float_entry, dst.name, calib_dir, opts, excluded).recorded(target)
-    components = {**manifest.components, "unet": entry, FLOAT_UNET: float_entry}
-    dataclasses.replace(manifest, components=components).save(target)
+    kind = "fp8 e4m3" if opts.precision == "fp8" else "int8 symmetric"
+    quant = {
+        **dataclasses.asdict(opts),
+        "op_types": list(OP_TYPES),
+        "activations": f"{kind} per-tensor",
+        "weights": f"{kind} per-channel" if opts.per_channel else f"{kind} per-tensor",
+        "calibration": str(calib_dir.resolve()),
+        "excluded_nodes": len(excluded),
+        "float_file": float_entry.file,
+    }
+    tool = f"{json.dumps(dataclasses.asdict(opts))}|ort{onnxruntime.__version__}"
+    record_quantized(target, manifest, float_entry, dst.name, calib_dir, precision, tool, quant)
     return dst
+
+
+def float_unet(engine_dir: Path, calib_dir: Path) -> tuple[Manifest, ComponentEntry]:
+    """The directory's float UNet to quantize (its `unet_float` when quantized before).
+
+    One-line QuantizeError / CalibrationDataError before any work: not ONNX, no calibration
+    index, recorded inputs that are not this UNet's."""
+    manifest = load_manifest(engine_dir)
+    float_entry = manifest.components.get(FLOAT_UNET, manifest.components["unet"])
+    if not float_entry.file.endswith(".onnx"):
+        raise QuantizeError(
+            f"{engine_dir}: quantization reads ONNX files; this is a {manifest.backend} engine directory"
+        )
+    load_index(calib_dir)
+    check_inputs(calib_dir, float_entry)
+    return manifest, float_entry
+
+
+def record_quantized(
+    directory: Path,
+    manifest: Manifest,
+    float_entry: ComponentEntry,
+    file: str,
+    calib_dir: Path,
+    precision: str,
+    tool: str,
+    quant: dict,
+) -> ComponentEntry:
+    """The manifest's `unet` becomes `file` (key: the float UNet, the calibration data, the tool
+    and its settings), `unet_float` keeps the float one; both with their files recorded."""
+    data_hash = hashlib.sha256((calib_dir / INDEX_NAME).read_bytes()).hexdigest()
+    key = hashlib.sha256(f"{float_entry.key}|{data_hash}|{precision}|{tool}".encode()).hexdigest()[:32]
+    entry = dataclasses.replace(
+        float_entry, file=file, precision=precision, key=key, extra={"quantization": quant}, files={}
+    ).recorded(directory)
+    components = {**manifest.components, "unet": entry, FLOAT_UNET: float_entry}
+    dataclasses.replace(manifest, components=components).save(directory)
+    return entry
 
 
 def check_inputs(calib_dir: Path, entry: ComponentEntry) -> None:
@@ -296,31 +337,6 @@ def _install(tmp: Path, dst: Path) -> None:
         data.unlink()
         return
     tmp.replace(dst)
-
-
-def _entry(
-    float_entry: ComponentEntry, file: str, calib_dir: Path, opts: QuantOptions, excluded
-) -> ComponentEntry:
-    import onnxruntime
-
-    data_hash = hashlib.sha256((calib_dir / INDEX_NAME).read_bytes()).hexdigest()
-    kind = "fp8 e4m3" if opts.precision == "fp8" else "int8 symmetric"
-    text = (
-        f"{float_entry.key}|{data_hash}|{json.dumps(dataclasses.asdict(opts))}|ort{onnxruntime.__version__}"
-    )
-    quant = {
-        **dataclasses.asdict(opts),
-        "op_types": list(OP_TYPES),
-        "activations": f"{kind} per-tensor",
-        "weights": f"{kind} per-channel" if opts.per_channel else f"{kind} per-tensor",
-        "calibration": str(calib_dir.resolve()),
-        "excluded_nodes": len(excluded),
-        "float_file": float_entry.file,
-    }
-    key = hashlib.sha256(text.encode()).hexdigest()[:32]
-    return dataclasses.replace(
-        float_entry, file=file, precision=opts.precision, key=key, extra={"quantization": quant}
-    )
 
 
 def _copy_dir(src: Path, manifest: Manifest, dst: Path) -> None:
