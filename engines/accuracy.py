@@ -34,6 +34,7 @@ from svd_trt.engines.activations import ActivationPeak, fp16_activation_peak
 from svd_trt.engines.report import ComponentResult, EndToEndResult, OutputResult, Report
 from svd_trt.errors import UserError
 from svd_trt.manifest import FLOAT_UNET, ComponentEntry, Manifest, load_manifest
+from svd_trt.memory import plan_for
 from svd_trt.options import CHECK_DEFAULTS, GenerationOptions, resolve
 from svd_trt.runtime.runners import Runner, open_runner
 from svd_trt.spec import E2E_MIN_PSNR, QUANT_MIN_PSNR, ComponentSpec, component_specs, sizes_for
@@ -268,7 +269,10 @@ def run_end_to_end(opts: CheckOptions, manifest: Manifest, backend: str) -> EndT
 
 def resolve_options(opts: CheckOptions, manifest: Manifest) -> CheckOptions:
     """Fill the model's defaults; reject what cannot run, each with one line."""
-    gen = resolve(opts.generation, manifest.model, manifest.limits)
+    # The engines' run is the one infer would make (the same refusal, before anything runs); the
+    # fp16 activation pass keeps every tensor alive and is not in the estimate (docs/memory.md).
+    memory = plan_for(opts.engine_dir, manifest, opts.backend or manifest.backend)
+    gen = resolve(opts.generation, manifest.model, manifest.limits, memory)
     opts = dataclasses.replace(opts, generation=gen, device=resolve_device(opts.device))
     quantized = [n for n, e in manifest.components.items() if e.precision in QUANTIZED]
     if quantized and opts.calibration is None:

@@ -10,21 +10,11 @@ from __future__ import annotations
 import logging
 
 import click
-import numpy as np
 
-from svd_trt.cli import fail, generation_options, one_line_errors, pop_generation
+from svd_trt.cli import generation_options, one_line_errors, pop_generation
 from svd_trt.runtime.runners import BACKENDS
 
 log = logging.getLogger("svd_trt")
-
-
-def _load_npy(path: str | None, what: str) -> np.ndarray | None:
-    if path is None:
-        return None
-    try:
-        return np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        fail(f"{path}: cannot read {what} as .npy ({e})")
 
 
 @click.group()
@@ -69,8 +59,8 @@ def infer(
         image=image,
         out=out,
         options=pop_generation(kw),
-        latents=_load_npy(latents_path, "latents"),
-        image_noise=_load_npy(noise_path, "image noise"),
+        latents=latents_path,
+        image_noise=noise_path,
         output_fps=output_fps,
         contact_sheet=contact_sheet,
         backend=backend,

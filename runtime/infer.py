@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,15 +11,18 @@ import numpy as np
 
 from svd_trt.errors import UserError
 from svd_trt.manifest import load_manifest
+from svd_trt.memory import plan_for
 from svd_trt.options import GenerationOptions, resolve
 from svd_trt.runtime.image_preprocess import load_image
-from svd_trt.runtime.pipeline import SVDPipeline, Timings
+from svd_trt.runtime.outputs import Outputs, check_outputs, describe, write_failure
+from svd_trt.runtime.pipeline import SVDPipeline, Timings, VideoOutput
 from svd_trt.runtime.video import contact_sheet as write_contact_sheet
 from svd_trt.runtime.video import save_frames
 
 log = logging.getLogger(__name__)
 
-OUTPUT_SUFFIXES = (".mp4", ".gif", ".npy", "")
+NPY_MAGIC = b"\x93NUMPY"
+ArrayInput = np.ndarray | str | os.PathLike | None  # an array, or a .npy file holding it
 
 
 class InferError(UserError):
@@ -37,18 +41,13 @@ def engine_error(error: RuntimeError) -> InferError:
     return InferError(f"the engines cannot run this request: {str(error).splitlines()[0]}")
 
 
-def _check_out(out: Path) -> None:
-    if out.suffix.lower() not in OUTPUT_SUFFIXES and not out.is_dir():
-        raise InferError(f"{out}: unknown output type {out.suffix!r}; use .mp4, .gif, .npy or a directory")
-
-
 def infer_to_file(
     engine_dir: str | Path,
     image: str | Path,
     out: str | Path,
     options: GenerationOptions | None = None,
-    latents: np.ndarray | None = None,
-    image_noise: np.ndarray | None = None,
+    latents: ArrayInput = None,
+    image_noise: ArrayInput = None,
     output_fps: float | None = None,
     contact_sheet: str | Path | None = None,
     backend: str | None = None,
@@ -56,26 +55,63 @@ def infer_to_file(
 ) -> InferResult:
     """Run one generation and write `out` (and the contact sheet); only complete files are left.
 
-    Everything that can be checked is checked before any component runs: the output path, the
-    options against the model and the sizes the engines serve, the image.
+    Everything that can be checked is checked before any component runs: the output paths
+    (form, no input overwritten, writable, encodable: runtime/outputs.py), the options against
+    the model, the sizes the engines serve and the memory available (svd_trt/options.py), the
+    arrays and the image. What can only fail while writing (a full disk) is one line too.
     """
-    out = Path(out)
-    _check_out(out)
+    outputs = Outputs.of(out, contact_sheet)
     manifest = load_manifest(engine_dir)
-    opts = resolve(options or GenerationOptions(), manifest.model, manifest.limits)
+    backend = backend or manifest.backend
+    memory = plan_for(engine_dir, manifest, backend)
+    opts = resolve(options or GenerationOptions(), manifest.model, manifest.limits, memory)
+    fps = output_fps if output_fps is not None else opts.fps
+    inputs = {"--image": Path(image), "--engines": Path(engine_dir)}
+    arrays = {}
+    for flag, given in (("--latents", latents), ("--image-noise", image_noise)):
+        if isinstance(given, (str, os.PathLike)):
+            inputs[flag] = Path(given)
+        arrays[flag] = _load_array(given, flag)
+    check_outputs(outputs, inputs, opts.num_frames, fps, opts.height, opts.width)
+    pil = load_image(image)
+    result = _render(engine_dir, backend, pil, opts, arrays["--latents"], arrays["--image-noise"], progress)
+    return _write(result, outputs, fps)
+
+
+def _load_array(given: ArrayInput, flag: str) -> np.ndarray | None:
+    if given is None or isinstance(given, np.ndarray):
+        return given
     try:
-        pil = load_image(image)
-    except ValueError as e:
-        raise InferError(str(e)) from None
+        with open(given, "rb") as f:
+            if f.read(len(NPY_MAGIC)) != NPY_MAGIC:  # np.load would try it as a pickle and say so
+                raise InferError(f"{flag} {given}: not a .npy file")
+        return np.load(given, allow_pickle=False)
+    except FileNotFoundError:
+        raise InferError(f"{flag} {given}: no such file") from None
+    except (OSError, ValueError) as e:
+        raise InferError(f"{flag} {given}: cannot read it as .npy ({describe(e)})") from None
+
+
+def _render(engine_dir, backend, pil, opts, latents, image_noise, progress) -> VideoOutput:
+    """Open the engines, run, and close them: their memory is freed before the frames are written."""
     try:
         with SVDPipeline.from_engine_dir(engine_dir, backend=backend) as pipe:
-            result = _run(pipe, pil, opts, latents, image_noise, progress)
+            return _run(pipe, pil, opts, latents, image_noise, progress)
     except RuntimeError as e:  # a backend failed at run time (ONNX Runtime / TensorRT)
         raise engine_error(e) from None
-    fps = output_fps if output_fps is not None else opts.fps
-    path = save_frames(result.frames, out, fps=fps)
-    sheet = write_contact_sheet(result.frames, Path(contact_sheet)) if contact_sheet else None
-    return InferResult(path, sheet, result.timings)
+
+
+def _write(result: VideoOutput, outputs: Outputs, fps: float) -> InferResult:
+    """Write the video, then the sheet; a failure (a full disk) is one line and leaves no partial file."""
+    written = None
+    try:
+        written = save_frames(result.frames, outputs.video, fps=fps)
+        sheet = write_contact_sheet(result.frames, outputs.contact_sheet) if outputs.contact_sheet else None
+    except OSError as e:
+        where = outputs.contact_sheet if written else outputs.video
+        kept = f"; {written} was written" if written else ""
+        raise InferError(f"cannot write {where}: {write_failure(e, where)}{kept}") from None
+    return InferResult(written, sheet, result.timings)
 
 
 def _run(pipe, pil, opts, latents, image_noise, progress):

@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image
 
 from svd_trt.manifest import Manifest, load_manifest
+from svd_trt.memory import MemoryPlan, plan_for
 from svd_trt.options import GenerationOptions, PipelineError, resolve
 from svd_trt.runtime import euler, guidance
 from svd_trt.runtime.clip_preprocess import clip_pixel_values
@@ -85,11 +86,14 @@ class _Timed:
 class SVDPipeline:
     """Built once from an engine directory; each call renders one video."""
 
-    def __init__(self, manifest: Manifest, runners: dict[str, Runner]) -> None:
+    def __init__(
+        self, manifest: Manifest, runners: dict[str, Runner], memory: MemoryPlan | None = None
+    ) -> None:
         euler.check_scheduler(manifest.model.scheduler)
         self.manifest = manifest
         self.cfg = manifest.model
         self.runners = runners
+        self.memory = memory  # checked by resolve before every call; None: unchecked
 
     @classmethod
     def from_engine_dir(cls, engine_dir: str | Path, backend: str | None = None, **options) -> SVDPipeline:
@@ -101,7 +105,8 @@ class SVDPipeline:
             name: open_runner(engine_dir, name, manifest.components[name], backend, **options)
             for name in manifest.specs()
         }
-        return cls(manifest, runners)
+        memory = plan_for(engine_dir, manifest, backend, options.get("device", "cpu"), loaded=True)
+        return cls(manifest, runners, memory)
 
     def close(self) -> None:
         """Free what the runners hold (TensorRT device buffers); closing twice is harmless."""
@@ -119,7 +124,7 @@ class SVDPipeline:
 
     def resolve(self, opts: GenerationOptions) -> GenerationOptions:
         """Fill model defaults and reject what the engines cannot run, each with one line."""
-        return resolve(opts, self.cfg, self.manifest.limits)
+        return resolve(opts, self.cfg, self.manifest.limits, self.memory)
 
     def __call__(
         self,

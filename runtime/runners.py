@@ -60,6 +60,10 @@ class OrtRunner:
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.log_severity_level = 3
+        # The memory pattern allocates a second, contiguous copy of a graph's planned buffers from
+        # its second run on, beside the first run's: the arena doubles for every component run
+        # more than once (UNet steps, decode chunks) at no measured speed gain (docs/memory.md).
+        opts.enable_mem_pattern = False
         providers = ["CPUExecutionProvider"]
         if device == "cuda":
             if "CUDAExecutionProvider" not in ort.get_available_providers():

@@ -3,6 +3,8 @@
 Frames are float arrays [F, H, W, 3] in [0, 1], as diffusers returns with
 output_type="np". Every writer renders into a temporary sibling of the target and
 moves it into place with os.replace, so a failure never leaves a partial output.
+Before a run, `output_kind`, `files_replaced` and `probe` say what a path will get, which
+files that replaces, and whether the writer can write there at all (runtime/outputs.py).
 numpy, Pillow and PyAV only: this module runs on serving machines without torch.
 """
 
@@ -28,11 +30,24 @@ FILE_FORMATS = (".mp4", ".gif", ".npy")  # by suffix; no suffix means a folder o
 
 
 def to_uint8(frames: np.ndarray) -> np.ndarray:
-    """[..., 3] floats in [0, 1] -> uint8 by round(255 x), clipped; uint8 passes through."""
+    """[..., 3] floats in [0, 1] -> uint8 by round(255 x), clipped; uint8 passes through.
+
+    One frame at a time: the float temporaries stay one frame's size, not the clip's
+    (the frames are the largest arrays of a run; svd_trt/memory.py counts them).
+    """
     frames = np.asarray(frames)
     if frames.dtype == np.uint8:
         return frames
-    return np.clip(np.rint(frames * 255.0), 0, 255).astype(np.uint8)
+    if frames.ndim < 4:
+        return _frame_to_uint8(frames)
+    out = np.empty(frames.shape, np.uint8)
+    for i, frame in enumerate(frames):
+        out[i] = _frame_to_uint8(frame)
+    return out
+
+
+def _frame_to_uint8(frame: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(frame * 255.0), 0, 255).astype(np.uint8)
 
 
 def _check_frames(frames: np.ndarray) -> np.ndarray:
@@ -132,13 +147,98 @@ def _move_frames_into(tmp: Path, path: Path, names: list[str]) -> None:
         (path / stale).unlink()
 
 
+def output_kind(path: str | os.PathLike) -> str:
+    """What `save_frames` writes at `path`: "mp4", "gif", "npy" or "png-dir"; ValueError otherwise."""
+    if not os.fspath(path).strip():
+        raise ValueError("the output path is empty")
+    path = Path(path)
+    if path.is_dir():
+        return "png-dir"
+    if not path.suffix:
+        if path.exists():
+            raise ValueError(
+                f"{path} exists and is not a directory: PNG frames (a path with no suffix) need a folder"
+            )
+        return "png-dir"
+    suffix = path.suffix.lower()
+    if suffix not in FILE_FORMATS:
+        formats = ", ".join(FILE_FORMATS)
+        raise ValueError(
+            f"{path}: unknown output type {suffix!r}; use {formats}, or a folder (no suffix) for PNGs"
+        )
+    return suffix[1:]
+
+
+def files_replaced(path: str | os.PathLike, count: int) -> list[Path]:
+    """The files saving `count` frames at `path` replaces or deletes (existing or not).
+
+    A file output replaces itself; a PNG folder gets frame_000.png ... and loses the
+    frame_*.png an earlier, longer clip left there.
+    """
+    path = Path(path)
+    if output_kind(path) != "png-dir":
+        return [path]
+    names = {_frame_name(i, count) for i in range(count)}
+    if path.is_dir():
+        names |= {p.name for p in path.glob("frame_*.png")}
+    return sorted(path / name for name in names)
+
+
+def check_fps(fps: float) -> None:
+    """A frame rate every writer encodes: finite, positive, and at least one frame per 1001 s
+    (mp4 time bases are limited to that denominator)."""
+    if not (math.isfinite(fps) and fps > 0) or Fraction(fps).limit_denominator(1001) == 0:
+        raise ValueError(f"frame rate must be a positive finite number of at least 1/1001, got {fps}")
+
+
+def probe(path: str | os.PathLike, fps: float, height: int, width: int) -> None:
+    """Write one black frame of the clip's size the way `save_frames` will, beside `path`, and delete it.
+
+    Before a run: the folder exists or can be made, it is writable, and the encoder takes this
+    size and frame rate. Raises what the writer raises (OSError, ValueError, av errors).
+    """
+    path = Path(path)
+    kind = output_kind(path)
+    check_fps(fps)
+    if kind in ("png-dir", "npy"):  # no encoder to try: a written and removed file is the check
+        check_writable(path / "frame.png" if kind == "png-dir" else path)
+        return
+    tmp = _temp_sibling(existing_folder(path.parent) / path.name, path.suffix)
+    try:
+        _file_writer(path, fps)(np.zeros((1, height, width, 3), np.uint8), tmp)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def check_writable(path: str | os.PathLike) -> None:
+    """A file can be created where `path` will be (its nearest existing folder): made and removed.
+
+    Nothing is created when that fails: missing parent folders are made only at write time.
+    """
+    path = Path(path)
+    probe_file = _temp_sibling(existing_folder(path.parent) / path.name)
+    probe_file.write_bytes(b"")
+    probe_file.unlink()
+
+
+def existing_folder(folder: Path) -> Path:
+    """The nearest folder of `folder`'s chain that exists; NotADirectoryError if that is a file."""
+    folder = folder if str(folder) else Path(".")
+    while not folder.exists():
+        if folder.parent == folder:
+            break
+        folder = folder.parent
+    if not folder.is_dir():
+        raise NotADirectoryError(f"{folder} is a file, not a folder")
+    return folder
+
+
 def save_frames(frames: np.ndarray, path: str | os.PathLike, fps: float) -> Path:
     """Frames [F, H, W, 3] in [0, 1] -> `path`; the format follows the suffix (.mp4, .gif,
     .npy), and a path with no suffix or an existing directory gets a folder of PNGs."""
     frames, path = _check_frames(frames), Path(path)
-    if not fps > 0:
-        raise ValueError(f"fps must be positive, got {fps}")
-    if path.is_dir() or not path.suffix:
+    check_fps(fps)
+    if output_kind(path) == "png-dir":
         write_png_dir(frames, path)
     else:
         writer = _file_writer(path, fps)

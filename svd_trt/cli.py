@@ -3,8 +3,9 @@
 `generation_options` turns GenerationOptions' fields (svd_trt/options.py: names, defaults, help)
 into click options, so `svd-trt infer`, `svd-export check` and `svd-export calibrate` spell them
 identically; a command may change a default (check: seed 0, 3 steps). `one_line_errors` is
-the handler of all of them: an expected failure (`UserError`) prints `Error: <one line>` and
-exits 2, Ctrl-C exits 130 without a traceback.
+the handler of all of them: an expected failure (`UserError`, or a module of the [export] extra
+missing from a runtime-only install) prints `Error: <one line>` and exits 2, Ctrl-C exits 130
+without a traceback.
 """
 
 from __future__ import annotations
@@ -22,6 +23,11 @@ from svd_trt.options import FIELDS, GenerationOptions, flag
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 
+# The [export] extra's import names (pyproject.toml): `pip install svd-trt` has none of them, and
+# every svd-export command that needs one says so in one line instead of a traceback.
+EXPORT_MODULES = ("torch", "onnx", "safetensors", "polygraphy")
+PIP_EXPORT = "pip install 'svd-trt[export]'"
+
 # Older spellings kept working: calibrate took --frames and --steps before the options were shared.
 ALIASES = {"num_frames": ("--frames",), "num_inference_steps": ("--steps",)}
 
@@ -32,8 +38,16 @@ def fail(message: str) -> None:
     sys.exit(EXIT_USAGE)
 
 
+def missing_extra(e: ModuleNotFoundError) -> str | None:
+    """The one line for a module of an optional extra that is not installed; None for any other."""
+    root = (e.name or "").partition(".")[0]
+    if root in EXPORT_MODULES:
+        return f"this command needs the export tools ({root} is not installed): {PIP_EXPORT}"
+    return None
+
+
 def one_line_errors(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Wrap a command: UserError -> one line and exit 2; Ctrl-C -> exit 130."""
+    """Wrap a command: UserError or a missing [export] module -> one line and exit 2; Ctrl-C -> exit 130."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -41,6 +55,11 @@ def one_line_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             return command(*args, **kwargs)
         except UserError as e:
             fail(str(e))
+        except ModuleNotFoundError as e:
+            message = missing_extra(e)
+            if message is None:
+                raise  # a broken install or a bug: keep the traceback
+            fail(message)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(EXIT_INTERRUPTED)

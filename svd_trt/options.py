@@ -3,9 +3,10 @@
 `GenerationOptions` is read by the pipeline, by `svd-trt infer`, `svd-export check` and
 `svd-export calibrate` (their click options are generated from these fields, svd_trt/cli.py)
 and by the Triton request contract. `resolve` is the one validation every entry point runs
-before any component does: positive sizes, the size rule (svd_trt/spec.py), finite floats,
-and the sizes the engine directory serves (its manifest's `limits`, from which TensorRT
-profiles are built). numpy-free.
+before any component does: positive sizes and fps, the size rule (svd_trt/spec.py), finite
+floats, the sizes the engine directory serves (its manifest's `limits`, from which TensorRT
+profiles are built) and, given a MemoryPlan, whether the request fits in memory
+(svd_trt/memory.py). numpy-free.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 
 from svd_trt.config import SVDConfig
 from svd_trt.errors import UserError
+from svd_trt.memory import MemoryPlan
 from svd_trt.spec import DEFAULT_HEIGHT, DEFAULT_WIDTH, Span, size_multiple
 
 
@@ -53,7 +55,8 @@ class GenerationOptions:
 CHECK_DEFAULTS = {"seed": 0, "num_inference_steps": 3}
 
 FIELDS = {f.name: f for f in dataclasses.fields(GenerationOptions)}
-POSITIVE = ("num_frames", "height", "width", "num_inference_steps", "decode_chunk_size")
+# fps is also the file's default frame rate: 0 or less cannot be written (and is no frame rate).
+POSITIVE = ("num_frames", "height", "width", "num_inference_steps", "decode_chunk_size", "fps")
 FLOATS = ("min_guidance_scale", "max_guidance_scale", "noise_aug_strength")
 
 
@@ -62,8 +65,16 @@ def flag(name: str) -> str:
     return FIELDS[name].metadata.get("flag") or "--" + name.replace("_", "-")
 
 
-def resolve(opts: GenerationOptions, cfg: SVDConfig, limits: Mapping[str, Span] | None = None) -> GenerationOptions:
-    """Fill the model's defaults and refuse, in one line, anything the engines cannot run."""
+def resolve(
+    opts: GenerationOptions,
+    cfg: SVDConfig,
+    limits: Mapping[str, Span] | None = None,
+    memory: MemoryPlan | None = None,
+) -> GenerationOptions:
+    """Fill the model's defaults and refuse, in one line, anything the engines cannot run.
+
+    `memory`: where the request's memory goes (svd_trt.memory.plan_for); None skips the check.
+    """
     limits = limits or {}
     num_frames = opts.num_frames if opts.num_frames is not None else cfg.unet.num_frames
     chunk = opts.decode_chunk_size
@@ -91,4 +102,6 @@ def resolve(opts: GenerationOptions, cfg: SVDConfig, limits: Mapping[str, Span] 
                 f"{flag(name)} {value} is outside the {span.text()} these engines serve; "
                 f"rebuild them with a {flag(name)} range that covers it"
             )
+    if memory is not None:
+        memory.check(cfg, opts)
     return opts

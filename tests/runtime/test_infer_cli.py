@@ -90,7 +90,7 @@ def test_wrong_shape_arrays(tiny_engines, tmp_path):
     )
     (tmp_path / "junk.npy").write_text("junk")
     assert_one_line_error(
-        infer(tiny_engines, out, "--latents", str(tmp_path / "junk.npy")), "cannot read latents", out
+        infer(tiny_engines, out, "--latents", str(tmp_path / "junk.npy")), "junk.npy: not a .npy file", out
     )
 
 
