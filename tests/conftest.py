@@ -142,6 +142,15 @@ def run_diffusers(pipe, image, opts, latents, image_noise, monkeypatch) -> np.nd
     return np.asarray(out.frames[0])
 
 
+
+def size_args(num_frames: int = 2, height: int = 32, width: int = 48, steps: int = 2) -> list[str]:
+    """`svd-trt infer` flags for a small, fast request (the tiny model's sizes)."""
+    return [
+        "--num-frames", str(num_frames), "--height", str(height), "--width", str(width),
+        "--num-inference-steps", str(steps),
+    ]  # fmt: skip
+
+
 def save_snapshot(pipe, path: Path, **kwargs) -> Path:
     pipe.save_pretrained(str(path), **kwargs)
     return path

@@ -15,6 +15,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from conftest import size_args
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGE = REPO / "runtime" / "assets" / "coffee.jpg"
@@ -72,17 +73,7 @@ def test_runtime_install_renders_a_video_without_torch(runtime_venv, tiny_engine
     installed = {line.split("==")[0] for line in listed.splitlines()}
     assert not installed & set(EXPORT_ONLY), installed
     out = tmp_path / "v.mp4"
-    args = [
-        "--num-frames",
-        "2",
-        "--height",
-        "32",
-        "--width",
-        "48",
-        "--num-inference-steps",
-        "2",
-        "--no-progress",
-    ]
+    args = [*size_args(), "--no-progress"]
     rendered = _run(
         runtime_venv / "svd-trt", "infer", "--engines", tiny_engines, "--image", IMAGE, "--out", out, *args
     )

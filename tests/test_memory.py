@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from conftest import size_args
 from PIL import Image
 
 from svd_trt import memory
@@ -107,17 +108,7 @@ def test_the_override_runs_it_anyway(tiny_engines, tmp_path, monkeypatch):
     _short_of_memory(monkeypatch, 0.0)
     monkeypatch.setenv(memory.SKIP_ENV, "1")
     out = tmp_path / "v.gif"
-    args = [
-        "--num-frames",
-        "2",
-        "--height",
-        "32",
-        "--width",
-        "48",
-        "--num-inference-steps",
-        "1",
-        "--no-progress",
-    ]
+    args = [*size_args(steps=1), "--no-progress"]
     result = CliRunner().invoke(
         main, ["infer", "--engines", str(tiny_engines), "--image", IMAGE, "--out", str(out), *args]
     )
