@@ -93,6 +93,14 @@ FORCE = click.option(
     "version, damaged). Never replaces a directory holding files svd-trt did not write.",
 )
 
+VARIANT = click.option(
+    "--variant",
+    type=click.Choice(["auto", "fp32", "fp16"]),
+    default="auto",
+    show_default=True,
+    help="Which weight files of the snapshot to read.",
+)
+
 
 @main.command("export-onnx")
 @click.option(
@@ -110,13 +118,7 @@ FORCE = click.option(
 @click.option(
     "--precision", "precisions", multiple=True, help="COMPONENT=fp32|fp16, e.g. unet=fp32 (repeatable)."
 )
-@click.option(
-    "--variant",
-    type=click.Choice(["auto", "fp32", "fp16"]),
-    default="auto",
-    show_default=True,
-    help="Which weight files of the snapshot to read.",
-)
+@VARIANT
 @FORCE
 @one_line_errors
 def export_onnx_command(
@@ -166,13 +168,7 @@ def _range(text: str | None, option: str) -> tuple[int, int] | None:
     default=None,
     help="int8 / fp8 UNet: calibration directory from `svd-export calibrate`.",
 )
-@click.option(
-    "--variant",
-    type=click.Choice(["auto", "fp32", "fp16"]),
-    default="auto",
-    show_default=True,
-    help="Which weight files of the snapshot to read.",
-)
+@VARIANT
 @click.option(
     "--num-frames",
     default=None,
