@@ -9,6 +9,7 @@ Pillow, PyAV and ONNX Runtime into the new venv (from pip's cache or the package
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -20,6 +21,8 @@ from conftest import size_args
 REPO = Path(__file__).resolve().parents[1]
 IMAGE = REPO / "runtime" / "assets" / "coffee.jpg"
 EXPORT_ONLY = ("torch", "onnx", "safetensors", "polygraphy")
+# What a checkout holds besides the source: environments, build outputs, caches, user outputs.
+NOT_SOURCE = (".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".*_cache", "out", "work", ".whl")
 
 
 def _run(*args, **kwargs) -> subprocess.CompletedProcess:
@@ -37,7 +40,11 @@ def wheel(tmp_path_factory) -> tuple[Path, str]:
         isolation = ["--no-build-isolation"]
     except ImportError:
         pass
-    built = _run(sys.executable, "-m", "pip", "wheel", "-v", "--no-deps", *isolation, "-w", dist, REPO)
+    # Built from a copy: an in-tree build leaves build/ in the checkout, and a stale build/lib
+    # (a module since deleted) would end up in the next wheel.
+    source = tmp_path_factory.mktemp("source") / "svd-trt"
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(*NOT_SOURCE))
+    built = _run(sys.executable, "-m", "pip", "wheel", "-v", "--no-deps", *isolation, "-w", dist, source)
     assert built.returncode == 0, built.stdout[-2000:] + built.stderr[-2000:]
     (path,) = dist.glob("svd_trt-*.whl")
     return path, built.stdout + built.stderr
