@@ -27,6 +27,7 @@ import numpy as np
 
 from svd_trt.calibration.dataset import FORMAT_VERSION, INDEX_NAME, UNET_INPUTS
 from svd_trt.config import SVDConfig, preset
+from svd_trt.spec import DEFAULT_HEIGHT, DEFAULT_WIDTH
 
 log = logging.getLogger("modelopt_memory")
 
@@ -90,8 +91,8 @@ def main() -> None:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--width", type=int, default=5, help="Channels are SVD-XT's / this.")
     p.add_argument("--frames", type=int, default=25)
-    p.add_argument("--height", type=int, default=576)
-    p.add_argument("--width-px", type=int, default=1024)
+    p.add_argument("--height", type=int, default=DEFAULT_HEIGHT)
+    p.add_argument("--width-px", type=int, default=DEFAULT_WIDTH)
     p.add_argument("--samples", type=int, default=1)
     p.add_argument("--stats-only", action="store_true")
     args = p.parse_args()
