@@ -120,5 +120,5 @@ def _echo_component(result) -> None:
     peak = result.fp16_peak
     if peak is not None:
         overflow = f", {peak.nonfinite_tensors} fp16 tensors overflowed" if peak.overflowed else ""
-        detail += f"; fp16 peak {peak.max_abs:.3g} of 65504{overflow}"
+        detail += f"; fp16 peak {peak.max_abs:.3g} of {peak.limit:g}{overflow}"
     click.echo(f"{result.name} ({result.precision}): {'PASS' if result.passed else 'FAIL'} ({detail})")

@@ -99,6 +99,8 @@ VARIANT = click.option(
     default="auto",
     show_default=True,
     help="Which weight files of the snapshot to read.",
+    # the loaders' variant: None reads the plain (fp32) files
+    callback=lambda ctx, param, value: {"fp32": None}.get(value, value),
 )
 
 
@@ -122,7 +124,7 @@ VARIANT = click.option(
 @FORCE
 @one_line_errors
 def export_onnx_command(
-    snapshot: str, out: str, target: str, precisions: tuple[str, ...], variant: str, force: bool
+    snapshot: str, out: str, target: str, precisions: tuple[str, ...], variant: str | None, force: bool
 ) -> None:
     """Export every component of MODEL to ONNX for TARGET into OUT, without TensorRT."""
     from svd_trt.engines.build import export_onnx
@@ -130,8 +132,7 @@ def export_onnx_command(
     start = time.perf_counter()
     progress = _Progress(4, f"onnx for {target}")
     try:
-        variant_arg = {"fp32": None}.get(variant, variant)
-        manifest = export_onnx(snapshot, out, target, _parse_precisions(precisions), variant_arg, progress, force)
+        manifest = export_onnx(snapshot, out, target, _parse_precisions(precisions), variant, progress, force)
     finally:
         progress.close()
     chosen = ", ".join(f"{n} {e.precision}" for n, e in manifest.components.items())
@@ -205,7 +206,7 @@ def build_engines(
     precisions: tuple[str, ...],
     unet_precision: str | None,
     calibration: str | None,
-    variant: str,
+    variant: str | None,
     num_frames: str | None,
     height: str | None,
     width: str | None,
@@ -229,7 +230,7 @@ def build_engines(
         backend,
         request,
         parsed,
-        variant={"fp32": None}.get(variant, variant),
+        variant=variant,
         calibration=Path(calibration) if calibration else None,
         timing_cache=Path(timing_cache) if timing_cache else None,
         force=force,

@@ -21,7 +21,7 @@ from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from svd_trt.config import SVDConfig
-from svd_trt.errors import UserError
+from svd_trt.errors import UserError, first_line
 from svd_trt.spec import ComponentSpec
 
 log = logging.getLogger(__name__)
@@ -147,8 +147,7 @@ def read_safetensors(files: list[Path]) -> dict[str, torch.Tensor]:
                         raise CheckpointError(f"{path}: key {key} also stored in another shard")
                     state[key] = f.get_tensor(key)
         except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-            first_line = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise CheckpointError(f"{path}: corrupt or truncated safetensors file ({first_line})") from None
+            raise CheckpointError(f"{path}: corrupt or truncated safetensors file ({first_line(e)})") from None
     return state
 
 

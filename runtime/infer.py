@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from svd_trt.errors import UserError
+from svd_trt.errors import UserError, first_line
 from svd_trt.manifest import load_manifest
 from svd_trt.memory import plan_for
 from svd_trt.options import GenerationOptions, resolve
@@ -38,7 +38,7 @@ class InferResult:
 
 def engine_error(error: RuntimeError) -> InferError:
     """A backend's run-time failure (ONNX Runtime / TensorRT) as the one line users see."""
-    return InferError(f"the engines cannot run this request: {str(error).splitlines()[0]}")
+    return InferError(f"the engines cannot run this request: {first_line(error)}")
 
 
 def infer_to_file(

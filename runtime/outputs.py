@@ -19,7 +19,8 @@ from pathlib import Path
 
 import av
 
-from svd_trt.errors import UserError
+from svd_trt.errors import first_line
+from svd_trt.output_dir import OutputError
 from svd_trt.runtime import video
 
 # The contact sheet stays PNG: lossless, and with no size limit a grid could exceed after the
@@ -27,10 +28,6 @@ from svd_trt.runtime import video
 SHEET_SUFFIX = ".png"
 # Less free space than this after a failed write with no error code reads as a full disk.
 FULL_DISK = 2**20
-
-
-class OutputError(UserError):
-    """An output that cannot be written, or would overwrite an input: one line."""
 
 
 @dataclass(frozen=True)
@@ -137,5 +134,4 @@ def describe(e: BaseException) -> str:
     """An OS or encoder error as a phrase: its strerror, else its first line."""
     if isinstance(e, OSError) and e.strerror:
         return e.strerror
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
+    return first_line(e)

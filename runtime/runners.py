@@ -15,6 +15,7 @@ from typing import Protocol
 
 import numpy as np
 
+from svd_trt.errors import first_line
 from svd_trt.manifest import ComponentEntry, ManifestError
 
 log = logging.getLogger(__name__)
@@ -74,8 +75,9 @@ class OrtRunner:
         try:
             self.session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
         except Exception as e:  # onnxruntime raises its own types (InvalidProtobuf, Fail, NoSuchFile, ...)
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ManifestError(f"{path}: ONNX Runtime cannot load it ({type(e).__name__}: {first[:300]})") from None
+            raise ManifestError(
+                f"{path}: ONNX Runtime cannot load it ({type(e).__name__}: {first_line(e)[:300]})"
+            ) from None
         self.dtypes = {i.name: _ORT_DTYPES[i.type] for i in self.session.get_inputs()}
         self.output_names = [o.name for o in self.session.get_outputs()]
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from svd_trt.errors import UserError
+from svd_trt.errors import UserError, first_line
 from svd_trt.manifest import ComponentEntry, ManifestError
 
 log = logging.getLogger(__name__)
@@ -184,8 +184,7 @@ def load_engine(path: str | Path) -> Any:
     try:
         engine = engine_from_bytes(Path(path).read_bytes())
     except Exception as e:  # Polygraphy raises its own exception type for a bad plan
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise TrtError(f"{path}: TensorRT cannot deserialize it ({first[:300]}); {REBUILD_HINT}") from None
+        raise TrtError(f"{path}: TensorRT cannot deserialize it ({first_line(e)[:300]}); {REBUILD_HINT}") from None
     if engine is None:
         raise TrtError(f"{path}: TensorRT cannot deserialize it; {REBUILD_HINT}")
     return engine

@@ -14,3 +14,9 @@ class UserError(Exception):
     def __str__(self) -> str:
         text = super().__str__()
         return text.splitlines()[0] if text else type(self).__name__
+
+
+def first_line(error: BaseException) -> str:
+    """Another library's exception as a phrase: its first non-blank line, else its type's name."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

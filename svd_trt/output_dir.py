@@ -34,7 +34,7 @@ ENGINE_FILE_PATTERNS = ("*.onnx", "*.onnx.data", "*.engine", MANIFEST_NAME, REPO
 
 
 class OutputError(UserError):
-    """An output path that cannot be written safely: one line."""
+    """An output path that cannot be written safely (an engine directory, a video, a contact sheet): one line."""
 
 
 def _overlap(a: Path, b: Path) -> bool:

@@ -288,3 +288,10 @@ def test_real_full_disk_is_one_line(tiny_engines, tiny_filesystem):
     out = tiny_filesystem / "v.npy"  # 2 x 32 x 48 x 3 float32 = 36 KiB > 16 KiB; the probe's empty file fits
     assert_one_line_error(infer(tiny_engines, out), "No space left on device", out)
     assert list(tiny_filesystem.iterdir()) == []
+
+
+def test_a_backend_failure_without_a_message_is_still_one_line():
+    from svd_trt.runtime.infer import engine_error
+
+    assert str(engine_error(RuntimeError())) == "the engines cannot run this request: RuntimeError"
+    assert str(engine_error(RuntimeError("bad shape\ndetails"))) == "the engines cannot run this request: bad shape"
