@@ -16,6 +16,16 @@ class UserError(Exception):
         return text.splitlines()[0] if text else type(self).__name__
 
 
+class CapacityError(UserError):
+    """Not the request's fault: no room for it now (memory, a full queue). A server answers 503 /
+    UNAVAILABLE, so a load balancer retries elsewhere; the CLI prints the one line."""
+
+
+class EngineError(UserError):
+    """An engine failed while running a valid request (a backend's exception, non-finite output): a
+    server answers 500 with this one line and logs the traceback."""
+
+
 def first_line(error: BaseException) -> str:
     """Another library's exception as a phrase: its first non-blank line, else its type's name."""
     text = str(error).strip()

@@ -1,0 +1,1 @@
+"""The PyTorch port of LTX-Video's components (export side: needs the [export] extra)."""
