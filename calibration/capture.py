@@ -20,9 +20,9 @@ import numpy as np
 
 from svd_trt.calibration.dataset import FORMAT_VERSION, INDEX_NAME, UNET_INPUTS
 from svd_trt.errors import UserError
-from svd_trt.runtime import euler
+from svd_trt.families.svd import euler
+from svd_trt.families.svd.pipeline import GenerationOptions, SVDPipeline
 from svd_trt.runtime.image_preprocess import load_image
-from svd_trt.runtime.pipeline import GenerationOptions, SVDPipeline
 from svd_trt.runtime.runners import Runner
 
 log = logging.getLogger(__name__)

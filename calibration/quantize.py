@@ -66,7 +66,7 @@ EXCLUDE_GROUPS: dict[str, tuple[str, ...]] = {
     # Self-attention's Q K^T and softmax(.) V MatMuls: both operands are activations, and the
     # logits feed exp(); the projections (to_q/to_k/to_v/to_out) are still quantized.
     # Cross-attention (attn2) has no such MatMuls: with SVD's one image token its softmax is 1
-    # and the export computes to_out(to_v(context)) (export/layers.py: cross_attend).
+    # and the export computes to_out(to_v(context)) (families/svd/port/layers.py: cross_attend).
     "attention_softmax": ("*/attn1/MatMul", "*/attn1/MatMul_1"),
 }
 DEFAULT_EXCLUDE = tuple(EXCLUDE_GROUPS)

@@ -20,8 +20,8 @@ import numpy as np
 
 from svd_trt.calibration import speed
 from svd_trt.calibration.dataset import CalibrationDataError, load_index, load_sample, select
+from svd_trt.families.svd.pipeline import GenerationOptions, SVDPipeline
 from svd_trt.runtime.image_preprocess import load_image
-from svd_trt.runtime.pipeline import GenerationOptions, SVDPipeline
 from svd_trt.runtime.runners import OrtRunner
 
 log = logging.getLogger(__name__)

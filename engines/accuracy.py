@@ -237,8 +237,8 @@ def run_end_to_end(opts: CheckOptions, manifest: Manifest, backend: str) -> EndT
     """The pipeline through the engines vs through the fp32 port: same image, noise and latents."""
     from svd_trt.calibration.report import psnr
     from svd_trt.export.torch_backend import torch_runners
+    from svd_trt.families.svd.pipeline import SVDPipeline
     from svd_trt.runtime.image_preprocess import load_image
-    from svd_trt.runtime.pipeline import SVDPipeline
 
     image = load_image(opts.image)
     gen = opts.generation

@@ -53,8 +53,8 @@ def main(verbose: bool) -> None:
 @one_line_errors
 def make_checkpoint(size: str, out: str, variant: str, num_frames: int | None, seed: int) -> None:
     """Write a random-weight SVD snapshot (Hugging Face layout) of a named size."""
-    from svd_trt.config import preset
-    from svd_trt.export.random_checkpoint import write_random_checkpoint
+    from svd_trt.families.svd.config import preset
+    from svd_trt.families.svd.port.random_checkpoint import write_random_checkpoint
 
     start = time.perf_counter()
     path = write_random_checkpoint(

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from svd_trt.config import SVDConfig
 from svd_trt.errors import UserError
+from svd_trt.families.svd.config import SVDConfig
 from svd_trt.spec import DEFAULT_HEIGHT, DEFAULT_WIDTH, Span, component_specs, size_multiple, sizes_for
 
 Shape = tuple[int, ...]

@@ -20,8 +20,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
 
-from svd_trt.config import SVDConfig
 from svd_trt.errors import UserError, first_line
+from svd_trt.families.svd.config import SVDConfig
 from svd_trt.spec import ComponentSpec
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ COMPONENTS = {
 }
 
 VARIANTS = (None, "fp16")
-SCHEDULER_CLASS = "EulerDiscreteScheduler"  # SVD's, and the only one runtime/euler.py reproduces
+SCHEDULER_CLASS = "EulerDiscreteScheduler"  # SVD's, and the only one families/svd/euler.py reproduces
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -194,15 +194,15 @@ def _is_arange(t: torch.Tensor, n: int) -> bool:
 def build_module(name: str, cfg: SVDConfig) -> nn.Module:
     """An un-loaded port module for one component."""
     if name == "unet":
-        from svd_trt.export.unet import UNetSpatioTemporal
+        from svd_trt.families.svd.port.unet import UNetSpatioTemporal
 
         return UNetSpatioTemporal(cfg.unet)
     if name == "vae":
-        from svd_trt.export.vae import TemporalVAE
+        from svd_trt.families.svd.port.vae import TemporalVAE
 
         return TemporalVAE(cfg.vae)
     if name == "image_encoder":
-        from svd_trt.export.clip import CLIPVisionWithProjection
+        from svd_trt.families.svd.port.clip import CLIPVisionWithProjection
 
         return CLIPVisionWithProjection(cfg.clip)
     raise ValueError(f"unknown component {name!r}")
@@ -227,7 +227,7 @@ def component_module(source: nn.Module, spec: ComponentSpec) -> nn.Module:
 
 def derived_keys(name: str, cfg: SVDConfig) -> dict[str, Callable[[torch.Tensor], bool]]:
     if name == "image_encoder":
-        from svd_trt.export.clip import DERIVED_KEYS
+        from svd_trt.families.svd.port.clip import DERIVED_KEYS
 
         num_positions = (cfg.clip.image_size // cfg.clip.patch_size) ** 2 + 1
         return {k: lambda t: _is_arange(t, num_positions) for k in DERIVED_KEYS}

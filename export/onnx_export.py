@@ -25,9 +25,10 @@ import onnx
 import torch
 from torch import nn
 
-from svd_trt.config import SVDConfig
 from svd_trt.export.checkpoint import COMPONENTS, component_module, find_weights, load_component, read_config
-from svd_trt.export.layers import onnx_attention
+from svd_trt.families.svd.config import SVDConfig
+from svd_trt.families.svd.euler import check_scheduler
+from svd_trt.families.svd.port.layers import onnx_attention
 from svd_trt.manifest import (
     FLOAT_UNET,
     ComponentEntry,
@@ -37,7 +38,6 @@ from svd_trt.manifest import (
     load_manifest,
 )
 from svd_trt.output_dir import link_or_copy, writing
-from svd_trt.runtime.euler import check_scheduler
 from svd_trt.spec import ComponentSpec, Span, component_specs
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ class ExportOptions:
     precisions: dict[str, str] = field(default_factory=dict)
     opset: int = OPSET
     variant: str = "auto"
-    attention: str = "standard"  # export/layers.py onnx_attention: "contrib" for ONNX Runtime
+    attention: str = "standard"  # families/svd/port/layers.py onnx_attention: "contrib" for ONNX Runtime
 
     def precision(self, component: str) -> str:
         return self.precisions.get(component, "fp32")

@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 
 from svd_trt.errors import UserError, first_line
+from svd_trt.families.svd.pipeline import SVDPipeline, Timings, VideoOutput
 from svd_trt.manifest import load_manifest
 from svd_trt.memory import plan_for
 from svd_trt.options import GenerationOptions, resolve
 from svd_trt.runtime.image_preprocess import load_image
 from svd_trt.runtime.outputs import Outputs, check_outputs, describe, write_failure
-from svd_trt.runtime.pipeline import SVDPipeline, Timings, VideoOutput
 from svd_trt.runtime.video import contact_sheet as write_contact_sheet
 from svd_trt.runtime.video import save_frames
 

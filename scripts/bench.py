@@ -33,7 +33,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import flops  # noqa: E402  (the sibling script; scripts/ is not a package)
 
-from svd_trt.config import preset  # noqa: E402
+from svd_trt.families.svd.config import preset  # noqa: E402
 from svd_trt.spec import FRAME_MAX_ABS  # noqa: E402
 
 log = logging.getLogger("bench")
@@ -174,7 +174,7 @@ class OursContender:
     """svd_trt.runtime's SVDPipeline over ONNX Runtime sessions or the torch port."""
 
     def __init__(self, snapshot: Path, engines: Path | None, case: Case, backend: str) -> None:
-        from svd_trt.runtime.pipeline import SVDPipeline
+        from svd_trt.families.svd.pipeline import SVDPipeline
 
         self.case = case
         if backend == "onnxruntime":
@@ -323,7 +323,7 @@ def _decoder(contender: str, snapshot: Path, engines: Path | None, case: Case):
 
 def prepare(case: Case, work: Path, contenders: list[str], seed: int = 0) -> tuple[Path, Path | None]:
     """The random checkpoint (written once per size and dtype), ONNX engines if needed, the draws."""
-    from svd_trt.export.random_checkpoint import write_random_checkpoint
+    from svd_trt.families.svd.port.random_checkpoint import write_random_checkpoint
 
     cfg = preset(case.size)
     variant = "fp16" if case.dtype == "fp16" else None

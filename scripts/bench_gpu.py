@@ -38,7 +38,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import flops  # noqa: E402  (the sibling script; scripts/ is not a package)
 
-from svd_trt.config import SVDConfig, preset  # noqa: E402
+from svd_trt.families.svd.config import SVDConfig, preset  # noqa: E402
 from svd_trt.spec import DEFAULT_HEIGHT, DEFAULT_WIDTH  # noqa: E402
 
 log = logging.getLogger("bench_gpu")
@@ -348,7 +348,7 @@ def main() -> None:
     snapshot = args.work / f"{args.size}-fp16-snapshot"
     result: dict = {"machine": machine(), "args": {k: str(v) for k, v in vars(args).items()}}
     if not (snapshot / "model_index.json").exists():
-        from svd_trt.export.random_checkpoint import write_random_checkpoint
+        from svd_trt.families.svd.port.random_checkpoint import write_random_checkpoint
 
         start = time.perf_counter()
         write_random_checkpoint(snapshot, cfg, "fp16")

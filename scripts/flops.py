@@ -6,7 +6,7 @@ elementwise ops are left out (< 1%). The UNet's `variant`:
 - "diffusers" (the model's work, every rate's numerator): the image embedding is projected
   once per frame (spatial cross-attention) and once per pixel (temporal), attended to as
   one key by every query, and the frame position embedding is made once per batch item;
-- "port" (export/layers.py; the torch fast path adds no FLOPs): cross-attention to the one
+- "port" (families/svd/port/layers.py; the torch fast path adds no FLOPs): cross-attention to the one
   image token is to_out(to_v(context)) once per batch item (softmax over one key is 1), and
   the position embedding is made once: 6.0 TFLOP (3.7%) less per CFG step at SVD-XT shapes.
 tests/scripts/test_flops.py checks every count against torch's FLOP counter on the port (at
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 
-from svd_trt.config import CLIPConfig, SVDConfig, UNetConfig, VAEConfig
+from svd_trt.families.svd.config import CLIPConfig, SVDConfig, UNetConfig, VAEConfig
 from svd_trt.spec import DEFAULT_HEIGHT, DEFAULT_WIDTH
 
 VARIANTS = ("diffusers", "port")
@@ -219,7 +219,7 @@ def main() -> None:
     """Print the FLOPs per stage of one generation at the given shapes."""
     import argparse
 
-    from svd_trt.config import preset
+    from svd_trt.families.svd.config import preset
 
     ap = argparse.ArgumentParser(description=main.__doc__)
     ap.add_argument("--size", default="full", choices=["tiny", "small", "full", "full-14"])

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from svd_trt.calibration.dataset import FORMAT_VERSION, INDEX_NAME, UNET_INPUTS
-from svd_trt.config import SVDConfig, preset
+from svd_trt.families.svd.config import SVDConfig, preset
 from svd_trt.spec import DEFAULT_HEIGHT, DEFAULT_WIDTH
 
 log = logging.getLogger("modelopt_memory")
@@ -98,7 +98,7 @@ def main() -> None:
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     from svd_trt.export.onnx_export import build_onnx_dir
-    from svd_trt.export.random_checkpoint import write_random_checkpoint
+    from svd_trt.families.svd.port.random_checkpoint import write_random_checkpoint
 
     cfg = config(args.width)
     snapshot, onnx_dir = args.out / f"svd-xt-width-1-{args.width}", args.out / f"onnx-width-1-{args.width}"

@@ -26,12 +26,12 @@ from svd_trt.calibration.capture import ASSETS, capture_calibration
 from svd_trt.calibration.dataset import load_calibration, load_index
 from svd_trt.calibration.quantize import DEFAULT_EXCLUDE, quantize_unet
 from svd_trt.calibration.report import markdown, psnr, quantized_report
-from svd_trt.config import preset
 from svd_trt.export.onnx_export import build_onnx_dir
-from svd_trt.export.random_checkpoint import write_random_checkpoint
+from svd_trt.families.svd.config import preset
+from svd_trt.families.svd.pipeline import GenerationOptions, SVDPipeline
+from svd_trt.families.svd.port.random_checkpoint import write_random_checkpoint
 from svd_trt.manifest import load_manifest
 from svd_trt.runtime.image_preprocess import load_image
-from svd_trt.runtime.pipeline import GenerationOptions, SVDPipeline
 from svd_trt.spec import sizes_for
 
 log = logging.getLogger("quantization_numbers")

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from svd_trt import __version__
-from svd_trt.config import SVDConfig
 from svd_trt.errors import UserError
+from svd_trt.families.svd.config import SVDConfig
 from svd_trt.spec import ComponentSpec, Span, component_specs
 
 MANIFEST_NAME = "manifest.json"

@@ -11,7 +11,7 @@ the model config and the request's sizes (fp32, ONNX Runtime on the CPU):
            chunks, their concatenation, the postprocessed copy), 36 bytes per pixel per frame
 
 Working memory is the tensors alive together at a component's widest point, counted from the
-architecture (export/unet.py, export/vae.py, export/layers.py) in units of the widest level's
+architecture (families/svd/port/unet.py, families/svd/port/vae.py, families/svd/port/layers.py) in units of the widest level's
 channels, with ONNX Runtime's planner and arena overhead measured on the small model (see the
 constants). Measured against peak RSS: docs/memory.md. numpy-free.
 """
@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from svd_trt.config import SVDConfig
 from svd_trt.errors import UserError
+from svd_trt.families.svd.config import SVDConfig
 
 if TYPE_CHECKING:
     from svd_trt.manifest import Manifest

@@ -16,8 +16,8 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from svd_trt.config import SVDConfig
 from svd_trt.errors import UserError
+from svd_trt.families.svd.config import SVDConfig
 from svd_trt.memory import MemoryPlan
 from svd_trt.spec import DEFAULT_HEIGHT, DEFAULT_WIDTH, Span, size_multiple
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from svd_trt.config import SVDConfig
 from svd_trt.errors import UserError
+from svd_trt.families.svd.config import SVDConfig
 
 Dim = str | int
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pytest
 
-from svd_trt.config import SVDConfig, preset
+from svd_trt.families.svd.config import SVDConfig, preset
 
 # The serve extra pins numpy < 2 (nvidia-pytriton), and [test] includes it. Under numpy 1.x's
 # value-based promotion, diffusers' EulerDiscreteScheduler (the reference) computes some sigmas and

@@ -16,10 +16,10 @@ from conftest import size_args
 from PIL import Image
 
 from svd_trt import memory
-from svd_trt.config import preset
+from svd_trt.families.svd import pipeline
+from svd_trt.families.svd.config import preset
 from svd_trt.manifest import load_manifest
 from svd_trt.options import GenerationOptions, resolve
-from svd_trt.runtime import pipeline
 from svd_trt.runtime.cli import main
 
 GIB = 2**30
@@ -30,7 +30,7 @@ MEASURE = """
 import json, sys
 from svd_trt.options import GenerationOptions
 from svd_trt.runtime.image_preprocess import load_image
-from svd_trt.runtime.pipeline import SVDPipeline
+from svd_trt.families.svd.pipeline import SVDPipeline
 
 def status(key):
     for line in open("/proc/self/status"):
@@ -167,7 +167,7 @@ def test_standard_attention_counts_the_score_matrices():
     tokens = (576 // 8) * (1024 // 8)
     scores = 2 * 2 * 25 * 5 * tokens * tokens * 4  # CFG batch 2, 25 frames, 5 heads at level 0
     assert standard.activations["the UNet"] - fused.activations["the UNet"] == scores
-    # export/layers.py: "85 GB for SVD-XT's first UNet level" per score tensor; logits and softmax: twice
+    # families/svd/port/layers.py: "85 GB for SVD-XT's first UNet level" per score tensor; logits and softmax: twice
     assert standard.widest == "the UNet" and scores == 2 * 84_934_656_000
 
 

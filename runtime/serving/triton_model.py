@@ -16,8 +16,8 @@ import logging
 
 import triton_python_backend_utils as pb_utils
 
+from svd_trt.families.svd.pipeline import SVDPipeline
 from svd_trt.manifest import load_manifest
-from svd_trt.runtime.pipeline import SVDPipeline
 from svd_trt.runtime.runners import _physical_cores
 from svd_trt.runtime.serving import contract
 from svd_trt.runtime.serving.request import error_message, parse_request, progress_tensors, result_tensors

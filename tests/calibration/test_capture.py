@@ -16,8 +16,8 @@ from svd_trt.calibration.capture import (
     plan_runs,
 )
 from svd_trt.calibration.dataset import CalibrationDataError, load_calibration, load_index
+from svd_trt.families.svd import euler
 from svd_trt.options import GenerationOptions
-from svd_trt.runtime import euler
 
 
 def test_capture_writes_every_step_with_metadata(small_calibration, small_engines):

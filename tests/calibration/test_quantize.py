@@ -16,8 +16,8 @@ from svd_trt.calibration.quantize import (
     exclusion_patterns,
     quantize_unet,
 )
+from svd_trt.families.svd.pipeline import SVDPipeline
 from svd_trt.manifest import load_manifest
-from svd_trt.runtime.pipeline import SVDPipeline
 from svd_trt.runtime.runners import OrtRunner
 
 

@@ -8,10 +8,10 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-from svd_trt.config import preset
 from svd_trt.engines import tensorrt_build
 from svd_trt.engines.cli import main
 from svd_trt.export.checkpoint import read_config
+from svd_trt.families.svd.config import preset
 from svd_trt.manifest import ComponentEntry, Manifest, load_manifest
 from svd_trt.runtime.trt_runner import Platform
 from svd_trt.spec import component_specs
@@ -21,7 +21,7 @@ PLATFORM = Platform("10.8.0.43", "NVIDIA H100 80GB HBM3", "9.0")
 
 @pytest.fixture(scope="module")
 def tiny_ckpt(tmp_path_factory):
-    from svd_trt.export.random_checkpoint import write_random_checkpoint
+    from svd_trt.families.svd.port.random_checkpoint import write_random_checkpoint
 
     return write_random_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", preset("tiny"))
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from svd_trt.config import preset
 from svd_trt.engines.profiles import (
     LEVELS,
     ProfileRequest,
@@ -13,6 +12,7 @@ from svd_trt.engines.profiles import (
     parse_range,
     served_limits,
 )
+from svd_trt.families.svd.config import preset
 from svd_trt.spec import Span, component_specs, size_multiple
 
 SMALL = preset("small")  # 8 frames by default

@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 from trt_fakes import PLATFORM, FakeBuilder
 
-from svd_trt.config import preset
 from svd_trt.engines import tensorrt_build
 from svd_trt.engines.build import BuildError, BuildOptions
 from svd_trt.engines.profiles import ProfileRequest, component_profiles, served_limits
 from svd_trt.engines.tensorrt_build import build_tensorrt_dir, onnx_dir_for
 from svd_trt.engines.trt_cache import BUILDER_VERSION
+from svd_trt.families.svd.config import preset
 from svd_trt.manifest import load_manifest
 from svd_trt.runtime import trt_runner
 from svd_trt.runtime.runners import open_runner
@@ -152,7 +152,7 @@ def test_the_fingerprint_sees_a_flag_change(polygraphy_calls, tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_ckpt(tmp_path_factory):
-    from svd_trt.export.random_checkpoint import write_random_checkpoint
+    from svd_trt.families.svd.port.random_checkpoint import write_random_checkpoint
 
     return write_random_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", preset("tiny"))
 

@@ -6,7 +6,6 @@ import dataclasses
 
 import pytest
 
-from svd_trt.config import preset
 from svd_trt.engines.trt_cache import (
     default_timing_cache,
     engine_key,
@@ -14,6 +13,7 @@ from svd_trt.engines.trt_cache import (
     previous_engines,
     reusable,
 )
+from svd_trt.families.svd.config import preset
 from svd_trt.manifest import ComponentEntry, Manifest
 from svd_trt.runtime.trt_runner import Platform
 

@@ -15,7 +15,8 @@ import pytest
 from PIL import Image
 from test_infer_cli import IMAGE, assert_one_line_error, infer
 
-from svd_trt.runtime import pipeline, video
+from svd_trt.families.svd import pipeline
+from svd_trt.runtime import video
 
 
 @pytest.fixture

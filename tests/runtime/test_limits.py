@@ -11,9 +11,9 @@ from click.testing import CliRunner
 from svd_trt.engines import tensorrt_build
 from svd_trt.engines.build import BuildOptions, build_engines
 from svd_trt.engines.profiles import ProfileRequest
+from svd_trt.families.svd import pipeline
 from svd_trt.manifest import load_manifest
 from svd_trt.options import GenerationOptions, PipelineError
-from svd_trt.runtime import pipeline
 from svd_trt.runtime.cli import main
 from svd_trt.runtime.trt_runner import Platform
 
@@ -80,7 +80,7 @@ def test_pipeline_refuses_before_the_first_unet_call(ort_engines):
     """The library path too: SVDPipeline.__call__ resolves before CLIP, the VAE or the UNet run."""
     from PIL import Image
 
-    from svd_trt.runtime.pipeline import SVDPipeline
+    from svd_trt.families.svd.pipeline import SVDPipeline
 
     pipe = SVDPipeline.from_engine_dir(ort_engines)
     calls = []

@@ -14,8 +14,8 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
+from svd_trt.families.svd.pipeline import GenerationOptions, SVDPipeline
 from svd_trt.runtime.cli import main
-from svd_trt.runtime.pipeline import GenerationOptions, SVDPipeline
 from svd_trt.spec import FRAME_MAX_ABS
 
 ASSETS = Path(__file__).resolve().parents[2] / "runtime" / "assets"
@@ -117,7 +117,7 @@ def test_unknown_device_is_one_line_error(tiny_engines):
 def test_onnxruntime_path_never_imports_torch(tiny_engines):
     """Opening and running ONNX engines through the CLI's modules leaves torch unimported."""
     code = (
-        "import sys; from svd_trt.runtime import cli; from svd_trt.runtime.pipeline import SVDPipeline\n"
+        "import sys; from svd_trt.runtime import cli; from svd_trt.families.svd.pipeline import SVDPipeline\n"
         f"p = SVDPipeline.from_engine_dir({str(tiny_engines)!r}, backend='onnxruntime')\n"
         "import numpy as np; p(np.zeros((40, 60, 3), np.uint8), num_frames=2, height=32, width=48,"
         " num_inference_steps=1)\n"
@@ -130,8 +130,8 @@ def test_onnxruntime_path_never_imports_torch(tiny_engines):
 
 def test_fast_attention_is_the_same_math():
     """Fused QKV self-attention and the one-key cross-attention shortcut equal the port's attention."""
-    from svd_trt.export.layers import Attention, ImageSelfAttention
     from svd_trt.export.torch_backend import FastAttention, speed_up_attention
+    from svd_trt.families.svd.port.layers import Attention, ImageSelfAttention
 
     torch.manual_seed(0)
     block = torch.nn.ModuleDict(

@@ -27,8 +27,8 @@ from trt_fakes import (
     fake_entry,
 )
 
-from svd_trt.config import preset
 from svd_trt.engines.profiles import ProfileRequest, component_profiles, served_limits
+from svd_trt.families.svd.config import preset
 from svd_trt.manifest import ComponentEntry, Manifest, load_manifest
 from svd_trt.runtime import trt_runner
 from svd_trt.runtime.runners import open_runner
@@ -413,7 +413,7 @@ def test_runner_refuses_a_foreign_engine_before_loading_it(fake_trt, tmp_path):
 
 
 def test_pipeline_close_frees_every_runner_and_is_a_context_manager(fake_trt, tmp_path):
-    from svd_trt.runtime.pipeline import SVDPipeline
+    from svd_trt.families.svd.pipeline import SVDPipeline
 
     names = ("unet", "vae_decoder")
     runners = {n: TrtEngineRunner(tmp_path / "fake.engine", name=n, entry=fake_entry()) for n in names}
@@ -427,7 +427,7 @@ def test_pipeline_close_frees_every_runner_and_is_a_context_manager(fake_trt, tm
 
 
 def test_pipeline_close_frees_the_others_when_one_close_fails(fake_trt, tmp_path):
-    from svd_trt.runtime.pipeline import SVDPipeline
+    from svd_trt.families.svd.pipeline import SVDPipeline
 
     def broken_close():
         raise RuntimeError("driver gone")

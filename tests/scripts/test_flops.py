@@ -10,8 +10,8 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from svd_trt.config import SVDConfig, preset
 from svd_trt.export.checkpoint import MethodModule, build_module
+from svd_trt.families.svd.config import SVDConfig, preset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 import flops  # noqa: E402  (scripts/ is not a package)

@@ -15,10 +15,10 @@ import pytest
 from click.testing import CliRunner
 from serve_helpers import IMAGE_PATH, REQUEST, needs_triton, serve_extra_missing, start_serve
 
+from svd_trt.families.svd.pipeline import SVDPipeline
 from svd_trt.options import GenerationOptions
 from svd_trt.runtime.cli import main as svd_trt
 from svd_trt.runtime.image_preprocess import load_image
-from svd_trt.runtime.pipeline import SVDPipeline
 from svd_trt.runtime.serving import contract
 from svd_trt.runtime.serving.client import generate, generate_streaming, http_client
 from svd_trt.runtime.video import to_uint8

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 from scheduler_configs import SCHEDULER_CONFIGS, scheduler_config
 
+from svd_trt.families.svd import euler
+from svd_trt.families.svd.pipeline import SVDPipeline
 from svd_trt.options import GenerationOptions
-from svd_trt.runtime import euler
 from svd_trt.runtime.image_preprocess import load_image
-from svd_trt.runtime.pipeline import SVDPipeline
 
 pytestmark = pytest.mark.skipif(
     np.lib.NumpyVersion(np.__version__) >= "2.0.0", reason="numpy >= 2 has only NEP 50 promotion"
@@ -65,7 +65,7 @@ def test_schedule_and_loop(name, dtype):
 
 def test_pipeline(tiny_engines):
     pipe = SVDPipeline.from_engine_dir(tiny_engines)
-    photo = load_image(Path(__file__).resolve().parents[2] / "runtime" / "assets" / "coffee.jpg")
+    photo = load_image(Path(__file__).resolve().parents[3] / "runtime" / "assets" / "coffee.jpg")
     opts = GenerationOptions(num_frames=2, height=32, width=48, num_inference_steps=3, seed=0)
     legacy, weak = _under_both(lambda: pipe(photo, opts).frames)
     np.testing.assert_array_equal(legacy, weak)

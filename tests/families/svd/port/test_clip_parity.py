@@ -9,8 +9,8 @@ import torch
 import transformers
 from conftest import perturb_, rel_err
 
-from svd_trt.config import CLIPConfig, preset
-from svd_trt.export.clip import DERIVED_KEYS, CLIPVisionWithProjection
+from svd_trt.families.svd.config import CLIPConfig, preset
+from svd_trt.families.svd.port.clip import DERIVED_KEYS, CLIPVisionWithProjection
 
 # diffusers' SVD pipeline test config: patch 1, odd intermediate size, 5 layers.
 DIFFUSERS_TEST = CLIPConfig(

@@ -152,7 +152,7 @@ class SchedulerConfig:
     """EulerDiscreteScheduler; defaults are SVD's scheduler_config.json (plus diffusers' defaults for
     the keys it lacks: final_sigmas_type, rescale_betas_zero_snr, the other sigma schedules).
 
-    Which values the runtime reproduces is svd_trt.runtime.euler.check_scheduler's call.
+    Which values the runtime reproduces is svd_trt.families.svd.euler.check_scheduler's call.
     """
 
     num_train_timesteps: int = 1000

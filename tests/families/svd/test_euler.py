@@ -13,8 +13,8 @@ import torch
 from diffusers import EulerDiscreteScheduler
 from scheduler_configs import SCHEDULER_CONFIGS, SVD_SCHEDULER_JSON, scheduler_config
 
-from svd_trt.config import SchedulerConfig
-from svd_trt.runtime import euler
+from svd_trt.families.svd import euler
+from svd_trt.families.svd.config import SchedulerConfig
 
 SVD = SchedulerConfig()
 STEPS = (1, 2, 7, 25)
@@ -392,7 +392,8 @@ def test_runtime_modules_do_not_import_torch():
     """The runtime must run where torch is not installed: not even an indirect import."""
     code = (
         "import sys\n"
-        "from svd_trt.runtime import euler, guidance, clip_preprocess, image_preprocess\n"
+        "from svd_trt.families.svd import euler, guidance, clip_preprocess, pipeline\n"
+        "from svd_trt.runtime import image_preprocess, infer\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'diffusers', 'transformers'))\n"
         "assert not bad, bad\n"
     )

@@ -10,7 +10,7 @@ import pytest
 from diffusers import EulerDiscreteScheduler
 from scheduler_configs import SCHEDULER_CONFIGS, SVD_SCHEDULER_JSON, scheduler_config
 
-from svd_trt.config import EULER_DEFAULTS, SchedulerConfig
+from svd_trt.families.svd.config import EULER_DEFAULTS, SchedulerConfig
 
 FIELDS = [f.name for f in dataclasses.fields(SchedulerConfig)]
 

@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from svd_trt.families.svd import euler, guidance
+from svd_trt.families.svd.clip_preprocess import clip_pixel_values
 from svd_trt.manifest import Manifest, load_manifest
 from svd_trt.memory import MemoryPlan, plan_for
 from svd_trt.options import GenerationOptions, PipelineError, resolve
-from svd_trt.runtime import euler, guidance
-from svd_trt.runtime.clip_preprocess import clip_pixel_values
 from svd_trt.runtime.image_preprocess import added_time_ids, postprocess, vae_pixel_values
 from svd_trt.runtime.runners import Runner, open_runner
 

@@ -11,8 +11,8 @@ import torch
 from conftest import FORBIDDEN_OPS, assert_same_state_dict, perturb_, rel_err
 from diffusers import UNetSpatioTemporalConditionModel
 
-from svd_trt.config import UNetConfig, preset
-from svd_trt.export.unet import UNetSpatioTemporal
+from svd_trt.families.svd.config import UNetConfig, preset
+from svd_trt.families.svd.port.unet import UNetSpatioTemporal
 
 # diffusers' own SVD UNet test config (tests/models/unets/test_models_unet_spatiotemporal.py).
 DIFFUSERS_TEST = UNetConfig(

@@ -12,8 +12,8 @@ from diffusers.video_processor import VideoProcessor
 from PIL import Image
 from transformers import CLIPImageProcessor
 
-from svd_trt.config import FeatureExtractorConfig
-from svd_trt.runtime import clip_preprocess as cp
+from svd_trt.families.svd import clip_preprocess as cp
+from svd_trt.families.svd.config import FeatureExtractorConfig
 
 # larger, smaller and straddling 224; square and not; 1080p is the largest blur kernel here (15 x 7)
 SIZES = [(576, 1024), (300, 200), (100, 150), (224, 224), (225, 223), (1080, 1920), (20, 30), (2, 2)]

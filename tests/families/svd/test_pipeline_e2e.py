@@ -14,12 +14,12 @@ from conftest import draws, run_diffusers
 from PIL import Image
 from scheduler_configs import SCHEDULER_CONFIGS, scheduler_config
 
-from svd_trt.runtime.pipeline import GenerationOptions, SVDPipeline
+from svd_trt.families.svd.pipeline import GenerationOptions, SVDPipeline
 from svd_trt.spec import FRAME_MAX_ABS
 
 pytestmark = pytest.mark.e2e
 
-ASSETS = Path(__file__).resolve().parents[2] / "runtime" / "assets"
+ASSETS = Path(__file__).resolve().parents[3] / "runtime" / "assets"
 # fp32 end to end: ONNX Runtime vs torch differ by ~1e-6 per call, and the Euler loop
 # amplifies by at most the steps' count (the bound's reasoning: svd_trt/spec.py).
 FRAME_TOL = FRAME_MAX_ABS["fp32"]

@@ -11,9 +11,9 @@ import torch
 from conftest import FORBIDDEN_OPS, assert_same_state_dict, perturb_, rel_err
 from diffusers import AutoencoderKLTemporalDecoder
 
-from svd_trt.config import VAEConfig, preset
 from svd_trt.export.checkpoint import MethodModule
-from svd_trt.export.vae import TemporalVAE
+from svd_trt.families.svd.config import VAEConfig, preset
+from svd_trt.families.svd.port.vae import TemporalVAE
 
 # diffusers' own test config (tests/models/autoencoders/test_models_autoencoder_kl_temporal_decoder.py);
 # it leaves layers_per_block at the class default, 1, where the decoder's mid attention never runs.

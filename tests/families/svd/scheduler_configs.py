@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from svd_trt.config import EULER_DEFAULTS, SchedulerConfig
+from svd_trt.families.svd.config import EULER_DEFAULTS, SchedulerConfig
 
 # SVD's scheduler/scheduler_config.json as /work/shared/REFERENCE.md lists it (it has no
 # final_sigmas_type or rescale_betas_zero_snr key); clip_sample: a key diffusers ignores.

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from svd_trt.runtime import guidance
+from svd_trt.families.svd import guidance
 
 SIZE = 32  # pixels: tiny VAE's latents are 16 x 16
 

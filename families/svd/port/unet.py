@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from svd_trt.config import UNetConfig
-from svd_trt.export.layers import (
+from svd_trt.families.svd.config import UNetConfig
+from svd_trt.families.svd.port.layers import (
     GROUPS,
     Downsample2D,
     GroupNorm,

@@ -21,8 +21,8 @@ from numbers import Real
 
 import numpy as np
 
-from svd_trt.config import SchedulerConfig
 from svd_trt.errors import UserError
+from svd_trt.families.svd.config import SchedulerConfig
 
 RHO = 7.0  # Karras et al. (2022), eq. 5; diffusers hard-codes it
 # "original_sample" is diffusers' older name for "sample"; its step still accepts it

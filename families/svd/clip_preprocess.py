@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from svd_trt.config import FeatureExtractorConfig
+from svd_trt.families.svd.config import FeatureExtractorConfig
 
 F32 = np.float32
 CUBIC_A = F32(-0.75)  # torch's bicubic convolution coefficient

@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from svd_trt.config import SVDConfig
 from svd_trt.export.checkpoint import COMPONENTS, build_module
+from svd_trt.families.svd.config import SVDConfig
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""The PyTorch port of SVD's components (export side: needs the [export] extra)."""
