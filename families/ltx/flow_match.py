@@ -24,6 +24,14 @@ from svd_trt.errors import UserError
 
 F32 = np.float32
 TIME_SHIFT_TYPES = ("exponential", "linear")
+FLAGS = (
+    "use_dynamic_shifting",
+    "invert_sigmas",
+    "use_karras_sigmas",
+    "use_exponential_sigmas",
+    "use_beta_sigmas",
+    "stochastic_sampling",
+)
 RHO = 7.0  # Karras et al. (2022), eq. 5; diffusers hard-codes it
 
 
@@ -78,8 +86,7 @@ def _refuse(cfg: FlowMatchConfig, field: str, why: str) -> FlowMatchError:
 
 def check_config(cfg: FlowMatchConfig) -> None:
     """Raise a one-line FlowMatchError for the first field diffusers fails on or this runtime does not reproduce."""
-    for field in ("use_dynamic_shifting", "invert_sigmas", "use_karras_sigmas", "use_exponential_sigmas",
-                  "use_beta_sigmas", "stochastic_sampling"):
+    for field in FLAGS:
         if not isinstance(getattr(cfg, field), bool):
             raise _refuse(cfg, field, "use true or false")
     if cfg.use_beta_sigmas:
@@ -102,7 +109,7 @@ def check_config(cfg: FlowMatchConfig) -> None:
         if not _is_number(getattr(cfg, field)):
             raise _refuse(cfg, field, "use a number")
     if cfg.max_image_seq_len == cfg.base_image_seq_len:
-        raise _refuse(cfg, "max_image_seq_len", "equal to base_image_seq_len (mu divides by their difference)")
+        raise _refuse(cfg, "max_image_seq_len", "mu divides by its difference to base_image_seq_len")
 
 
 # ---------------------------------------------------------------- schedule

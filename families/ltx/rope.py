@@ -45,9 +45,7 @@ def frequencies(dim: int, theta: float = THETA) -> np.ndarray:
     return _pow(F32(theta), exponents) * F32(math.pi) / F32(2.0)
 
 
-def positions(
-    size: int, scale: float, patch: int, base: int
-) -> np.ndarray:
+def positions(size: int, scale: float, patch: int, base: int) -> np.ndarray:
     """One axis' positions 2 * (i * scale * patch / base) - 1 for i < size, float32 [size], diffusers' order."""
     grid = np.arange(size, dtype=F32) * F32(scale) * F32(patch) / F32(base)
     return grid * F32(2) - F32(1)

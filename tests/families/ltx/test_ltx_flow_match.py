@@ -188,7 +188,9 @@ def test_same_bits_under_numpy_1_promotion(name):
         np._set_promotion_state(state)
         try:
             s = fm.make_schedule(cfg, 9, 700)
-            results.append((s.sigmas, s.timesteps, fm.step(np.ones(3, np.float32), np.ones(3), s.sigmas[0], 0.3)))
+            results.append(
+                (s.sigmas, s.timesteps, fm.step(np.ones(3, np.float32), np.ones(3), s.sigmas[0], 0.3))
+            )
         finally:
             np._set_promotion_state(previous)
     for a, b in zip(*results):
