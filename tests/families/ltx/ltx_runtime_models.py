@@ -3,11 +3,25 @@ numpy runtime's parity tests; and a recorder of a module's calls."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from diffusers import AutoencoderKLLTXVideo, LTXVideoTransformer3DModel
 
 LATENT_CHANNELS = 8
 CAPTION_CHANNELS = 32
+
+
+@contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """The models are tiny: on a shared 2-core machine torch's second thread costs 10x in contention."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def tiny_vae(timestep_conditioning: bool = False, seed: int = 0) -> AutoencoderKLLTXVideo:

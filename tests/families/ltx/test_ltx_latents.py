@@ -15,7 +15,14 @@ import pytest
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, LTXImageToVideoPipeline, LTXPipeline
 from diffusers.pipelines.ltx.pipeline_ltx import rescale_noise_cfg as diffusers_rescale
-from ltx_runtime_models import CAPTION_CHANNELS, LATENT_CHANNELS, Recorder, tiny_transformer, tiny_vae
+from ltx_runtime_models import (
+    CAPTION_CHANNELS,
+    LATENT_CHANNELS,
+    Recorder,
+    one_torch_thread,
+    tiny_transformer,
+    tiny_vae,
+)
 from PIL import Image
 from test_ltx_flow_match import LTX
 
@@ -24,6 +31,12 @@ from svd_trt.families.ltx import latents as lat
 from svd_trt.families.ltx.image_preprocess import video_pixel_values
 
 U = 2.0**-24  # float32 unit roundoff
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    with one_torch_thread():
+        yield
 
 
 @pytest.mark.parametrize("patch, patch_t", ((1, 1), (2, 1), (2, 2), (1, 3)))
