@@ -9,10 +9,12 @@ dim % 6 leading channels of cos 1 / sin 0.
 
 Angles reach theta * pi / 2 ~ 1.6e4 rad, so one float32 ulp of a frequency moves them by ~1e-3:
 the arithmetic is float32, in diffusers' order, so the angles are diffusers' bits given the same
-frequencies. Frequencies are theta^x correctly rounded to float32 (float64 power); torch's float32
-pow (SLEEF on x86, another libm elsewhere) is within one ulp of that and mis-rounds near-ties on some
-CPUs, so no host computation can equal every CPU's torch; tests bound the effect (docs/ltx-runtime.md).
-cos and sin are the float64 functions of the float32 angles, rounded to float32.
+frequencies. diffusers' frequencies themselves differ between CPUs: torch.linspace fuses its
+multiply-adds on AVX2 / AVX-512 (and CUDA) but not on its default path, and torch's float32 pow
+(SLEEF u10) mis-rounds some near-ties. Ours are the fused linspace and a correctly rounded power:
+within 2.5e-4 of diffusers on AVX2 / AVX-512 at the default video size, where diffusers' default
+CPU path is itself 1.9e-3 away (docs/ltx-runtime.md). cos and sin are the float64 functions of the
+float32 angles, rounded to float32.
 """
 
 from __future__ import annotations
@@ -28,9 +30,14 @@ BASE_GRID = (20, 2048, 2048)  # LTXVideoTransformer3DModel's base_num_frames, ba
 THETA = 10000.0
 
 
-def _pow(base: np.float32, exponents: np.ndarray) -> np.ndarray:
-    """base ** exponents correctly rounded to float32 (tests swap in torch's pow)."""
-    return (np.float64(base) ** exponents.astype(np.float64)).astype(F32)
+def _powers(theta: float, n: int) -> np.ndarray:
+    """theta ** torch.linspace(0, 1, n) in float32 (tests swap in torch's own).
+
+    The exponents are torch.linspace's bits where it fuses multiply-adds (x86 AVX2 / AVX-512, CUDA);
+    the power is correctly rounded.
+    """
+    exponents = linspace_f32(math.log(1.0, theta), math.log(theta, theta), n)
+    return (np.float64(F32(theta)) ** exponents.astype(np.float64)).astype(F32)
 
 
 def _cos_sin(angles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -41,8 +48,7 @@ def _cos_sin(angles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def frequencies(dim: int, theta: float = THETA) -> np.ndarray:
     """theta ** linspace(0, 1, dim // 6) * pi / 2, float32 [dim // 6] (torch.linspace's bits)."""
-    exponents = linspace_f32(math.log(1.0, theta), math.log(theta, theta), dim // 6)
-    return _pow(F32(theta), exponents) * F32(math.pi) / F32(2.0)
+    return _powers(theta, dim // 6) * F32(math.pi) / F32(2.0)
 
 
 def positions(size: int, scale: float, patch: int, base: int) -> np.ndarray:

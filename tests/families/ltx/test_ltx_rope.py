@@ -36,16 +36,18 @@ def _ours(dim, f, h, w, frame_rate, tr, sr, batch=1, patch=1, patch_t=1):
     return rope.rope_cos_sin(f, h, w, dim, frame_rate, tr, sr, batch, patch, patch_t)
 
 
-def _torch_pow(base, exponents):
-    """diffusers' `theta ** torch.linspace(...)`: torch's float32 pow on the same array."""
-    return (float(base) ** torch.from_numpy(exponents)).numpy()
+def _torch_powers(theta, n):
+    """diffusers' `theta ** torch.linspace(log(1, theta), log(theta, theta), n)`, this CPU's torch kernels."""
+    return (
+        theta ** torch.linspace(math.log(1.0, theta), math.log(theta, theta), n, dtype=torch.float32)
+    ).numpy()
 
 
 @pytest.mark.parametrize("case", CASES[:1] + CASES[2:])  # not the full-size grid: 4 s of float64 cos
 def test_same_bits_with_the_same_pow_and_cos(case):
-    """With torch's pow swapped into ours and our cos/sin swapped into diffusers, every other
-    operation (positions, frequencies' scaling, angles, layout, padding) is the same IEEE float32
-    operation: bit-identical. Only the two math kernels differ between the sides."""
+    """With torch's linspace and pow swapped into ours and our cos/sin swapped into diffusers, every
+    other operation (positions, frequencies' scaling, angles, layout, padding) is the same IEEE
+    float32 operation: bit-identical. Only those math kernels differ between the sides."""
 
     def as_ours(fn):
         def patched(self):
@@ -54,7 +56,7 @@ def test_same_bits_with_the_same_pow_and_cos(case):
         return patched
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(rope, "_pow", _torch_pow)
+        mp.setattr(rope, "_powers", _torch_powers)
         mp.setattr(torch.Tensor, "cos", as_ours(lambda a: rope._cos_sin(a)[0]))
         mp.setattr(torch.Tensor, "sin", as_ours(lambda a: rope._cos_sin(a)[1]))
         ref = _diffusers(*case, batch=2)
@@ -78,21 +80,27 @@ def _angles(dim, f, h, w, frame_rate, tr, sr):
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_within_one_ulp_of_frequency(case):
-    """Our own pow and cos/sin against diffusers' torch kernels on this CPU.
+def test_within_the_rounding_of_the_frequencies(case):
+    """Our own linspace, pow and cos/sin against diffusers' torch kernels on this CPU.
 
-    Bound per channel, from the rounding each side does (u = 2^-24, ulp <= 2u relative):
-    each frequency is within 1 ulp (torch's pow; SLEEF u10 or a libm) or 1/2 ulp (ours,
-    correctly rounded) of theta^x, then both sides round the product by pi (1/2 ulp each) and by
-    (2p - 1) (1/2 ulp each): the angles differ by at most (1 + 1/2 + 1 + 1) ulp <= 7u |angle|.
-    cos/sin are 1-Lipschitz in the angle and each side rounds them within 1 ulp of [-1, 1] (2u):
-    |d| <= 7u |angle| + 4u. It holds for any CPU's torch kernels within 1 ulp; a wrong position,
-    scale or layout is off by O(1).
+    Bound per channel, from the rounding each side does (u = 2^-24, one ulp <= 2u relative):
+    - exponent x_k: torch.linspace fused (ours, AVX2 / AVX-512) is within 1/2 ulp(x_k), unfused
+      (torch's default path) within 1 ulp(x_k): at most 1.5 ulp(x_k) apart; the frequency
+      theta^x moves by ln(theta) times that, relatively;
+    - the power: torch's within 1 ulp (SLEEF u10 or a libm), ours 1/2 ulp; then both round the
+      product by pi (1/2 ulp each) and by (2p - 1) (1/2 ulp each): 3.5 ulps <= 7u relative;
+    - cos/sin are 1-Lipschitz and each side rounds within 1 ulp of [-1, 1]: 4u.
+    |d| <= |angle| (ln(theta) 1.5 ulp(x_k) + 7u) + 4u, on any CPU whose torch kernels are within
+    1 ulp; a wrong position, scale or layout is off by O(1).
     """
     u = 2.0**-24
+    dim = case[0]
+    x = np.linspace(0, 1, dim // 6, dtype=np.float32)
+    rel = math.log(rope.THETA) * 1.5 * np.spacing(x).astype(np.float64) + 7 * u  # per frequency k
+    rel = np.concatenate([np.zeros(dim % 6), np.repeat(np.repeat(rel, 3), 2)])  # channel order: k, axis, pair
+    bound = _angles(*case) * rel + 4 * u
     cos_ref, sin_ref = _diffusers(*case)
     cos, sin = _ours(*case)
-    bound = 7 * u * _angles(*case) + 4 * u
     for ours, ref in ((cos, cos_ref), (sin, sin_ref)):
         excess = np.abs(ours[0].astype(np.float64) - ref[0]) - bound
         assert excess.max() <= 0, f"max excess {excess.max():.3g}"
