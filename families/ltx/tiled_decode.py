@@ -42,7 +42,7 @@ class TileSizes:
     stride_num_frames: int = 8
 
     def check(self, spatial_ratio: int, temporal_ratio: int) -> None:
-        """One line when a size or stride is smaller than the VAE's ratio (a latent tile of 0: diffusers loops forever or fails)."""
+        """One line when a size or stride is below the VAE's ratio (a latent tile of 0) or a stride exceeds its tile."""
         for name, ratio in (
             ("min_height", spatial_ratio),
             ("min_width", spatial_ratio),
@@ -53,6 +53,9 @@ class TileSizes:
         ):
             if getattr(self, name) < ratio:
                 raise TilingError(f"tile {name}={getattr(self, name)} is below the VAE's ratio {ratio}")
+        for axis in ("height", "width", "num_frames"):
+            if getattr(self, f"stride_{axis}") > getattr(self, f"min_{axis}"):  # gaps between tiles
+                raise TilingError(f"tile stride_{axis} is above min_{axis}: the tiles would leave gaps")
 
 
 # ---------------------------------------------------------------- blends (in place on b, as diffusers)

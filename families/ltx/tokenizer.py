@@ -60,7 +60,8 @@ def encode(
     """input_ids and attention_mask, int64 [B, L]: T5TokenizerFast(prompts, padding="max_length",
     max_length=L, truncation=True, add_special_tokens=True), as LTXPipeline._get_t5_prompt_embeds.
 
-    Each prompt is cut to L - 1 tokens, then </s>, then <pad> up to L (mask 0 there).
+    Each prompt is cut to L - 1 tokens, then </s>, then <pad> up to L (mask 0 there). Sets the
+    tokenizer's truncation and padding to L (a tokenizers.Tokenizer carries them).
     """
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     pad_token = (tokenizer.padding or {}).get("pad_token", DEFAULT_SPECIALS["pad_token"])

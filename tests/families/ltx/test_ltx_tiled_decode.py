@@ -111,3 +111,6 @@ def test_tiles_below_the_ratio_are_refused():
     tiles = td.TileSizes(min_height=32, min_width=32, stride_height=2, stride_width=24)
     with pytest.raises(td.TilingError, match="stride_height=2 is below the VAE's ratio 4"):
         td.tiled_decode(lambda z, t: z, np.zeros((1, 8, 1, 9, 9), np.float32), None, 4, 4, tiles)
+    gaps = td.TileSizes(min_height=32, min_width=32, stride_height=24, stride_width=40)
+    with pytest.raises(td.TilingError, match="stride_width is above min_width"):
+        td.tiled_decode(lambda z, t: z, np.zeros((1, 8, 1, 9, 9), np.float32), None, 4, 4, gaps)
