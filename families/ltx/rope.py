@@ -23,7 +23,7 @@ import math
 
 import numpy as np
 
-from svd_trt.runtime.euler import linspace_f32
+from svd_trt.runtime.torch_math import linspace_f32
 
 F32 = np.float32
 BASE_GRID = (20, 2048, 2048)  # LTXVideoTransformer3DModel's base_num_frames, base_height, base_width

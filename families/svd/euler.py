@@ -23,6 +23,7 @@ import numpy as np
 
 from svd_trt.errors import UserError
 from svd_trt.families.svd.config import SchedulerConfig
+from svd_trt.runtime.torch_math import linspace_f32
 
 RHO = 7.0  # Karras et al. (2022), eq. 5; diffusers hard-codes it
 # "original_sample" is diffusers' older name for "sample"; its step still accepts it
@@ -139,22 +140,6 @@ def _check_trained_betas(cfg: SchedulerConfig) -> None:
 
 
 # ---------------------------------------------------------------- training noise levels
-
-
-def linspace_f32(start: float, end: float, n: int) -> np.ndarray:
-    """torch.linspace(start, end, n) in float32: start + i*step up to n/2, end - (n-1-i)*step after.
-
-    torch's x86 CPU build fuses each multiply-add (one rounding), emulated here in float64
-    (exact for a float32 product); np.linspace rounds differently in about 1 value in 3.
-    """
-    start32, end32 = F32(start), F32(end)
-    if n == 1:
-        return np.array([start32])
-    step = np.float64((end32 - start32) / F32(n - 1))
-    i = np.arange(n)
-    head = (np.float64(start32) + step * i).astype(F32)
-    tail = (np.float64(end32) - step * (n - 1 - i)).astype(F32)
-    return np.where(i < n // 2, head, tail)
 
 
 def _cosine_betas(n: int, max_beta: float = 0.999) -> np.ndarray:

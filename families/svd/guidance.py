@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from svd_trt.families.svd.euler import linspace_f32
+from svd_trt.runtime.torch_math import linspace_f32
 
 
 def do_cfg(max_guidance_scale: float) -> bool:
