@@ -38,6 +38,7 @@ def describe(error: BaseException, model: str = "") -> tuple[str, str]:
     """(gRPC status name, one line) of a failed request; an engine failure or a bug is logged with
     its traceback (the client gets the one line)."""
     if isinstance(error, Cancelled):
+        log.info("%s: %s; the instance is free", model or "request", error)
         return CANCELLED, str(error) or "request cancelled"
     kind = kind_of(error)
     if kind in (ENGINE, BUG):

@@ -32,6 +32,7 @@ from svd_trt.runtime.serving import contract
 from svd_trt.runtime.serving.failures import INTERNAL, triton_code, untag
 from svd_trt.runtime.serving.repository import PIPELINE_MODEL
 from svd_trt.runtime.serving.state import CANCEL_TOKEN, PROGRESS, STATE_DIR, CancelMarks, state_dir
+from svd_trt.runtime.serving.triton_log import forward_logs
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,7 @@ WATCH_S = 0.1  # how often the client's cancel is looked for: well under one den
 
 class TritonPythonModel:
     def initialize(self, args: dict[str, str]) -> None:
+        forward_logs(pb_utils)
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         self.name = args["model_name"]

@@ -32,12 +32,14 @@ from svd_trt.runtime.serving.failures import Cancelled, describe, tagged, triton
 from svd_trt.runtime.serving.repository import MEMORY_LIMIT
 from svd_trt.runtime.serving.request import parse_request, progress_tensors, result_tensors
 from svd_trt.runtime.serving.state import CANCEL_TOKEN, PROGRESS, STATE_DIR, CancelMarks, state_dir
+from svd_trt.runtime.serving.triton_log import forward_logs
 
 log = logging.getLogger(__name__)
 
 
 class TritonPythonModel:
     def initialize(self, args: dict[str, str]) -> None:
+        forward_logs(pb_utils)
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         self.name = args["model_name"]
@@ -70,17 +72,17 @@ class TritonPythonModel:
         params = _parameters(request)
         token, progress = params.get(CANCEL_TOKEN), params.get(PROGRESS, True)
 
-        def check_cancelled() -> None:
+        def check_cancelled(where: str) -> None:
             if request.is_cancelled() or self.marks.is_cancelled(token):
-                raise Cancelled("request cancelled by the client")
+                raise Cancelled(f"request cancelled by the client {where}")
 
         def on_step(step: int, total: int) -> None:
-            check_cancelled()
+            check_cancelled(f"after step {step} of {total}")
             if progress:
                 sender.send(_response(progress_tensors(step, total)))
 
         try:
-            check_cancelled()  # while it waited in the queue
+            check_cancelled("before it started")  # while it waited in the queue
             final = _response(self._generate(request, on_step))
         except Exception as e:  # one request's failure is that request's error response
             status, message = describe(e, self.name)
