@@ -5,11 +5,11 @@ Expected failures are `UserError`s: one line for the user. Each layer raises its
 the commands catch `UserError` once (svd_trt.cli) and print `Error: <message>` with exit code 2,
 and a server answers by kind (`kind_of`):
 
-    kind        what                                              HTTP   gRPC / Triton
-    request     the request's fault (a UserError)                 400    INVALID_ARGUMENT
-    capacity    no room now: memory, a full queue (CapacityError)  503    UNAVAILABLE
-    engine      an engine failed on a valid request (EngineError)  500    INTERNAL, one line
-    bug         anything else: keeps its traceback                 500    INTERNAL
+    kind        what                                                HTTP   gRPC / Triton
+    request     the request's fault (a UserError)                   400    INVALID_ARGUMENT
+    capacity    no room now: memory, a full queue (CapacityError)   503    UNAVAILABLE
+    engine      an engine failed on a valid request (EngineError)   500    INTERNAL, one line
+    bug         anything else: keeps its traceback                  500    INTERNAL
 
 Other libraries' exceptions become one of these at the boundary where a component runs
 (`engine_failure`): ONNX Runtime's Python exceptions (onnxruntime_pybind11_state.Fail,
