@@ -32,7 +32,7 @@ from polygraphy.logger import G_LOGGER
 
 from svd_trt.engines.activations import ActivationPeak, fp16_activation_peak
 from svd_trt.engines.report import ComponentResult, EndToEndResult, OutputResult, Report
-from svd_trt.errors import UserError
+from svd_trt.errors import UserError, engine_failure
 from svd_trt.manifest import FLOAT_UNET, ComponentEntry, Manifest, load_manifest
 from svd_trt.memory import plan_for
 from svd_trt.options import CHECK_DEFAULTS, GenerationOptions, resolve
@@ -85,7 +85,13 @@ class PolygraphyRunner(BaseRunner):
 
     def infer_impl(self, feed_dict: dict[str, np.ndarray]) -> OrderedDict[str, np.ndarray]:
         start = time.perf_counter()
-        outputs = self._runner.run(dict(feed_dict))
+        try:
+            outputs = self._runner.run(dict(feed_dict))
+        except Exception as e:  # a backend's failure: one line naming the runner (svd_trt/errors.py)
+            failure = engine_failure(e, component=self.name)
+            if failure is None or failure is e:
+                raise
+            raise failure from e
         self.inference_time = time.perf_counter() - start
         return OrderedDict(outputs)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from svd_trt.errors import UserError, first_line
+from svd_trt.errors import UserError
 from svd_trt.families.svd.pipeline import SVDPipeline, Timings, VideoOutput
 from svd_trt.manifest import load_manifest
 from svd_trt.memory import plan_for
@@ -34,11 +34,6 @@ class InferResult:
     path: Path
     contact_sheet: Path | None
     timings: Timings
-
-
-def engine_error(error: RuntimeError) -> InferError:
-    """A backend's run-time failure (ONNX Runtime / TensorRT) as the one line users see."""
-    return InferError(f"the engines cannot run this request: {first_line(error)}")
 
 
 def infer_to_file(
@@ -93,12 +88,13 @@ def _load_array(given: ArrayInput, flag: str) -> np.ndarray | None:
 
 
 def _render(engine_dir, backend, pil, opts, latents, image_noise, progress) -> VideoOutput:
-    """Open the engines, run, and close them: their memory is freed before the frames are written."""
-    try:
-        with SVDPipeline.from_engine_dir(engine_dir, backend=backend) as pipe:
-            return _run(pipe, pil, opts, latents, image_noise, progress)
-    except RuntimeError as e:  # a backend failed at run time (ONNX Runtime / TensorRT)
-        raise engine_error(e) from None
+    """Open the engines, run, and close them: their memory is freed before the frames are written.
+
+    A backend failing at run time is an EngineError naming the component (the pipeline's runner
+    calls, svd_trt.errors.engine_failure): one line, exit 2, nothing written.
+    """
+    with SVDPipeline.from_engine_dir(engine_dir, backend=backend) as pipe:
+        return _run(pipe, pil, opts, latents, image_noise, progress)
 
 
 def _write(result: VideoOutput, outputs: Outputs, fps: float) -> InferResult:

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from svd_trt.errors import UserError, first_line
+from svd_trt.errors import EngineError, UserError, first_line
 from svd_trt.manifest import ComponentEntry, ManifestError
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,10 @@ _CC_MAJOR, _CC_MINOR = 75, 76
 
 class TrtError(ManifestError):
     """TensorRT or its engines cannot be used here (missing, no GPU, foreign engine): one line."""
+
+
+class TrtRunError(TrtError, EngineError):
+    """TensorRT failed while running a valid request: an engine failure (svd_trt/errors.py), one line."""
 
 
 class ProfileError(UserError, ValueError):
@@ -246,7 +250,7 @@ class EngineSession:
             self._set_shape(n, arr.shape)
             self.buffers[n].copy_from(arr, self.stream)
         if not self.context.execute_async_v3(self.stream.ptr):
-            raise TrtError(f"{self.name}: TensorRT execute_async_v3 failed; see the TensorRT log")
+            raise TrtRunError(f"{self.name}: TensorRT execute_async_v3 failed; see the TensorRT log")
         outs = {}
         for n in self.outputs:
             out = np.empty(tuple(self.context.get_tensor_shape(n)), dtype=self.dtypes[n])

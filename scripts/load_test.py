@@ -146,7 +146,9 @@ def main() -> int:
     image = args.image.read_bytes()
     rows = []
     with tempfile.TemporaryDirectory(prefix="svd-load-") as tmp, open(Path(tmp) / "server.log", "wb") as log:
-        repo_opts = RepositoryOptions(instances=args.instances, max_queue=max(args.clients) + 1)
+        repo_opts = RepositoryOptions(
+            instances=args.instances, max_queue=max(args.clients) + 1, state_dir=Path(tmp) / "state"
+        )
         repo = write_repository(args.engines, Path(tmp) / "models", repo_opts)
         ports = {"http_port": free_port(), "grpc_port": free_port(), "metrics_port": free_port()}
         config = ServerConfig(repository=repo, address=LOOPBACK, **ports)

@@ -3,22 +3,26 @@
 `generation_options` turns GenerationOptions' fields (svd_trt/options.py: names, defaults, help)
 into click options, so `svd-trt infer`, `svd-export check` and `svd-export calibrate` spell them
 identically; a command may change a default (check: seed 0, 3 steps). `one_line_errors` is
-the handler of all of them: an expected failure (`UserError`, or a module of the [export] extra
-missing from a runtime-only install) prints `Error: <one line>` and exits 2, Ctrl-C exits 130
-without a traceback.
+the handler of all of them: an expected failure (`UserError`, a backend's exception that
+svd_trt.errors.engine_failure recognizes, or a module of the [export] extra missing from a
+runtime-only install) prints `Error: <one line>` and exits 2, Ctrl-C exits 130 without a
+traceback; a backend's traceback is logged (shown with -v).
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import sys
 from collections.abc import Callable
 from typing import Any
 
 import click
 
-from svd_trt.errors import UserError
+from svd_trt.errors import UserError, engine_failure
 from svd_trt.options import FIELDS, GenerationOptions, flag
+
+log = logging.getLogger(__name__)
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
@@ -47,7 +51,8 @@ def missing_extra(e: ModuleNotFoundError) -> str | None:
 
 
 def one_line_errors(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Wrap a command: UserError or a missing [export] module -> one line and exit 2; Ctrl-C -> exit 130."""
+    """Wrap a command: UserError, a backend failure or a missing [export] module -> one line and exit 2;
+    Ctrl-C -> exit 130."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -63,6 +68,12 @@ def one_line_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(EXIT_INTERRUPTED)
+        except Exception as e:
+            expected = engine_failure(e)
+            if expected is None:
+                raise  # a bug: keep the traceback
+            log.info("%s", expected, exc_info=e)
+            fail(str(expected))
 
     return wrapper
 

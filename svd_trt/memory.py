@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from svd_trt.errors import UserError
+from svd_trt.errors import CapacityError
 from svd_trt.families.svd.config import SVDConfig
 
 if TYPE_CHECKING:
@@ -81,8 +81,8 @@ class Estimate:
         return self.weights + sum(self.activations.values()) + self.arrays
 
 
-class InsufficientMemory(UserError):
-    """A request that needs more memory than is available: one line with both numbers."""
+class InsufficientMemory(CapacityError):
+    """A request that needs more memory than is available now: capacity (a server answers 503), one line."""
 
 
 def _first(value: int | tuple[int, ...]) -> int:
@@ -233,10 +233,10 @@ def host_available() -> int | None:
     return mem if cgroup is None else min(mem, cgroup)
 
 
-def resident_bytes() -> int | None:
-    """This process's resident memory (VmRSS); None off Linux."""
+def resident_bytes(pid: int | str = "self") -> int | None:
+    """A process's resident memory (VmRSS), this one's by default; None off Linux or when it is gone."""
     try:
-        with open("/proc/self/statm") as f:
+        with open(f"/proc/{pid}/statm") as f:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
         return None
@@ -276,8 +276,12 @@ class MemoryPlan:
         weights = self.weights if self.host_activations else 0
         return estimate(cfg, opts, self.attention, weights, self.host_activations)
 
-    def check(self, cfg: SVDConfig, opts: GenerationOptions) -> Estimate | None:
-        """Refuse, in one line, a request whose estimate exceeds what is available; None when unchecked."""
+    def check(self, cfg: SVDConfig, opts: GenerationOptions, pending: int = 0) -> Estimate | None:
+        """Refuse, in one line, a request whose estimate exceeds what is available; None when unchecked.
+
+        `pending`: memory other processes' requests in flight will still take (a server's admission,
+        runtime/serving/admission.py); it is not available to this one.
+        """
         if os.environ.get(SKIP_ENV, "") not in ("", "0"):
             return None
         available = self.available()
@@ -288,11 +292,10 @@ class MemoryPlan:
         if now is not None:
             reusable = max(0, now - self.loaded_rss)
         est = self.estimate(cfg, opts)
-        log.info(
-            "memory: need about %.2f GiB, %.2f GiB available", est.total / GIB, (available + reusable) / GIB
-        )
-        if est.total > available + reusable:
-            raise InsufficientMemory(refusal(est, available + reusable, opts))
+        free = max(0, available + reusable - pending)
+        log.info("memory: need about %.2f GiB, %.2f GiB available", est.total / GIB, free / GIB)
+        if est.total > free:
+            raise InsufficientMemory(refusal(est, free, opts))
         return est
 
 

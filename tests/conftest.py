@@ -196,6 +196,62 @@ def tiny_engines(tiny_snapshot, tmp_path_factory) -> Path:
     return out
 
 
+# An engine that fails on a valid request: the tiny engines with a VAE encoder that ONNX Runtime
+# runs as exported at every height but FAILING_HEIGHT, where a Gather indexes out of bounds and
+# the real session raises its real exception (onnxruntime_pybind11_state.InvalidArgument). What a
+# foreign or broken engine does at run time, for infer, check and a real server alike.
+FAILING_HEIGHT = 40
+FAILING_COMPONENT = "vae_encoder"
+
+
+def fail_at_height(path: Path, height: int) -> None:
+    """Rewrite an ONNX graph [B, C, H, W] -> y so that it computes y + 0 * y.flat[i], with
+    i = 10**9 when H == height (out of bounds: the run fails) and 0 otherwise (y unchanged)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load(path)
+    graph = model.graph
+    x, y = graph.input[0].name, graph.output[0].name
+    raw = f"{y}_before_fault"
+    for node in graph.node:
+        node.output[:] = [raw if o == y else o for o in node.output]
+    consts = {"f_axis": np.int64(2), "f_height": np.int64(height), "f_big": np.int64(10**9)}
+    consts |= {"f_flat": np.array([-1], np.int64), "f_zero": np.float32(0)}
+    graph.initializer.extend(numpy_helper.from_array(np.array(v), k) for k, v in consts.items())
+    graph.node.extend(
+        [
+            helper.make_node("Shape", [x], ["f_shape"]),
+            helper.make_node("Gather", ["f_shape", "f_axis"], ["f_h"]),
+            helper.make_node("Equal", ["f_h", "f_height"], ["f_hit"]),
+            helper.make_node("Cast", ["f_hit"], ["f_hit64"], to=TensorProto.INT64),
+            helper.make_node("Mul", ["f_hit64", "f_big"], ["f_index"]),
+            helper.make_node("Reshape", [raw, "f_flat"], ["f_values"]),
+            helper.make_node("Gather", ["f_values", "f_index"], ["f_value"]),
+            helper.make_node("Mul", ["f_value", "f_zero"], ["f_nothing"]),
+            helper.make_node("Add", [raw, "f_nothing"], [y]),
+        ]
+    )
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+
+
+@pytest.fixture(scope="session")
+def failing_engines(tiny_engines, tmp_path_factory) -> Path:
+    """tiny_engines whose FAILING_COMPONENT fails at run time for height FAILING_HEIGHT only."""
+    import shutil
+
+    from svd_trt.manifest import load_manifest
+
+    out = tmp_path_factory.mktemp("engines") / "tiny-failing"
+    shutil.copytree(tiny_engines, out)
+    manifest = load_manifest(out)
+    fail_at_height(out / manifest.components[FAILING_COMPONENT].file, FAILING_HEIGHT)
+    entry = manifest.components[FAILING_COMPONENT].recorded(out)  # its new size and hash
+    dataclasses.replace(manifest, components={**manifest.components, FAILING_COMPONENT: entry}).save(out)
+    return out
+
+
 # --- calibration: one capture and one INT8 UNet of the small random model, shared
 # Small enough for the test budget, big enough to pass every UNet block: the small model's
 # four levels need latents in multiples of 8 (64 px); 2 frames keep the temporal layers live.

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from svd_trt.errors import engine_failure
 from svd_trt.families.svd import euler, guidance
 from svd_trt.families.svd.clip_preprocess import clip_pixel_values
 from svd_trt.manifest import Manifest, load_manifest
@@ -67,14 +68,21 @@ class VideoOutput:
 
 
 class _Timed:
-    """Calls a runner and adds the wall time to one Timings field."""
+    """Calls a runner and adds the wall time to one Timings field; a backend's failure becomes an
+    EngineError naming the component (svd_trt/errors.py)."""
 
     def __init__(self, runner: Runner, timings: Timings, stage: str) -> None:
         self.runner, self.timings, self.stage = runner, timings, stage
 
     def __call__(self, **inputs: np.ndarray) -> np.ndarray:
         start = time.perf_counter()
-        (out,) = self.runner.run(inputs).values()
+        try:
+            (out,) = self.runner.run(inputs).values()
+        except Exception as e:
+            failure = engine_failure(e, component=self.runner.name)
+            if failure is None or failure is e:
+                raise
+            raise failure from e
         elapsed = time.perf_counter() - start
         if self.stage == "unet_steps":
             self.timings.unet_steps.append(elapsed)

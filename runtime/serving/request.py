@@ -17,7 +17,6 @@ from PIL import Image
 
 from svd_trt.errors import UserError
 from svd_trt.runtime.image_preprocess import load_image
-from svd_trt.runtime.infer import InferError, engine_error
 from svd_trt.runtime.serving import contract
 from svd_trt.runtime.serving.contract import GenerationOptions
 from svd_trt.runtime.video import to_uint8, write_mp4
@@ -64,21 +63,6 @@ def _one(inputs: Mapping[str, np.ndarray], name: str, kind: type):
     if kind is str:
         return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
     return kind(value.item() if isinstance(value, np.generic) else value)
-
-
-def error_message(error: Exception) -> str | None:
-    """The one line `svd-trt infer` prints (after `Error: `) for this failure; None for a bug.
-
-    The same mapping as infer_to_file: UserErrors as they are, load_image's ValueError as
-    its message, a backend's RuntimeError as engine_error.
-    """
-    if isinstance(error, UserError):
-        return str(error)
-    if isinstance(error, ValueError):
-        return str(InferError(str(error)))
-    if isinstance(error, RuntimeError):
-        return str(engine_error(error))
-    return None
 
 
 def result_tensors(

@@ -56,7 +56,8 @@ def serve(
     with _stop_on_signals(), tempfile.TemporaryDirectory(prefix="svd-trt-serve-") as tmp:
         triton = None
         try:
-            models = write_repository(engine_dir, Path(tmp) / "models", repository)
+            state = Path(tmp) / "state"  # the instances' shared directory (state.py), removed with tmp
+            models = write_repository(engine_dir, Path(tmp) / "models", replace(repository, state_dir=state))
             triton = TritonServer(replace(server, repository=models), workdir=Path(tmp))
             triton.start()
             if on_ready:

@@ -1,10 +1,16 @@
-"""The Triton Python-backend model behind `svd` and `svd_stream`; the repository's model.py imports it.
+"""The pipeline model (`svd_stream`): the one Triton model that holds pipelines.
 
-Each model instance is its own stub process holding one SVDPipeline, so requests never
-share state. `svd` answers each request with one response; `svd_stream` (decoupled)
-sends `step`/`total` after every denoising step, then one final response with the
-result. A bad request gets an error response with the one line `svd-trt infer` prints
-for the same input; the instance keeps serving.
+Each instance is its own stub process holding one SVDPipeline, so requests never share
+state. It is decoupled: after every denoising step it sends `step`/`total`, then one final
+response with the result. Streaming clients call it directly (gRPC); the plain model
+(triton_front.py) forwards every request to it over BLS, so an instance serves both and a
+server holds one pipeline per instance.
+
+Per request, in order: parse (request.py), resolve against the engines (svd_trt/options.py),
+the server's caps (caps.py), server-wide memory admission (admission.py), then the run, with
+cancellation checked between steps (the client's own cancel on a stream; the plain model's mark,
+state.py). An error is one line prefixed with its status (failures.py); an engine failure or a
+bug also goes to the server log with its traceback. The instance keeps serving.
 
 Importable only inside Triton's Python backend (triton_python_backend_utils).
 """
@@ -20,20 +26,23 @@ from svd_trt.families.svd.pipeline import SVDPipeline
 from svd_trt.manifest import load_manifest
 from svd_trt.runtime.runners import _physical_cores
 from svd_trt.runtime.serving import contract
-from svd_trt.runtime.serving.request import error_message, parse_request, progress_tensors, result_tensors
+from svd_trt.runtime.serving.admission import Admission
+from svd_trt.runtime.serving.caps import RequestCaps
+from svd_trt.runtime.serving.failures import Cancelled, describe, tagged, triton_code
+from svd_trt.runtime.serving.repository import MEMORY_LIMIT
+from svd_trt.runtime.serving.request import parse_request, progress_tensors, result_tensors
+from svd_trt.runtime.serving.state import CANCEL_TOKEN, PROGRESS, STATE_DIR, CancelMarks, state_dir
+from svd_trt.runtime.serving.triton_log import forward_logs
 
 log = logging.getLogger(__name__)
 
 
-class Cancelled(Exception):
-    """The client went away mid-generation."""
-
-
 class TritonPythonModel:
     def initialize(self, args: dict[str, str]) -> None:
+        forward_logs(pb_utils)
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
-        self.decoupled = pb_utils.using_decoupled_model_transaction_policy(config)
+        self.name = args["model_name"]
         self.gpu = int(args["model_instance_device_id"]) if args["model_instance_kind"] == "GPU" else None
         engine_dir = params["engine_dir"]
         options = {}
@@ -42,48 +51,62 @@ class TritonPythonModel:
         elif load_manifest(engine_dir).backend == "onnxruntime":
             options["threads"] = _threads(int(params.get("threads", "0")), config)
         self.pipe = SVDPipeline.from_engine_dir(engine_dir, **options)
-        log.info("%s: opened %s (%s)", args["model_name"], engine_dir, options or f"GPU {self.gpu}")
+        # Admission checks memory server-wide before the run; the pipeline's own check would
+        # see this process alone.
+        self.plan, self.pipe.memory = self.pipe.memory, None
+        root = state_dir(params.get(STATE_DIR))
+        self.admission = Admission(root, int(params.get(MEMORY_LIMIT, "0")))
+        self.marks = CancelMarks(root)
+        self.caps = RequestCaps.from_parameters(params)
+        log.info("%s: opened %s (%s), %s", self.name, engine_dir, options or f"GPU {self.gpu}", self.caps)
 
-    def execute(self, requests: list) -> list | None:
+    def execute(self, requests: list) -> None:
         if self.gpu is not None:
             select_gpu(self.gpu)  # the CUDA device is per thread; execute may run on another
-        if self.decoupled:
-            for request in requests:
-                self._stream(request)
-            return None
-        return [self._respond(request) for request in requests]
+        for request in requests:
+            self._serve(request)
+        return None
 
-    def _respond(self, request):
-        try:
-            return _response(self._generate(request))
-        except Exception as e:  # one request's failure is that request's error response
-            return pb_utils.InferenceResponse(error=_error(e))
-
-    def _stream(self, request) -> None:
+    def _serve(self, request) -> None:
         sender = request.get_response_sender()
+        params = _parameters(request)
+        token, progress = params.get(CANCEL_TOKEN), params.get(PROGRESS, True)
+
+        def check_cancelled(where: str) -> None:
+            if request.is_cancelled() or self.marks.is_cancelled(token):
+                raise Cancelled(f"request cancelled by the client {where}")
 
         def on_step(step: int, total: int) -> None:
-            if _is_cancelled(request):
-                raise Cancelled("request cancelled by the client")
-            sender.send(_response(progress_tensors(step, total)))
+            check_cancelled(f"after step {step} of {total}")
+            if progress:
+                sender.send(_response(progress_tensors(step, total)))
 
         try:
+            check_cancelled("before it started")  # while it waited in the queue
             final = _response(self._generate(request, on_step))
-        except Exception as e:
-            final = pb_utils.InferenceResponse(error=_error(e))
+        except Exception as e:  # one request's failure is that request's error response
+            status, message = describe(e, self.name)
+            final = pb_utils.InferenceResponse(
+                error=pb_utils.TritonError(
+                    tagged(status, message), triton_code(pb_utils, status, over_bls=True)
+                )
+            )
         try:
             sender.send(final, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
         except Exception as e:  # the stream is gone; nothing is waiting for this response
-            log.warning("svd_stream: could not send the final response: %s", e)
+            log.warning("%s: could not send the final response: %s", self.name, e)
 
-    def _generate(self, request, on_step=None) -> dict:
+    def _generate(self, request, on_step) -> dict:
         inputs = {}
         for spec in contract.INPUTS:
             tensor = pb_utils.get_input_tensor_by_name(request, spec.name)
             if tensor is not None:
                 inputs[spec.name] = tensor.as_numpy()
         parsed = parse_request(inputs)
-        video = self.pipe(parsed.image, parsed.options, on_step=on_step)
+        opts = self.pipe.resolve(parsed.options)
+        self.caps.check(opts)
+        with self.admission.admit(self.plan, self.pipe.cfg, opts):
+            video = self.pipe(parsed.image, opts, on_step=on_step)
         return result_tensors(video.frames, parsed)
 
 
@@ -91,25 +114,16 @@ def _response(tensors: dict):
     return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(k, v) for k, v in tensors.items()])
 
 
-def _error(e: Exception):
-    """The CLI's one line for a bad request (HTTP 400); a bug is logged with its traceback (500)."""
-    if isinstance(e, Cancelled):
-        return pb_utils.TritonError(str(e), pb_utils.TritonError.CANCELLED)
-    message = error_message(e)
-    if message is not None:
-        return pb_utils.TritonError(message, pb_utils.TritonError.INVALID_ARG)
-    log.exception("svd: unexpected failure")
-    first = (str(e).splitlines() or [""])[0]
-    return pb_utils.TritonError(f"internal error: {type(e).__name__}: {first}", pb_utils.TritonError.INTERNAL)
-
-
-def _is_cancelled(request) -> bool:
-    is_cancelled = getattr(request, "is_cancelled", None)  # Triton >= 23.10
-    return bool(is_cancelled and is_cancelled())
+def _parameters(request) -> dict:
+    try:
+        return json.loads(request.parameters() or "{}")
+    except (AttributeError, ValueError):
+        return {}
 
 
 def _threads(configured: int, config: dict) -> int:
-    """ONNX Runtime threads per pipeline: as configured, else the physical cores shared by the instances."""
+    """ONNX Runtime threads per pipeline: as configured, else the physical cores shared by every
+    pipeline of the server (this model's instances are all of them)."""
     if configured > 0:
         return configured
     instances = sum(int(g.get("count", 1)) for g in config.get("instance_group", [])) or 1

@@ -169,6 +169,23 @@ def test_usage_errors_exit_2(small_snapshot, tiny_snapshot, tiny_engines, tmp_pa
     assert not (tmp_path / "r").exists()
 
 
+def test_an_engine_failing_at_run_time_is_one_line(tiny_snapshot, failing_engines, tmp_path):
+    """The real ONNX Runtime exception raised inside Polygraphy's comparator: one line, exit 2."""
+    from conftest import FAILING_COMPONENT, FAILING_HEIGHT
+
+    result = invoke(
+        *("--engines", str(failing_engines), "--model", str(tiny_snapshot), "--report", str(tmp_path / "r")),
+        *("--num-frames", "2", "--height", str(FAILING_HEIGHT), "--width", "48", "--device", "cpu"),
+    )
+    assert result.exit_code == 2, result.output
+    last = result.output.strip().splitlines()[-1]  # after the components that passed
+    assert last.startswith(
+        f"Error: the engines cannot run this request: onnxruntime:{FAILING_COMPONENT}: [ONNXRuntimeError] : 2 : "
+        "INVALID_ARGUMENT : Non-zero status code returned while running Gather node"
+    ), result.output
+    assert "Traceback" not in result.output and not (tmp_path / "r").exists()
+
+
 def test_torch_runners_share_the_vae_and_keep_time_inputs_fp32(tiny_snapshot):
     runners = torch_runners(tiny_snapshot, dtype=torch.float16)
     assert list(runners) == COMPONENTS

@@ -291,8 +291,16 @@ def test_real_full_disk_is_one_line(tiny_engines, tiny_filesystem):
     assert list(tiny_filesystem.iterdir()) == []
 
 
-def test_a_backend_failure_without_a_message_is_still_one_line():
-    from svd_trt.runtime.infer import engine_error
+def test_an_engine_failing_at_run_time_is_one_line_naming_it(failing_engines, tmp_path):
+    """The real ONNX Runtime exception (InvalidArgument, not a RuntimeError) from a real session."""
+    from conftest import FAILING_COMPONENT, FAILING_HEIGHT
 
-    assert str(engine_error(RuntimeError())) == "the engines cannot run this request: RuntimeError"
-    assert str(engine_error(RuntimeError("bad shape\ndetails"))) == "the engines cannot run this request: bad shape"
+    out = tmp_path / "v.npy"
+    result = infer(failing_engines, out, "--height", str(FAILING_HEIGHT))
+    assert_one_line_error(
+        result,
+        f"Error: the engines cannot run this request: {FAILING_COMPONENT}: [ONNXRuntimeError] : 2 : "
+        "INVALID_ARGUMENT : Non-zero status code returned while running Gather node",
+        out,
+    )
+    assert infer(failing_engines, out).exit_code == 0  # at the other heights the same engines run

@@ -77,14 +77,15 @@ class ServeProcess:
 
 
 def start_serve(
-    engines: Path, log: Path, instances: int, max_queue: int, timeout_s: float = 300
+    engines: Path, log: Path, instances: int, max_queue: int, *extra: str, timeout_s: float = 300
 ) -> ServeProcess:
-    """Start `svd-trt serve` (the real CLI, in a subprocess) and wait until Triton is ready."""
+    """Start `svd-trt serve` (the real CLI, in a subprocess) and wait until Triton is ready;
+    `extra`: more `svd-trt serve` arguments."""
     ports = [free_port() for _ in range(3)]
     cmd = [
         sys.executable, "-m", "svd_trt.runtime.cli", "-v", "serve", "--engines", str(engines),
         "--address", LOOPBACK, "--http-port", str(ports[0]), "--grpc-port", str(ports[1]),
-        "--metrics-port", str(ports[2]), "--instances", str(instances), "--max-queue", str(max_queue),
+        "--metrics-port", str(ports[2]), "--instances", str(instances), "--max-queue", str(max_queue), *extra,
     ]  # fmt: skip
     with open(log, "wb") as out:
         # die_with_parent: a pytest killed mid-run leaves no server behind
@@ -143,3 +144,46 @@ def alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+class Stream:
+    """One request to the stream model over gRPC, held open so that a test can cancel it."""
+
+    def __init__(self, url: str, image: bytes, **options) -> None:
+        import queue
+
+        import tritonclient.grpc as grpc
+
+        from svd_trt.runtime.serving import contract
+        from svd_trt.runtime.serving.client import _inputs, request_arrays
+
+        self.responses: queue.Queue = queue.Queue()
+        self.client = grpc.InferenceServerClient(url)
+        self.client.start_stream(callback=lambda result, error: self.responses.put((result, error)))
+        self.client.async_stream_infer(contract.STREAM_MODEL, _inputs(grpc, request_arrays(image, **options)))
+
+    def progress(self, timeout_s: float = 120) -> int:
+        """The step of the next progress response; fails the test on anything else."""
+        result, error = self.responses.get(timeout=timeout_s)
+        assert error is None, error
+        step = result.as_numpy("step")
+        assert step is not None, "expected a progress response"
+        return int(step[0])
+
+    def cancel(self) -> None:
+        """Cancel the request (gRPC stream cancellation) and close the client."""
+        self.client.stop_stream(cancel_requests=True)
+        self.client.close()
+
+
+def cancel_lines(log_text: str) -> list[tuple[int, int]]:
+    """(step, total) of every request the pipeline model stopped for a client's cancel."""
+    return [
+        (int(a), int(b))
+        for a, b in re.findall(r"cancelled by the client after step (\d+) of (\d+)", log_text)
+    ]
+
+
+def state_dir(server: ServeProcess) -> Path:
+    """The server's shared directory (runtime/serving/state.py), beside its model repository."""
+    return server.repository().parent / "state"

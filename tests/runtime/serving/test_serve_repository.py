@@ -11,6 +11,7 @@ from click.testing import CliRunner
 from svd_trt.engines.cli import main as svd_export
 from svd_trt.runtime.cli import main as svd_trt
 from svd_trt.runtime.serving import contract, server
+from svd_trt.runtime.serving.caps import RequestCaps
 from svd_trt.runtime.serving.repository import RepositoryError, RepositoryOptions, write_repository
 
 
@@ -25,7 +26,9 @@ def parse_config(text: str):
 
 
 def test_writes_both_models_from_the_contract(tiny_engines, tmp_path):
-    repo = write_repository(tiny_engines, tmp_path / "repo", RepositoryOptions(instances=3, max_queue=5))
+    caps = RequestCaps(max_steps=50, max_frames=9, max_pixels=1000)
+    opts = RepositoryOptions(instances=3, max_queue=5, queue_timeout_s=2.5, caps=caps, memory_limit=7 * 2**30)
+    repo = write_repository(tiny_engines, tmp_path / "repo", opts)
     assert sorted(p.name for p in repo.iterdir()) == ["svd", "svd_stream"]
     for model in (contract.MODEL, contract.STREAM_MODEL):
         config = parse_config((repo / model / "config.pbtxt").read_text())
@@ -35,10 +38,24 @@ def test_writes_both_models_from_the_contract(tiny_engines, tmp_path):
         ]
         assert [o.name for o in config.output] == [t.name for t in contract.outputs_of(model)]
         assert [(g.count, g.kind) for g in config.instance_group] == [(3, config.instance_group[0].KIND_CPU)]
-        assert config.dynamic_batching.default_queue_policy.max_queue_size == 5
+        policy = config.dynamic_batching.default_queue_policy
+        assert policy.max_queue_size == 5 and policy.default_timeout_microseconds == 2_500_000
+        assert policy.timeout_action == policy.REJECT
         assert config.model_transaction_policy.decoupled == (model == contract.STREAM_MODEL)
-        assert config.parameters["engine_dir"].string_value == str(tiny_engines.resolve())
-        assert "import TritonPythonModel" in (repo / model / "1" / "model.py").read_text()
+    # One model holds the pipelines and reads the engines, caps and limit; the other forwards to it.
+    stream = parse_config((repo / "svd_stream" / "config.pbtxt").read_text()).parameters
+    plain = parse_config((repo / "svd" / "config.pbtxt").read_text()).parameters
+    assert {k: v.string_value for k, v in stream.items()} == {
+        "engine_dir": str(tiny_engines.resolve()),
+        "threads": "0",
+        "memory_limit": str(7 * 2**30),
+        "max_steps": "50",
+        "max_frames": "9",
+        "max_pixels": "1000",
+    }
+    assert {k: v.string_value for k, v in plain.items()} == {"pipeline_model": "svd_stream"}
+    assert "triton_model import TritonPythonModel" in (repo / "svd_stream" / "1" / "model.py").read_text()
+    assert "triton_front import TritonPythonModel" in (repo / "svd" / "1" / "model.py").read_text()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "temporary directory left"
 
 
@@ -61,6 +78,8 @@ def test_refuses_what_it_cannot_write(tiny_engines, tmp_path):
     assert (tmp_path / "full" / "keep.txt").read_text() == "mine"
     with pytest.raises(RepositoryError, match="instances must be at least 1"):
         write_repository(tiny_engines, tmp_path / "r", RepositoryOptions(instances=0))
+    with pytest.raises(RepositoryError, match="must be >= 0"):
+        write_repository(tiny_engines, tmp_path / "r", RepositoryOptions(caps=RequestCaps(max_steps=-1)))
     (tmp_path / "empty").mkdir()
     assert (write_repository(tiny_engines, tmp_path / "empty") / "svd" / "config.pbtxt").exists()
 
@@ -68,10 +87,16 @@ def test_refuses_what_it_cannot_write(tiny_engines, tmp_path):
 def test_triton_repo_command(tiny_engines, tmp_path):
     result = CliRunner().invoke(
         svd_export,
-        ["triton-repo", "--engines", str(tiny_engines), "--out", str(tmp_path / "r"), "--instances", "2"],
+        ["triton-repo", "--engines", str(tiny_engines), "--out", str(tmp_path / "r"), "--instances", "2"]
+        + ["--queue-timeout", "0", "--max-steps", "30", "--memory-limit", "1.5"],
     )
     assert result.exit_code == 0, result.output
-    assert "count: 2 kind: KIND_CPU" in (tmp_path / "r" / "svd_stream" / "config.pbtxt").read_text()
+    text = (tmp_path / "r" / "svd_stream" / "config.pbtxt").read_text()
+    assert "count: 2 kind: KIND_CPU" in text and "default_timeout_microseconds" not in text  # 0: none
+    params = {k: v.string_value for k, v in parse_config(text).parameters.items()}
+    assert params["max_steps"] == "30" and params["memory_limit"] == str(int(1.5 * 2**30))
+    assert params["max_frames"] == str(RequestCaps().max_frames)  # the documented defaults
+    assert "state_dir" not in params  # another tritonserver: one directory per server process (state.py)
     result = CliRunner().invoke(
         svd_export, ["triton-repo", "--engines", str(tmp_path / "no"), "--out", str(tmp_path / "s")]
     )

@@ -6,6 +6,7 @@ import io
 import json
 import re
 import shutil
+import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
@@ -13,10 +14,20 @@ import av
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from serve_helpers import IMAGE_PATH, REQUEST, needs_triton, serve_extra_missing, start_serve
+from serve_helpers import (
+    IMAGE_PATH,
+    REQUEST,
+    Stream,
+    needs_triton,
+    serve_extra_missing,
+    start_serve,
+    state_dir,
+)
 
 from svd_trt.families.svd.pipeline import SVDPipeline
-from svd_trt.options import GenerationOptions
+from svd_trt.manifest import load_manifest
+from svd_trt.memory import GIB, estimate
+from svd_trt.options import GenerationOptions, resolve
 from svd_trt.runtime.cli import main as svd_trt
 from svd_trt.runtime.image_preprocess import load_image
 from svd_trt.runtime.serving import contract
@@ -37,6 +48,17 @@ def max_level_diff(a: np.ndarray, b: np.ndarray) -> int:
 
 
 MAX_FRAMES = 3  # the served engines' frame limit, so a request can ask for sizes they do not serve
+# A request 4x REQUEST's pixels; the server's --memory-limit has room for one of them in flight
+# (and for any two REQUESTs), not for two: server-wide admission must refuse the second.
+BIG = {**REQUEST, "height": 64, "width": 96}
+
+
+def estimated_bytes(engines, **options) -> int:
+    """svd_trt.memory's estimate of a request, as the server's admission computes it."""
+    manifest = load_manifest(engines)
+    return estimate(
+        manifest.model, resolve(GenerationOptions(**options), manifest.model, manifest.limits)
+    ).total
 
 
 @pytest.fixture(scope="module")
@@ -52,10 +74,15 @@ def engines(tiny_engines, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def triton(engines, tmp_path_factory):
-    """One server for this module: 2 instances per model, 2 more requests may queue per model."""
+    """One server for this module: 2 pipelines, 2 more requests may queue per model, a memory limit
+    with room for one BIG request in flight."""
     if serve_extra_missing():
         pytest.skip(serve_extra_missing())
-    server = start_serve(engines, tmp_path_factory.mktemp("serve") / "serve.log", instances=2, max_queue=2)
+    big, small = estimated_bytes(engines, **BIG), estimated_bytes(engines, **REQUEST)
+    limit = 1.5 * big
+    assert 2 * small < limit < 2 * big
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    server = start_serve(engines, log, 2, 2, "--memory-limit", f"{limit / GIB:.6f}")
     yield server
     server.stop()
 
@@ -193,9 +220,10 @@ def test_bad_requests_get_one_line_errors_and_the_server_keeps_serving(
         client.infer(contract.MODEL, [seed])
     assert e.value.message() == "image: missing; send an encoded PNG, JPEG or WebP file as BYTES [1]"
 
-    with pytest.raises(InferenceServerException) as e:  # the stream model answers the same way
+    # The stream model answers the same line; a gRPC stream carries no status, so it leads the message.
+    with pytest.raises(InferenceServerException) as e:
         generate_streaming(triton.grpc, image_bytes, **{**REQUEST, "num_frames": 0})
-    assert e.value.message() == "--num-frames must be positive, got 0"
+    assert e.value.message() == "INVALID_ARGUMENT: --num-frames must be positive, got 0"
 
     served = generate(triton.http, image_bytes, **REQUEST, seed=13)
     assert max_level_diff(served["frames"], reference(13)) <= ONE_LEVEL
@@ -209,3 +237,32 @@ def test_metrics_count_requests_and_latency(triton, image_bytes):
     assert success and int(success.group(1)) >= 1, text[:2000]
     for metric in ("nv_inference_request_duration_us", "nv_inference_queue_duration_us"):
         assert re.search(rf'^{metric}\{{model="svd",version="1"\}} \d+', text, re.M), metric
+
+
+def test_admission_counts_the_requests_in_flight_in_every_instance(triton, image_bytes):
+    """A BIG request runs in one pipeline; a second BIG one, sent to the other (idle) pipeline, is
+    refused by the server-wide limit (503) while the first is in flight, and admitted once it left."""
+    from tritonclient.utils import InferenceServerException
+
+    ledger = state_dir(triton) / "in_flight"
+    first = Stream(triton.grpc, image_bytes, **{**BIG, "num_inference_steps": 200})  # the default cap
+    try:
+        assert first.progress() == 1  # admitted and running
+        assert len(list(ledger.glob("*.json"))) == 1
+        start = time.monotonic()
+        with pytest.raises(InferenceServerException) as e:
+            generate(triton.http, image_bytes, **BIG)
+        assert time.monotonic() - start < 10  # refused, not queued behind the first
+        assert e.value.status() == "503", e.value.message()
+        assert re.fullmatch(
+            r"this request needs about [\d.]+ GiB of memory and the 1 in flight hold about [\d.]+ GiB of this "
+            r"server's [\d.]+ GiB \(svd-trt serve --memory-limit\); retry later",
+            e.value.message(),
+        ), e.value.message()
+    finally:
+        first.cancel()
+    deadline = time.monotonic() + 60
+    while list(ledger.glob("*.json")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not list(ledger.glob("*.json")), "the cancelled request kept its place in the ledger"
+    assert generate(triton.http, image_bytes, **BIG)["frames"].shape == (2, 64, 96, 3)
