@@ -198,14 +198,38 @@ def _flip_a_weight_byte(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
+def verify(engines: Path):
+    return CliRunner().invoke(svd_export, ["verify", "--engines", str(engines)])
+
+
 def test_verify_hashes_every_byte(engines):
-    ok = CliRunner().invoke(svd_export, ["verify", "--engines", str(engines)])
+    ok = verify(engines)
     assert ok.exit_code == 0 and "files match the manifest" in ok.output
     _flip_a_weight_byte(engines / "unet.onnx")
-    bad = CliRunner().invoke(svd_export, ["verify", "--engines", str(engines)])
-    assert bad.exit_code == 2
+    bad = verify(engines)
+    assert bad.exit_code == 1  # damage found
     lines = bad.stderr.strip().splitlines()
     assert "unet.onnx: contents changed" in lines[0] and lines[-1].startswith("Error: ") and len(lines) == 2
+
+
+@pytest.mark.parametrize(
+    "damage, code",
+    [
+        (lambda e: (e / "vae_decoder.onnx").unlink(), 1),
+        (lambda e: (e / MANIFEST_NAME).write_text("{not json"), 1),
+        (lambda e: (e / MANIFEST_NAME).write_text(json.dumps({"format_version": 2, "backend": "x"})), 1),
+        (lambda e: (e / MANIFEST_NAME).unlink(), 2),  # not an engine directory: nothing to verify
+        (lambda e: shutil.rmtree(e), 2),
+        (lambda e: (e / MANIFEST_NAME).write_text(json.dumps({"format_version": 1})), 2),  # another version
+    ],
+    ids=["missing-file", "manifest-not-json", "manifest-malformed", "no-manifest", "no-directory", "old-format"],
+)
+def test_verify_exit_codes_tell_damage_from_usage(engines, damage, code):
+    """0 intact, 1 damage found, 2 usage or I/O error: a script can tell them apart."""
+    damage(engines)
+    result = verify(engines)
+    assert result.exit_code == code, result.output
+    assert result.stderr.strip().splitlines()[-1].startswith("Error: ")
 
 
 def test_a_rebuild_redoes_only_the_damaged_component(tiny_snapshot, engines):

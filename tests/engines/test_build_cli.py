@@ -94,7 +94,7 @@ def fake_onnx_dir(
     entries = {}
     for name, spec in component_specs(cfg).items():
         (out / spec.onnx_file).write_bytes(f"{name} {precisions[name]}".encode())
-        entries[name] = ComponentEntry.describe(spec, spec.onnx_file, precisions[name], "k")
+        entries[name] = ComponentEntry.describe(spec, spec.onnx_file, precisions[name], "k").recorded(out)
     manifest = Manifest(backend, cfg, entries)
     manifest.save(out)
     return manifest
