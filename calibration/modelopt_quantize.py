@@ -87,7 +87,7 @@ def modelopt_quantizer(calib_dir: Path, precision: str, cfg) -> Quantizer:
     import onnxruntime
 
     try:
-        tool = f"max|nvidia-modelopt {version('nvidia-modelopt')}|ort{onnxruntime.__version__}"
+        name = f"nvidia-modelopt {version('nvidia-modelopt')}"
     except PackageNotFoundError:
         raise QuantizeError(f"NVIDIA Model Optimizer is not installed; {INSTALL}") from None
 
@@ -104,9 +104,9 @@ def modelopt_quantizer(calib_dir: Path, precision: str, cfg) -> Quantizer:
             _install(job.dst, dst)
         finally:
             shutil.rmtree(work, ignore_errors=True)
-        return _describe(tool, precision, calib_dir, src.name, summary)
+        return _describe(name, precision, calib_dir, src.name, summary)
 
-    return Quantizer(precision, tool, run)
+    return Quantizer(precision, f"max|{name}|ort{onnxruntime.__version__}", run)
 
 
 def quantize_unet_modelopt(engine_dir: str | Path, calib_dir: str | Path, precision: str = "int8") -> Path:
