@@ -48,7 +48,7 @@ import onnx
 
 from svd_trt.calibration.dataset import load_index, load_sample, select
 from svd_trt.calibration.fused_attention import attention_cores, fuse_attention
-from svd_trt.calibration.quantize import QuantizeError, Quantizer, float_unet, fold_constants, requantize
+from svd_trt.calibration.quantize import QuantizeError, Quantizer, fold_constants, requantize
 from svd_trt.calibration.tensor_ranges import TensorStats, float_activations, measure, probe_shapes
 from svd_trt.manifest import data_file
 from svd_trt.output_dir import kill_point
@@ -120,8 +120,7 @@ def quantize_unet_modelopt(engine_dir: str | Path, calib_dir: str | Path, precis
     """
     engine_dir, calib_dir = Path(engine_dir), Path(calib_dir)
     check_modelopt_request(precision, calib_dir)
-    manifest, _ = float_unet(engine_dir, calib_dir)
-    return requantize(engine_dir, calib_dir, modelopt_quantizer(calib_dir, precision, manifest.model))
+    return requantize(engine_dir, calib_dir, lambda m: modelopt_quantizer(calib_dir, precision, m.model))
 
 
 def _stage(float_file: Path, work: Path, calib_dir: Path, precision: str, cfg) -> Job:

@@ -333,18 +333,22 @@ def _previous(out: Path, key: str) -> ComponentEntry | None:
     return entry
 
 
-def requantize(engine_dir: Path, calib_dir: Path, quantizer: Quantizer, out: Path | None = None) -> Path:
+def requantize(
+    engine_dir: Path, calib_dir: Path, quantizer: Callable[[Manifest], Quantizer], out: Path | None = None
+) -> Path:
     """The writer for `svd-export quantize`: `out` (default `engine_dir` itself) becomes the
-    directory's float files plus the quantized UNet, swapped in whole; returns its path."""
-    manifest = load_manifest(engine_dir)
-    float_entry = float_entry_of(manifest)
-    floats = {n: e for n, e in manifest.components.items() if not (n == "unet" and float_entry is not e)}
+    directory's float files plus the quantized UNet, swapped in whole; returns its path.
+
+    `engine_dir` is read under the writer's lock, after it recovered what a killed writer left
+    (in place, the directory may be waiting beside its name); `quantizer` gets its manifest."""
     target = out or engine_dir
-    protect = (calib_dir,) if target == engine_dir else (calib_dir, engine_dir)
-    with writing(target, protect=protect) as stage:
+    in_place = target.resolve() == engine_dir.resolve()
+    with writing(target, protect=(calib_dir,) if in_place else (calib_dir, engine_dir)) as stage:
+        manifest, float_entry = float_unet(engine_dir, calib_dir)
+        floats = {n: e for n, e in manifest.components.items() if not (n == "unet" and float_entry is not e)}
         for entry in floats.values():
             carry(engine_dir, entry.file_names(engine_dir), stage)
-        step = quantize_step(calib_dir, quantizer)
+        step = quantize_step(calib_dir, quantizer(manifest))
         final = step(stage, target, dataclasses.replace(manifest, components=floats))
         final.save(stage)
     return target / final.components["unet"].file
@@ -406,8 +410,8 @@ def quantize_unet(
     """
     opts = quant_options(precision, exclude, method, per_channel, target)
     engine_dir, calib_dir = Path(engine_dir), Path(calib_dir)
-    float_unet(engine_dir, calib_dir)
-    return requantize(engine_dir, calib_dir, ort_quantizer(calib_dir, opts), Path(out) if out else None)
+    quantizer = ort_quantizer(calib_dir, opts)
+    return requantize(engine_dir, calib_dir, lambda manifest: quantizer, Path(out) if out else None)
 
 
 def float_unet(engine_dir: Path, calib_dir: Path) -> tuple[Manifest, ComponentEntry]:
