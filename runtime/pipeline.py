@@ -21,7 +21,7 @@ from PIL import Image
 
 from svd_trt.manifest import Manifest, load_manifest
 from svd_trt.memory import MemoryPlan, plan_for
-from svd_trt.options import GenerationOptions, PipelineError, resolve
+from svd_trt.options import GenerationOptions, PipelineError, do_cfg, request_shape, resolve
 from svd_trt.runtime import euler, guidance
 from svd_trt.runtime.clip_preprocess import clip_pixel_values
 from svd_trt.runtime.image_preprocess import added_time_ids, postprocess, vae_pixel_values
@@ -93,7 +93,7 @@ class SVDPipeline:
         self.manifest = manifest
         self.cfg = manifest.model
         self.runners = runners
-        self.memory = memory  # checked by resolve before every call; None: unchecked
+        self.memory = memory  # checked before every call; None: unchecked
 
     @classmethod
     def from_engine_dir(cls, engine_dir: str | Path, backend: str | None = None, **options) -> SVDPipeline:
@@ -123,8 +123,11 @@ class SVDPipeline:
         self.close()
 
     def resolve(self, opts: GenerationOptions) -> GenerationOptions:
-        """Fill model defaults and reject what the engines cannot run, each with one line."""
-        return resolve(opts, self.cfg, self.manifest.limits, self.memory)
+        """Fill model defaults and reject what the engines cannot run (or memory cannot hold), each with one line."""
+        opts = resolve(opts, self.cfg, self.manifest.limits)
+        if self.memory is not None:
+            self.memory.check(self.cfg, request_shape(opts))
+        return opts
 
     def __call__(
         self,
@@ -141,7 +144,7 @@ class SVDPipeline:
         timings = Timings()
         start = time.perf_counter()
         image_noise, latents = self.draw_noise(opts, image_noise, latents)
-        cfg_on = guidance.do_cfg(opts.max_guidance_scale)
+        cfg_on = do_cfg(opts.max_guidance_scale)
         embeds = self.encode_image(image, cfg_on, timings)
         image_latents = self.encode_vae(image, image_noise, opts, cfg_on, timings)
         latents = self.denoise(latents, embeds, image_latents, opts, cfg_on, timings, on_step)
