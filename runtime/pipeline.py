@@ -26,6 +26,7 @@ from svd_trt.runtime import euler, guidance
 from svd_trt.runtime.clip_preprocess import clip_pixel_values
 from svd_trt.runtime.image_preprocess import added_time_ids, postprocess, vae_pixel_values
 from svd_trt.runtime.runners import Runner, open_runner
+from svd_trt.spec import ComponentSpec
 
 log = logging.getLogger(__name__)
 
@@ -67,14 +68,16 @@ class VideoOutput:
 
 
 class _Timed:
-    """Calls a runner and adds the wall time to one Timings field."""
+    """Calls a runner with its inputs in the spec's order (svd_trt/spec.py names them) and adds
+    the wall time to one Timings field."""
 
-    def __init__(self, runner: Runner, timings: Timings, stage: str) -> None:
-        self.runner, self.timings, self.stage = runner, timings, stage
+    def __init__(self, runner: Runner, spec: ComponentSpec, timings: Timings, stage: str) -> None:
+        self.runner, self.spec, self.timings, self.stage = runner, spec, timings, stage
 
-    def __call__(self, **inputs: np.ndarray) -> np.ndarray:
+    def __call__(self, *arrays: np.ndarray) -> np.ndarray:
+        inputs = dict(zip(self.spec.input_names, arrays, strict=True))
         start = time.perf_counter()
-        (out,) = self.runner.run(inputs).values()
+        out = self.runner.run(inputs)[self.spec.output_names[0]]
         elapsed = time.perf_counter() - start
         if self.stage == "unet_steps":
             self.timings.unet_steps.append(elapsed)
@@ -92,6 +95,7 @@ class SVDPipeline:
         euler.check_scheduler(manifest.model.scheduler)
         self.manifest = manifest
         self.cfg = manifest.model
+        self.specs = manifest.specs()
         self.runners = runners
         self.memory = memory  # checked before every call; None: unchecked
 
@@ -152,6 +156,9 @@ class SVDPipeline:
         timings.total = time.perf_counter() - start
         return VideoOutput(frames, timings)
 
+    def _timed(self, name: str, timings: Timings, stage: str) -> _Timed:
+        return _Timed(self.runners[name], self.specs[name], timings, stage)
+
     def latent_shape(self, opts: GenerationOptions) -> tuple[int, ...]:
         s = self.cfg.vae.scale_factor
         return (1, opts.num_frames, self.cfg.vae.latent_channels, opts.height // s, opts.width // s)
@@ -172,7 +179,7 @@ class SVDPipeline:
     def encode_image(self, image: Image.Image, cfg_on: bool, timings: Timings) -> np.ndarray:
         """CLIP embedding of the original image, [B, 1, D]; the unconditional one is zeros."""
         pixels = clip_pixel_values(image, self.cfg.feature_extractor, self.cfg.clip.image_size)
-        embeds = _Timed(self.runners["image_encoder"], timings, "clip")(pixel_values=pixels)[:, None]
+        embeds = self._timed("image_encoder", timings, "clip")(pixels)[:, None]
         return np.concatenate([np.zeros_like(embeds), embeds]) if cfg_on else embeds
 
     def encode_vae(self, image, noise, opts, cfg_on, timings) -> np.ndarray:
@@ -181,7 +188,7 @@ class SVDPipeline:
             vae_pixel_values(image, opts.height, opts.width, self.cfg.vae.scale_factor)
             + np.float32(opts.noise_aug_strength) * noise
         )
-        latent = _Timed(self.runners["vae_encoder"], timings, "vae_encode")(image=pixels)
+        latent = self._timed("vae_encoder", timings, "vae_encode")(pixels)
         if cfg_on:
             latent = np.concatenate([np.zeros_like(latent), latent])
         return np.repeat(latent[:, None], opts.num_frames, axis=1)
@@ -193,16 +200,16 @@ class SVDPipeline:
         batch = image_latents.shape[0]
         time_ids = added_time_ids(opts.fps, opts.motion_bucket_id, opts.noise_aug_strength, batch)
         scale = guidance.guidance_scale(opts.min_guidance_scale, opts.max_guidance_scale, opts.num_frames, 1)
-        unet = _Timed(self.runners["unet"], timings, "unet_steps")
+        unet = self._timed("unet", timings, "unet_steps")
 
         def model(x_in: np.ndarray, t: np.float32) -> np.ndarray:
             """One UNet call for [B, F, C, h, w]: at batch 2B (uncond first) when CFG is on."""
             model_in = np.concatenate([x_in] * 2) if cfg_on else x_in
             pred = unet(
-                sample=np.concatenate([model_in, image_latents], axis=2),
-                timestep=np.full((batch,), t, dtype=np.float32),
-                encoder_hidden_states=embeds,
-                added_time_ids=time_ids,
+                np.concatenate([model_in, image_latents], axis=2),  # [B, F, 2C, h, w]
+                np.full((batch,), t, dtype=np.float32),
+                embeds,
+                time_ids,
             )
             half = len(x_in)
             return guidance.combine(pred[:half], pred[half:], scale) if cfg_on else pred
@@ -212,9 +219,9 @@ class SVDPipeline:
     def decode(self, latents: np.ndarray, opts: GenerationOptions, timings: Timings) -> np.ndarray:
         """Chunks of decode_chunk_size frames, each decoded on its own (as diffusers): [F, H, W, 3]."""
         z = latents[0] / np.float32(self.cfg.vae.scaling_factor)
-        decoder = _Timed(self.runners["vae_decoder"], timings, "decode")
+        decoder = self._timed("vae_decoder", timings, "decode")
         chunks = [
-            decoder(latents=z[i : i + opts.decode_chunk_size])
+            decoder(z[i : i + opts.decode_chunk_size])
             for i in range(0, len(z), opts.decode_chunk_size)
         ]
         return postprocess(np.concatenate(chunks))
