@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fnmatch
-import hashlib
 import json
 import logging
 import time
@@ -40,6 +39,7 @@ from svd_trt.manifest import (
     ComponentEntry,
     Manifest,
     ManifestError,
+    cache_key,
     data_file,
     entry_problems,
     load_manifest,
@@ -280,7 +280,7 @@ def quantized_key(float_entry: ComponentEntry, calib_dir: Path, precision: str, 
         "tool": tool,
         "quantize_version": QUANTIZE_VERSION,
     }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
+    return cache_key(payload)
 
 
 def float_entry_of(manifest: Manifest) -> ComponentEntry:

@@ -9,14 +9,12 @@ the runtime refuses one by the platform recorded beside the key. Pure stdlib.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import os
 import re
 from pathlib import Path
 from typing import Any
 
-from svd_trt.manifest import ComponentEntry, ManifestError, entry_problems, load_manifest
+from svd_trt.manifest import ComponentEntry, ManifestError, cache_key, entry_problems, load_manifest
 from svd_trt.runtime.trt_runner import Platform
 
 # Bump when the builder settings change (flags, workspace, ...): old engines then rebuild.
@@ -35,8 +33,7 @@ def engine_key(onnx_digest: str, profile: dict[str, Any], precision: str, platfo
         "platform": dataclasses.asdict(platform),
         "builder": BUILDER_VERSION,
     }
-    text = json.dumps(payload, sort_keys=True)  # tuples and lists serialise alike
-    return hashlib.sha256(text.encode()).hexdigest()[:32]
+    return cache_key(payload)  # JSON: tuples and lists serialise alike
 
 
 def cache_dir() -> Path:

@@ -15,8 +15,6 @@ EXPORT_VERSION, the version of this export code itself.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import shutil
 import tempfile
@@ -39,6 +37,7 @@ from svd_trt.manifest import (
     ComponentEntry,
     Manifest,
     ManifestError,
+    cache_key,
     data_file,
     entry_problems,
     files_digest,
@@ -119,7 +118,7 @@ def component_key(weights_hash: str, spec: ComponentSpec, precision: str, opts: 
         "onnx": onnx.__version__,
         "io": [io.inputs, io.outputs],
     }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
+    return cache_key(payload)
 
 
 def export_onnx(

@@ -84,6 +84,11 @@ def records_digest(records: dict[str, dict[str, Any]]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def cache_key(payload: dict[str, Any]) -> str:
+    """A component's key (ComponentEntry.key) from what it depends on: reused only when equal."""
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
+
+
 def files_digest(paths: list[Path]) -> str:
     """records_digest of files on disk (a snapshot's weights), each hashed once."""
     return records_digest({p.name: file_record(p) for p in paths})

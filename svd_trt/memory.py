@@ -317,7 +317,7 @@ def plan_for(
         root = Path(engine_dir)
         for name in manifest.specs():  # what the pipeline opens (a quantized directory keeps more)
             entry = manifest.components[name]
-            for path in (root / entry.file, root / (entry.file + ".data")):
-                if path.is_file():
-                    weights += path.stat().st_size
+            for name in entry.file_names(root):
+                if (root / name).is_file():
+                    weights += (root / name).stat().st_size
     return MemoryPlan(backend, device, attention, weights, resident_bytes() if loaded else None)

@@ -17,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 from svd_trt.engines.cli import main as svd_export
-from svd_trt.manifest import MANIFEST_NAME, load_manifest
+from svd_trt.manifest import MANIFEST_NAME, data_file, load_manifest
 from svd_trt.output_dir import lock
 from svd_trt.runtime.cli import main as svd_trt
 
@@ -150,12 +150,12 @@ def _external(engines: Path, name: str) -> Path:
     """Re-save component `name` with its weights in `<file>.data` and record the new files."""
     path = engines / f"{name}.onnx"
     model = onnx.load(str(path))
-    onnx.save_model(model, str(path), save_as_external_data=True, location=path.name + ".data", size_threshold=0)
+    onnx.save_model(model, str(path), save_as_external_data=True, location=data_file(path.name), size_threshold=0)
     manifest = load_manifest(engines, check_sizes=False)
     entry = manifest.components[name]
     manifest.components[name] = dataclasses.replace(entry, files={}).recorded(engines)
     manifest.save(engines)
-    return path.with_name(path.name + ".data")
+    return path.with_name(data_file(path.name))
 
 
 @pytest.mark.parametrize(
