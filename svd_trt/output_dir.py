@@ -35,6 +35,9 @@ from svd_trt.manifest import MANIFEST_NAME, ManifestError, data_file, load_manif
 
 REPORT_DIR = "accuracy"  # svd-export check's default report folder inside an engine directory
 ENGINE_FILE_PATTERNS = ("*.onnx", data_file("*.onnx"), "*.engine", MANIFEST_NAME, REPORT_DIR)
+# What quantization left inside a directory before it went through the writer (a killed run of
+# an older svd-trt): ours, dropped by the next swap, never a reason to call the directory foreign.
+OLD_LEFTOVERS = (".*.onnx.partial", data_file(".*.onnx.partial"), ".*.prepared.onnx", ".unet-*-modelopt-*")
 # Crash tests (tests/test_crash_safety.py): the writer SIGKILLs itself at the named point.
 KILL_ENV = "SVD_TRT_KILL_AT"
 
@@ -71,7 +74,7 @@ def check_target(out: Path, protect: Sequence[Path] = (), force: bool = False) -
             f"{out}: not an engine directory written by svd-trt (it holds {len(entries)} other entries); "
             "choose another --out"
         ) from None
-    foreign = sorted(entries - owned_names(manifest, out))
+    foreign = sorted(n for n in entries - owned_names(manifest, out) if not _matches(n, OLD_LEFTOVERS))
     if foreign:
         raise OutputError(
             f"{out}: holds {foreign[0]!r}, which svd-trt did not write; move it or choose another --out"
@@ -90,8 +93,12 @@ def _ours(out: Path) -> bool:
         return False
 
 
+def _matches(name: str, patterns: Sequence[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
 def _engine_name(name: str) -> bool:
-    return any(fnmatch.fnmatchcase(name, p) for p in ENGINE_FILE_PATTERNS)
+    return _matches(name, ENGINE_FILE_PATTERNS)
 
 
 

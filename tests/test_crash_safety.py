@@ -5,6 +5,7 @@ its manifest does not list. The kill points are real points of svd_trt/output_di
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import shutil
@@ -132,4 +133,41 @@ def test_a_rebuild_after_an_export_code_change_re_exports(tiny_snapshot, tiny_en
     assert set(statuses(run(args).output).values()) == {"reused"}
     monkeypatch.setattr(onnx_export, "EXPORT_VERSION", onnx_export.EXPORT_VERSION + 1)
     assert set(statuses(run(args).output).values()) == {"exported"}
+    assert_clean(out)
+
+
+def _processes_naming(text: str) -> list[str]:
+    """Command lines of the running processes that mention `text`."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            line = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue  # ended while listed
+        if text in line:
+            found.append(line)
+    return found
+
+
+@pytest.mark.skipif(importlib.util.find_spec("modelopt") is None, reason="nvidia-modelopt is not installed")
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="lists processes through /proc")
+def test_model_optimizer_killed_mid_run_then_rerun(tiny_snapshot, tiny_calibration, tmp_path):
+    """Model Optimizer runs in a child interpreter: a killed writer takes it down too, so nothing
+    goes on writing into a stage the next run removes."""
+    from svd_trt.calibration.modelopt_quantize import quantize_unet_modelopt
+    from svd_trt.export.onnx_export import build_onnx_dir
+
+    out = tmp_path / "work" / "onnx"
+    build_onnx_dir(tiny_snapshot, out, "tensorrt", {"unet": "fp32"})
+    code = f"from svd_trt.calibration.modelopt_quantize import quantize_unet_modelopt as q; q({str(out)!r}, {str(tiny_calibration)!r})"
+    env = {**os.environ, KILL_ENV: "quantizing"}
+    child = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert child.returncode == -signal.SIGKILL, child.stderr
+    deadline = time.monotonic() + 10  # the kernel delivers the parent-death signal at once; margin for a busy machine
+    while _processes_naming(str(out.parent)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _processes_naming(str(out.parent)) == []
+    assert load_manifest(out).components["unet"].precision == "fp32"  # the old directory, whole
+    quantize_unet_modelopt(out, tiny_calibration)
+    assert load_manifest(out).components["unet"].precision == "int8"
     assert_clean(out)

@@ -100,6 +100,16 @@ def test_a_user_file_inside_an_engine_directory_blocks_the_rebuild(tiny_snapshot
     assert (engines / "notes.txt").read_text() == "mine" and (engines / "unet.onnx").exists()
 
 
+def test_what_an_older_killed_quantization_left_inside_is_cleared(tiny_snapshot, engines):
+    """Before quantization went through the writer, a killed one left these inside the directory."""
+    (engines / ".unet.int8.onnx.partial").write_bytes(b"half")
+    (engines / ".unet.prepared.onnx").write_bytes(b"half")
+    (engines / ".unet-int8-modelopt-x1").mkdir()
+    result = build(tiny_snapshot, engines)
+    assert result.exit_code == 0, result.stderr
+    assert not [p.name for p in engines.iterdir() if p.name.startswith(".")]
+
+
 def test_an_unreadable_manifest_of_ours_needs_force(tiny_snapshot, engines):
     manifest = json.loads((engines / MANIFEST_NAME).read_text())
     (engines / MANIFEST_NAME).write_text(json.dumps({**manifest, "format_version": 1}))
