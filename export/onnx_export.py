@@ -57,7 +57,7 @@ ONNX_PROTO_LIMIT = 2**31 - 1
 # 1: the first versioned export (fp32 islands, standard or contrib attention, target in the key).
 EXPORT_VERSION = 1
 # The modules whose code decides the graphs (the port, its loader and this exporter), relative to
-# the package root (svd_trt/): the pinned fingerprint covers them.
+# the source tree's root: the pinned fingerprint covers them.
 EXPORT_SOURCES = (
     "export/onnx_export.py",
     "export/layers.py",

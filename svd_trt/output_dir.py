@@ -27,7 +27,7 @@ import os
 import shutil
 import signal
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from svd_trt.errors import UserError
@@ -178,7 +178,7 @@ def link_or_copy(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
-def carry(src: Path, names: Iterator[str] | Sequence[str], stage: Path) -> None:
+def carry(src: Path, names: Iterable[str], stage: Path) -> None:
     """Files of the old directory that stay as they are, linked into the stage."""
     for name in names:
         link_or_copy(src / name, stage / name)
