@@ -86,7 +86,7 @@ def test_without_tensorrt_exit_2_with_install_command(tiny_ckpt, tmp_path, monke
 
 
 def fake_onnx_dir(
-    snapshot, out, backend, precisions, variant=None, on_component=None, limits=None, force=False
+    snapshot, out, backend, precisions, variant=None, on_component=None, limits=None, force=False, finish=None, protect=()
 ) -> Manifest:
     """Stands in for the ONNX export (tested in tests/export and test_tensorrt.py): files + manifest."""
     cfg = read_config(snapshot)
