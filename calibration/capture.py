@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from svd_trt.calibration.dataset import FORMAT_VERSION, INDEX_NAME, UNET_INPUTS
+from svd_trt.calibration.dataset import FORMAT_VERSION, INDEX_NAME
 from svd_trt.errors import UserError
 from svd_trt.families.svd import euler
 from svd_trt.families.svd.pipeline import GenerationOptions, SVDPipeline
@@ -134,7 +134,7 @@ class _Writer:
         self.calls += 1
         if call not in self.keep:
             return
-        arrays = {k: np.ascontiguousarray(inputs[k], dtype=np.float32) for k in UNET_INPUTS}
+        arrays = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in inputs.items()}
         size = sum(a.nbytes for a in arrays.values()) + NPZ_OVERHEAD
         if self.bytes + size > self.max_bytes:  # guard: the plan's estimate should already fit
             self.refused += 1
@@ -189,7 +189,8 @@ def capture_calibration(
             Path(plan.image).name,
             len(writer.entries),
         )
-    index = _index(engine_dir, base, plans, writer, total, max_bytes)
+    inputs = pipe.manifest.specs()["unet"].input_names
+    index = _index(engine_dir, inputs, base, plans, writer, total, max_bytes)
     (out / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
     return index
 
@@ -226,12 +227,12 @@ def _run_one(pipe: SVDPipeline, plan: RunPlan, base: GenerationOptions, writer: 
         pipe.runners["unet"] = float_unet
 
 
-def _index(engine_dir, opts: GenerationOptions, plans: list[RunPlan], writer: _Writer, total, max_bytes):
+def _index(engine_dir, inputs, opts: GenerationOptions, plans: list[RunPlan], writer: _Writer, total, max_bytes):
     kept = len(writer.entries)
     return {
         "format_version": FORMAT_VERSION,
         "engine_dir": str(Path(engine_dir).resolve()),
-        "inputs": list(UNET_INPUTS),
+        "inputs": list(inputs),
         "options": asdict(opts),
         # The path too: the accuracy report re-runs held-out runs from the same image.
         "runs": [

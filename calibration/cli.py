@@ -115,12 +115,19 @@ def calibrate(
     type=click.Path(),
     help="Directory written by svd-export calibrate.",
 )
-@click.option("--precision", type=click.Choice(["int8", "fp8"]), default="int8", show_default=True)
+@click.option(
+    "--precision",
+    type=click.Choice(["int8"]),
+    default="int8",
+    show_default=True,
+    help="ONNX Runtime's quantizer makes int8 for ONNX Runtime; fp8 UNets come from "
+    "build-engines --backend tensorrt --unet-precision fp8 (Model Optimizer).",
+)
 @click.option(
     "--out",
     type=click.Path(file_okay=False),
     default=None,
-    help="New engine directory. [default: quantize ENGINES in place]",
+    help="New engine directory. [default: ENGINES, replaced whole when the quantized one is complete]",
 )
 @click.option(
     "--method",

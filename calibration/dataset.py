@@ -1,9 +1,9 @@
 """The calibration directory on disk: reading it back, its split, and ONNX Runtime's data reader.
 
 Format (version 1; calibration/README.md has the full description):
-- `step-NNNNN.npz`, one per recorded UNet call, holding the four UNet inputs as float32:
-  sample [B, F, C, h, w], timestep [B], encoder_hidden_states [B, 1, D], added_time_ids [B, 3].
-- `index.json`: capture options, the runs (image, seed, motion bucket, noise aug, fps,
+- `step-NNNNN.npz`, one per recorded UNet call, holding the UNet's inputs by their names
+  (svd_trt/spec.py) as float32.
+- `index.json`: the input names (`inputs`), capture options, the runs (image, seed, motion bucket, noise aug, fps,
   split), the size cap and whether it subsampled, and per sample its file plus that
   metadata and its step index and sigma.
 numpy only: the runtime side can read calibration data without onnx.
@@ -20,7 +20,6 @@ from svd_trt.errors import UserError
 
 FORMAT_VERSION = 1
 INDEX_NAME = "index.json"
-UNET_INPUTS = ("sample", "timestep", "encoder_hidden_states", "added_time_ids")
 SPLITS = ("all", "calibration", "held_out")
 
 
@@ -49,9 +48,9 @@ def select(index: dict, split: str = "all") -> list[dict]:
 
 
 def load_sample(directory: str | Path, entry: dict) -> dict[str, np.ndarray]:
-    """One recorded UNet call: the four inputs by name, float32."""
+    """One recorded UNet call: its inputs by name, float32."""
     with np.load(Path(directory) / entry["file"]) as z:
-        return {k: z[k] for k in UNET_INPUTS}
+        return {k: z[k] for k in z.files}
 
 
 def load_calibration(directory: str | Path, split: str = "all") -> list[dict[str, np.ndarray]]:

@@ -34,7 +34,6 @@ import dataclasses
 import gc
 import json
 import logging
-import os
 import resource
 import shutil
 import subprocess
@@ -49,9 +48,10 @@ import onnx
 
 from svd_trt.calibration.dataset import load_index, load_sample, select
 from svd_trt.calibration.fused_attention import attention_cores, fuse_attention
-from svd_trt.calibration.quantize import QuantizeError, float_unet, fold_constants, record_quantized
+from svd_trt.calibration.quantize import QuantizeError, Quantizer, fold_constants, requantize
 from svd_trt.calibration.tensor_ranges import TensorStats, float_activations, measure, probe_shapes
-from svd_trt.manifest import ComponentEntry
+from svd_trt.manifest import data_file
+from svd_trt.output_dir import kill_point
 
 log = logging.getLogger(__name__)
 
@@ -72,56 +72,75 @@ class Job:
     down: int  # the UNet's total downsampling: the smallest latent side it accepts
 
 
+def check_modelopt_request(precision: str, calib_dir: Path) -> None:
+    """QuantizeError (one line) before any export: an unknown precision, no calibration samples."""
+    if precision not in PRECISIONS:
+        raise QuantizeError(f"unknown precision {precision!r}: choose int8 or fp8")
+    if not select(load_index(calib_dir), "calibration"):
+        raise QuantizeError(f"{calib_dir}: no calibration samples")
+
+
+def modelopt_quantizer(calib_dir: Path, precision: str, cfg) -> Quantizer:
+    """Model Optimizer on the stage's float UNet (a TensorRT ONNX directory: standard attention ops)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    import onnxruntime
+
+    try:
+        name = f"nvidia-modelopt {version('nvidia-modelopt')}"
+    except PackageNotFoundError:
+        raise QuantizeError(f"NVIDIA Model Optimizer is not installed; {INSTALL}") from None
+
+    def run(src: Path, dst: Path) -> dict:
+        work = Path(tempfile.mkdtemp(dir=dst.parent, prefix=f".{dst.stem}-modelopt-"))
+        try:
+            job = _stage(src, work, calib_dir, precision, cfg)
+            log.info("quantizing %s to %s with Model Optimizer (max calibration)", src.name, dst.name)
+            summary = _in_spawned_process(job)
+            log.info(
+                "%s: %d activations quantized; peak memory %.2f GB; %.0f s",
+                dst.name, summary["quantized_activations"], summary["peak_rss_bytes"] / 1e9, summary["seconds"],
+            )  # fmt: skip
+            _install(job.dst, dst)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        return _describe(name, precision, calib_dir, src.name, summary)
+
+    return Quantizer(precision, f"max|{name}|ort{onnxruntime.__version__}", run)
+
+
 def quantize_unet_modelopt(engine_dir: str | Path, calib_dir: str | Path, precision: str = "int8") -> Path:
     """The ONNX directory's float UNet -> `unet.<precision>.onnx` beside it; returns its path.
 
-    The directory is a TensorRT build's ONNX directory (standard attention ops). In place:
-    the manifest's `unet` becomes the Q/DQ file and `unet_float` keeps the float one, as
-    calibration/quantize.py does, so `svd-export check` scores one against the other; a
-    directory quantized before is re-quantized from its `unet_float`.
+    The directory is a TensorRT build's ONNX directory (standard attention ops), replaced whole
+    through the one writer (calibration/quantize.requantize): the manifest's `unet` becomes the
+    Q/DQ file and `unet_float` keeps the float one, as calibration/quantize.py does, so
+    `svd-export check` scores one against the other; a directory quantized before is
+    re-quantized from its `unet_float`, or its quantized UNet reused when the key matches.
     """
-    if precision not in PRECISIONS:
-        raise QuantizeError(f"unknown precision {precision!r}: choose int8 or fp8")
     engine_dir, calib_dir = Path(engine_dir), Path(calib_dir)
-    manifest, float_entry = float_unet(engine_dir, calib_dir)
-    if not select(load_index(calib_dir), "calibration"):
-        raise QuantizeError(f"{calib_dir}: no calibration samples")
-    dst = engine_dir / f"unet.{precision}.onnx"
-    work = Path(tempfile.mkdtemp(dir=engine_dir, prefix=f".unet-{precision}-modelopt-"))
-    try:
-        job = _stage(engine_dir, float_entry, work, calib_dir, precision, manifest.model)
-        log.info("quantizing %s to %s with Model Optimizer (max calibration)", float_entry.file, dst.name)
-        summary = _in_spawned_process(job)
-        log.info(
-            "%s: %d activations quantized; peak memory %.2f GB; %.0f s",
-            dst.name, summary["quantized_activations"], summary["peak_rss_bytes"] / 1e9, summary["seconds"],
-        )  # fmt: skip
-        _install(job.dst, dst)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    tool, quant = _describe(precision, calib_dir, float_entry, summary)
-    record_quantized(engine_dir, manifest, float_entry, dst.name, calib_dir, precision, tool, quant)
-    return dst
+    check_modelopt_request(precision, calib_dir)
+    return requantize(engine_dir, calib_dir, lambda m: modelopt_quantizer(calib_dir, precision, m.model))
 
 
-def _stage(engine_dir: Path, entry: ComponentEntry, work: Path, calib_dir: Path, precision: str, cfg) -> Job:
+def _stage(float_file: Path, work: Path, calib_dir: Path, precision: str, cfg) -> Job:
     """The float UNet copied into `work` (a copy, not a link: Model Optimizer rewrites its input).
 
-    Weights go to an external `unet.onnx.data` (as past 2 GB they must), so the graph edits
-    here never touch them: Constant nodes folded (the same graph, a third fewer nodes for
-    ONNX Runtime's quantizer, which Model Optimizer drives and which is quadratic in the
-    node count) and the opset raised to Model Optimizer's 19, which it would otherwise do
-    with the weights loaded (its peak: 8x the model, measured)."""
-    src, data = work / "unet.onnx", engine_dir / (entry.file + ".data")
+    Weights go to an external data file (as past 2 GB they must), so the graph edits here
+    never touch them: Constant nodes folded (the same graph, a third fewer nodes for ONNX
+    Runtime's quantizer, which Model Optimizer drives and which is quadratic in the node
+    count) and the opset raised to Model Optimizer's 19, which it would otherwise do with
+    the weights loaded (its peak: 8x the model, measured)."""
+    src, data = work / "unet.onnx", Path(data_file(str(float_file)))
     if data.exists():  # past 2 GB: copied, never loaded
-        model = onnx.load(str(engine_dir / entry.file), load_external_data=False)
-        _relocate(model, src.name + ".data")
-        shutil.copyfile(data, str(src) + ".data")
+        model = onnx.load(str(float_file), load_external_data=False)
+        _relocate(model, data_file(src.name))
+        shutil.copyfile(data, data_file(str(src)))
     else:
-        model = onnx.load(str(engine_dir / entry.file))
+        model = onnx.load(str(float_file))
         onnx.save_model(
             model, str(src), save_as_external_data=True, all_tensors_to_one_file=True,
-            location=src.name + ".data", size_threshold=1024,
+            location=data_file(src.name), size_threshold=1024,
         )  # fmt: skip
         model = onnx.load(str(src), load_external_data=False)
     model = onnx.version_converter.convert_version(fold_constants(model), OPSET)
@@ -130,19 +149,31 @@ def _stage(engine_dir: Path, entry: ComponentEntry, work: Path, calib_dir: Path,
     return Job(src, work / f"unet.{precision}.onnx", calib_dir, precision, down)
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL when the parent dies (Linux prctl PR_SET_PDEATHSIG), so a
+    killed build leaves no quantizer writing into a stage the next build removes."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: the stage is still never swapped in
+
+
 def _in_spawned_process(job: Job) -> dict:
     """`quantize_copy(job)` in a fresh interpreter (`python -m` this module); its summary back."""
     job_file = job.dst.with_name("job.json")
     job_file.write_text(json.dumps({k: str(v) for k, v in dataclasses.asdict(job).items()}))
-    proc = subprocess.run([sys.executable, "-m", __name__, str(job_file)], check=False)
+    proc = subprocess.Popen([sys.executable, "-m", __name__, str(job_file)], preexec_fn=_die_with_parent)
+    kill_point("quantizing")
+    returncode = proc.wait()
     result_file = job.dst.with_name("result.json")
     result = json.loads(result_file.read_text()) if result_file.exists() else {}
     if "error" in result:
         raise QuantizeError(result["error"])
-    if proc.returncode or "summary" not in result:
-        raise RuntimeError(
-            f"the Model Optimizer process failed (exit {proc.returncode}); see its messages above"
-        )
+    if returncode or "summary" not in result:
+        raise RuntimeError(f"the Model Optimizer process failed (exit {returncode}); see its messages above")
     return result["summary"]
 
 
@@ -341,32 +372,20 @@ def _relocate(model: onnx.ModelProto, location: str) -> None:
 
 
 def _install(tmp: Path, dst: Path) -> None:
-    """Move the finished file (and Model Optimizer's `<name>_data`, renamed `<name>.data`) in place."""
-    data = Path(str(tmp) + "_data")
+    """Move the finished file (and Model Optimizer's `<name>_data`, renamed to our data file) in place."""
+    data = Path(str(tmp) + "_data")  # Model Optimizer's own name for its external data
     if data.exists():
         model = onnx.load(str(tmp), load_external_data=False)
-        _relocate(model, dst.name + ".data")
-        data.replace(str(dst) + ".data")
+        _relocate(model, data_file(dst.name))
+        data.replace(data_file(str(dst)))
         onnx.save_model(model, str(tmp))
-    else:
-        Path(str(dst) + ".data").unlink(missing_ok=True)
     tmp.replace(dst)
-    umask = os.umask(0)
-    os.umask(umask)
-    for f in (dst, Path(str(dst) + ".data")):  # onnx writes 0600 data files; the directory is shared
-        if f.exists():
-            os.chmod(f, 0o666 & ~umask)
 
 
-def _describe(precision: str, calib_dir: Path, float_entry: ComponentEntry, summary: dict) -> tuple[str, dict]:
-    """The tool's identity (part of the quantized UNet's key) and the manifest's quantization record."""
-    from importlib.metadata import version
-
-    import onnxruntime
-
-    tool = f"nvidia-modelopt {version('nvidia-modelopt')}"
+def _describe(tool: str, precision: str, calib_dir: Path, float_file: str, summary: dict) -> dict:
+    """The manifest's quantization record."""
     kind = "fp8 e4m3" if precision == "fp8" else "int8 symmetric"
-    quant = {
+    return {
         "tool": tool,
         "precision": precision,
         "method": "max",
@@ -378,9 +397,8 @@ def _describe(precision: str, calib_dir: Path, float_entry: ComponentEntry, summ
         "calibration_samples": summary["calibration_samples"],
         "quantized_activations": summary["quantized_activations"],
         "excluded_nodes": summary["float_nodes"],  # Conv / MatMul / Gemm left without Q/DQ
-        "float_file": float_entry.file,
+        "float_file": float_file,
     }
-    return f"max|{tool}|ort{onnxruntime.__version__}", quant
 
 
 if __name__ == "__main__":

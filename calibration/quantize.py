@@ -11,6 +11,11 @@ node names, which carry the module paths of the port (`/down_blocks.0/.../attn1/
 see EXCLUDE_GROUPS. The engine directory keeps both UNets: `unet` becomes the INT8 file
 (precision "int8"), so `SVDPipeline.from_engine_dir` runs it, and `unet_float` keeps the
 float one for comparisons and re-quantization.
+
+Quantizing is a step of the engine directory's one writer (svd_trt/output_dir.py), whichever
+quantizer runs (this one, or Model Optimizer's in calibration/modelopt_quantize.py): it works in
+the stage, the old directory stays whole until the new one is complete, and a quantized UNet
+is reused by key (`quantized_key`) like any component.
 """
 
 from __future__ import annotations
@@ -18,26 +23,30 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fnmatch
-import hashlib
 import json
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import onnx
 import onnxruntime
 
-from svd_trt.calibration.dataset import INDEX_NAME, UNET_INPUTS, load_index, load_sample, select
+from svd_trt.calibration.dataset import INDEX_NAME, load_index, load_sample, select
 from svd_trt.errors import UserError
 from svd_trt.manifest import (
     FLOAT_UNET,
-    MANIFEST_NAME,
     ComponentEntry,
     Manifest,
+    ManifestError,
+    cache_key,
+    data_file,
+    entry_problems,
     load_manifest,
+    sha256_file,
 )
-from svd_trt.output_dir import check_target, link_or_copy
-from svd_trt.spec import QUANTIZED_PRECISIONS
+from svd_trt.output_dir import carry, kill_point, writing
+from svd_trt.spec import FP8_NEEDS, QUANTIZED_PRECISIONS
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +79,16 @@ EXCLUDE_GROUPS: dict[str, tuple[str, ...]] = {
     "attention_softmax": ("*/attn1/MatMul", "*/attn1/MatMul_1"),
 }
 DEFAULT_EXCLUDE = tuple(EXCLUDE_GROUPS)
+# Bump when the quantization code changes what a quantized UNet holds (this module's and Model
+# Optimizer's, calibration/modelopt_quantize.py): quantized UNets of an older version are made
+# again. tests/export/test_export_version.py fails when QUANTIZE_SOURCES change without a bump.
+QUANTIZE_VERSION = 1
+QUANTIZE_SOURCES = (
+    "calibration/quantize.py",
+    "calibration/modelopt_quantize.py",
+    "calibration/fused_attention.py",
+    "calibration/tensor_ranges.py",
+)
 
 
 class QuantizeError(UserError):
@@ -181,10 +200,11 @@ def quantize_onnx(src: Path, dst: Path, calib_dir: Path, opts: QuantOptions) -> 
     q = _ort()
     model = fold_constants(onnx.load(str(src), load_external_data=False))
     exclude = excluded_nodes(model, opts.exclude)
-    external = Path(str(src) + ".data").exists()  # past 2 GB the quantized file needs it too
+    external = Path(data_file(str(src))).exists()  # past 2 GB the quantized file needs it too
     # Beside `src`, so references to its external data file stay valid.
     prepared = src.with_name(f".{src.stem}.prepared.onnx")
     onnx.save_model(model, str(prepared))
+    kill_point("quantizing")
     method = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy"}.get(opts.method)
     # FP8 E4M3 per tensor, as TensorRT's FP8 Q/DQ expects; ONNX Runtime raises the opset to 19.
     qtype = q.QuantType.QFLOAT8E4M3FN if opts.precision == "fp8" else q.QuantType.QInt8
@@ -226,11 +246,149 @@ def check_request(precision: str, method: str = "minmax", target: str = "onnxrun
     """QuantizeError (one line) for a request that cannot be met, before any slow work."""
     if precision == "fp8" and target != "tensorrt":
         # ONNX Runtime has no FP8 kernels on the CPU: the file would only be fake-quantized there.
-        raise QuantizeError("fp8 needs TensorRT on a Hopper GPU")
+        raise QuantizeError(f"fp8 needs {FP8_NEEDS}")
     if precision not in QUANTIZED_PRECISIONS:
-        raise QuantizeError(f"unknown precision {precision!r}: choose int8 (or fp8 with TensorRT on Hopper)")
+        raise QuantizeError(f"unknown precision {precision!r}: choose int8 (or fp8 for {FP8_NEEDS})")
     if method not in METHODS:
         raise QuantizeError(f"unknown calibration method {method!r}: choose one of {', '.join(METHODS)}")
+
+
+# --- the quantized UNet as a step of the engine directory's writer (svd_trt/output_dir.py)
+
+# (the float UNet's ONNX file in the stage, the quantized file to write beside it) -> the manifest's
+# `quantization` record. Writes the file and its external data, if any, and nothing else.
+QuantizeFile = Callable[[Path, Path], dict]
+
+
+@dataclasses.dataclass(frozen=True)
+class Quantizer:
+    """One way to quantize the UNet: what its result depends on (`tool`, part of the key) and the run."""
+
+    precision: str
+    tool: str
+    run: QuantizeFile
+
+
+def quantized_key(float_entry: ComponentEntry, calib_dir: Path, precision: str, tool: str) -> str:
+    """What a quantized UNet depends on: the float UNet's files (their manifest records), the
+    calibration data (its index, written last by capture and naming every sample), the
+    precision, the quantizer and its settings, and QUANTIZE_VERSION (this code)."""
+    payload = {
+        "float_unet": float_entry.digest(),
+        "calibration": sha256_file(calib_dir / INDEX_NAME),
+        "precision": precision,
+        "tool": tool,
+        "quantize_version": QUANTIZE_VERSION,
+    }
+    return cache_key(payload)
+
+
+def float_entry_of(manifest: Manifest) -> ComponentEntry:
+    """The float UNet: `unet_float` in a directory quantized before, else `unet`."""
+    return manifest.components[FLOAT_UNET if FLOAT_UNET in manifest.components else "unet"]
+
+
+def quantize_step(calib_dir: Path, quantizer: Quantizer, on_component=None):
+    """A step for the writer's stage (export/onnx_export.Finish): the stage's float UNet gets its
+    quantized twin, reused from the directory being replaced when the key matches, else made.
+
+    The manifest's `unet` becomes the quantized file (`SVDPipeline.from_engine_dir` runs it) and
+    `unet_float` keeps the float one, for `svd-export check` and re-quantizing."""
+
+    def finish(stage: Path, out: Path, manifest: Manifest) -> Manifest:
+        float_entry = float_entry_of(manifest)
+        check_inputs(calib_dir, float_entry)
+        key = quantized_key(float_entry, calib_dir, quantizer.precision, quantizer.tool)
+        start = time.perf_counter()
+        entry = _previous(out, key)
+        if entry is not None:
+            carry(out, entry.file_names(out), stage)
+            status = "reused"
+        else:
+            dst = stage / f"unet.{quantizer.precision}.onnx"
+            log.info("quantizing %s to %s", float_entry.file, dst.name)
+            quant = quantizer.run(stage / float_entry.file, dst)
+            entry = dataclasses.replace(
+                float_entry, file=dst.name, precision=quantizer.precision, key=key,
+                extra={"quantization": quant}, files={},
+            ).recorded(stage)  # fmt: skip
+            status = "quantized"
+        kill_point("quantized")
+        if on_component:
+            on_component(f"unet {quantizer.precision} q/dq", status, time.perf_counter() - start)
+        components = {**manifest.components, "unet": entry, FLOAT_UNET: float_entry}
+        return dataclasses.replace(manifest, components=components)
+
+    return finish
+
+
+def _previous(out: Path, key: str) -> ComponentEntry | None:
+    """The quantized UNet of the directory being replaced, when its key is `key` and its files are intact."""
+    try:
+        entry = load_manifest(out, check_sizes=False).components.get("unet")
+    except ManifestError:
+        return None
+    if entry is None or entry.key != key or entry_problems(out, "unet", entry, full=True):
+        return None
+    return entry
+
+
+def requantize(
+    engine_dir: Path, calib_dir: Path, quantizer: Callable[[Manifest], Quantizer], out: Path | None = None
+) -> Path:
+    """The writer for `svd-export quantize`: `out` (default `engine_dir` itself) becomes the
+    directory's float files plus the quantized UNet, swapped in whole; returns its path.
+
+    `engine_dir` is read under the writer's lock, after it recovered what a killed writer left
+    (in place, the directory may be waiting beside its name); `quantizer` gets its manifest."""
+    target = out or engine_dir
+    in_place = target.resolve() == engine_dir.resolve()
+    with writing(target, protect=(calib_dir,) if in_place else (calib_dir, engine_dir)) as stage:
+        manifest, float_entry = float_unet(engine_dir, calib_dir)
+        floats = {n: e for n, e in manifest.components.items() if not (n == "unet" and float_entry is not e)}
+        for entry in floats.values():
+            carry(engine_dir, entry.file_names(engine_dir), stage)
+        step = quantize_step(calib_dir, quantizer(manifest))
+        final = step(stage, target, dataclasses.replace(manifest, components=floats))
+        final.save(stage)
+    return target / final.components["unet"].file
+
+
+def ort_quantizer(calib_dir: Path, opts: QuantOptions) -> Quantizer:
+    """ONNX Runtime's quantize_static with `opts` (the ONNX Runtime build's and `svd-export quantize`'s)."""
+    settings = {**dataclasses.asdict(opts), "patterns": exclusion_patterns(opts.exclude)}
+    tool = f"{json.dumps(settings, sort_keys=True)}|ort{onnxruntime.__version__}"
+
+    def run(src: Path, dst: Path) -> dict:
+        tmp = dst.with_name(f".{dst.name}.partial")
+        excluded = quantize_onnx(src, tmp, calib_dir, opts)
+        _install(tmp, dst)
+        kind = "fp8 e4m3" if opts.precision == "fp8" else "int8 symmetric"
+        return {
+            **dataclasses.asdict(opts),
+            "op_types": list(OP_TYPES),
+            "activations": f"{kind} per-tensor",
+            "weights": f"{kind} per-channel" if opts.per_channel else f"{kind} per-tensor",
+            "calibration": str(calib_dir.resolve()),
+            "excluded_nodes": len(excluded),
+            "float_file": src.name,
+        }
+
+    return Quantizer(opts.precision, tool, run)
+
+
+def quant_options(
+    precision: str = "int8",
+    exclude: Sequence[str] = DEFAULT_EXCLUDE,
+    method: str = "minmax",
+    per_channel: bool = True,
+    target: str = "onnxruntime",
+) -> QuantOptions:
+    """The checked options of ONNX Runtime's quantizer (fp8: histogram calibration, per tensor)."""
+    check_request(precision, method, target)
+    if precision == "fp8":
+        method, per_channel = FP8_METHOD, False
+    return QuantOptions(precision, method, tuple(exclude), per_channel)
 
 
 def quantize_unet(
@@ -245,38 +403,15 @@ def quantize_unet(
 ) -> Path:
     """Quantize the engine directory's float UNet; returns the path of `unet.<precision>.onnx`.
 
-    In place, or into `out` (a copy of the directory, files hard-linked). The manifest's
-    `unet` entry becomes the quantized file and `unet_float` the float one; a directory
-    quantized before is re-quantized from its `unet_float`. `target` is who consumes the
-    file: fp8 only for "tensorrt" (the ONNX directory of a TensorRT build).
+    In place, or into `out` (a new directory: the float files hard-linked), through the one
+    writer: the directory is replaced whole, and a quantized UNet with the same key is reused.
+    A directory quantized before is re-quantized from its `unet_float`. `target` is who consumes
+    the file: fp8 only for "tensorrt" (the ONNX directory of a TensorRT build).
     """
-    check_request(precision, method, target)
-    if precision == "fp8":
-        method, per_channel = FP8_METHOD, False
-    opts = QuantOptions(precision, method, tuple(exclude), per_channel)
-    src_dir, calib_dir = Path(engine_dir), Path(calib_dir)
-    manifest, float_entry = float_unet(src_dir, calib_dir)
-    target = Path(out) if out else src_dir
-    if target != src_dir:
-        _copy_dir(src_dir, manifest, target)
-    dst = target / f"unet.{precision}.onnx"
-    tmp = dst.with_name(f".{dst.name}.partial")
-    log.info("quantizing %s to %s (%s calibration)", float_entry.file, dst.name, method)
-    excluded = quantize_onnx(target / float_entry.file, tmp, calib_dir, opts)
-    _install(tmp, dst)
-    kind = "fp8 e4m3" if opts.precision == "fp8" else "int8 symmetric"
-    quant = {
-        **dataclasses.asdict(opts),
-        "op_types": list(OP_TYPES),
-        "activations": f"{kind} per-tensor",
-        "weights": f"{kind} per-channel" if opts.per_channel else f"{kind} per-tensor",
-        "calibration": str(calib_dir.resolve()),
-        "excluded_nodes": len(excluded),
-        "float_file": float_entry.file,
-    }
-    tool = f"{json.dumps(dataclasses.asdict(opts))}|ort{onnxruntime.__version__}"
-    record_quantized(target, manifest, float_entry, dst.name, calib_dir, precision, tool, quant)
-    return dst
+    opts = quant_options(precision, exclude, method, per_channel, target)
+    engine_dir, calib_dir = Path(engine_dir), Path(calib_dir)
+    quantizer = ort_quantizer(calib_dir, opts)
+    return requantize(engine_dir, calib_dir, lambda manifest: quantizer, Path(out) if out else None)
 
 
 def float_unet(engine_dir: Path, calib_dir: Path) -> tuple[Manifest, ComponentEntry]:
@@ -285,68 +420,31 @@ def float_unet(engine_dir: Path, calib_dir: Path) -> tuple[Manifest, ComponentEn
     One-line QuantizeError / CalibrationDataError before any work: not ONNX, no calibration
     index, recorded inputs that are not this UNet's."""
     manifest = load_manifest(engine_dir)
-    float_entry = manifest.components.get(FLOAT_UNET, manifest.components["unet"])
+    float_entry = float_entry_of(manifest)
     if not float_entry.file.endswith(".onnx"):
         raise QuantizeError(
             f"{engine_dir}: quantization reads ONNX files; this is a {manifest.backend} engine directory"
         )
-    load_index(calib_dir)
     check_inputs(calib_dir, float_entry)
     return manifest, float_entry
 
 
-def record_quantized(
-    directory: Path,
-    manifest: Manifest,
-    float_entry: ComponentEntry,
-    file: str,
-    calib_dir: Path,
-    precision: str,
-    tool: str,
-    quant: dict,
-) -> ComponentEntry:
-    """The manifest's `unet` becomes `file` (key: the float UNet, the calibration data, the tool
-    and its settings), `unet_float` keeps the float one; both with their files recorded."""
-    data_hash = hashlib.sha256((calib_dir / INDEX_NAME).read_bytes()).hexdigest()
-    key = hashlib.sha256(f"{float_entry.key}|{data_hash}|{precision}|{tool}".encode()).hexdigest()[:32]
-    entry = dataclasses.replace(
-        float_entry, file=file, precision=precision, key=key, extra={"quantization": quant}, files={}
-    ).recorded(directory)
-    components = {**manifest.components, "unet": entry, FLOAT_UNET: float_entry}
-    dataclasses.replace(manifest, components=components).save(directory)
-    return entry
-
-
 def check_inputs(calib_dir: Path, entry: ComponentEntry) -> None:
-    """QuantizeError when the recorded inputs are not the UNet's."""
-    names = tuple(entry.inputs)
-    if names and set(names) != set(UNET_INPUTS):
-        raise QuantizeError(
-            f"{calib_dir}: recorded inputs {list(UNET_INPUTS)} do not match the UNet's {list(names)}"
-        )
+    """QuantizeError when the recorded inputs (the index's names) are not the UNet's."""
+    recorded = load_index(calib_dir).get("inputs", [])
+    names = list(entry.inputs)
+    if names and set(recorded) != set(names):
+        raise QuantizeError(f"{calib_dir}: recorded inputs {recorded} do not match the UNet's {names}")
 
 
 def _install(tmp: Path, dst: Path) -> None:
     """Move the finished file (and its external data, if any) to its final name."""
-    data = Path(str(tmp) + ".data")
+    data = Path(data_file(str(tmp)))
     if data.exists():
         # The graph names its data file; rewrite it under the final name.
         model = onnx.load(str(tmp), load_external_data=True)
-        onnx.save_model(model, str(dst), save_as_external_data=True, location=dst.name + ".data")
+        onnx.save_model(model, str(dst), save_as_external_data=True, location=data_file(dst.name))
         tmp.unlink()
         data.unlink()
         return
     tmp.replace(dst)
-
-
-def _copy_dir(src: Path, manifest: Manifest, dst: Path) -> None:
-    """Hard-link (or copy) every file the manifest names, so `dst` is a complete directory.
-
-    `dst` must be new, empty or an engine directory of ours (svd_trt/output_dir.py): never a
-    folder whose files a same-named link would replace."""
-    check_target(dst, protect=[src])
-    dst.mkdir(parents=True, exist_ok=True)
-    files = {MANIFEST_NAME} | {n for e in manifest.components.values() for n in e.file_names(src)}
-    for name in sorted(files):
-        (dst / name).unlink(missing_ok=True)
-        link_or_copy(src / name, dst / name)

@@ -14,8 +14,7 @@ from svd_trt.runtime.runners import OrtRunner
 
 def file_bytes(engine_dir: str | Path, entry: ComponentEntry) -> int:
     """Size of a component on disk, its external data file included."""
-    paths = [Path(engine_dir) / entry.file, Path(engine_dir) / (entry.file + ".data")]
-    return sum(p.stat().st_size for p in paths if p.exists())
+    return sum((Path(engine_dir) / name).stat().st_size for name in entry.file_names(engine_dir))
 
 
 def unet_entries(engine_dir: str | Path) -> tuple[ComponentEntry, ComponentEntry]:

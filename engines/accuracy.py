@@ -35,7 +35,7 @@ from svd_trt.engines.report import ComponentResult, EndToEndResult, OutputResult
 from svd_trt.errors import UserError, engine_failure
 from svd_trt.manifest import FLOAT_UNET, ComponentEntry, Manifest, load_manifest
 from svd_trt.memory import plan_for
-from svd_trt.options import CHECK_DEFAULTS, GenerationOptions, resolve
+from svd_trt.options import CHECK_DEFAULTS, GenerationOptions, request_shape, resolve
 from svd_trt.runtime.runners import Runner, open_runner
 from svd_trt.spec import E2E_MIN_PSNR, QUANT_MIN_PSNR, ComponentSpec, component_specs, sizes_for
 from svd_trt.spec import QUANTIZED_PRECISIONS as QUANTIZED
@@ -278,7 +278,8 @@ def resolve_options(opts: CheckOptions, manifest: Manifest) -> CheckOptions:
     # The engines' run is the one infer would make (the same refusal, before anything runs); the
     # fp16 activation pass keeps every tensor alive and is not in the estimate (docs/memory.md).
     memory = plan_for(opts.engine_dir, manifest, opts.backend or manifest.backend)
-    gen = resolve(opts.generation, manifest.model, manifest.limits, memory)
+    gen = resolve(opts.generation, manifest.model, manifest.limits)
+    memory.check(manifest.model, request_shape(gen))
     opts = dataclasses.replace(opts, generation=gen, device=resolve_device(opts.device))
     quantized = [n for n, e in manifest.components.items() if e.precision in QUANTIZED]
     if quantized and opts.calibration is None:

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from svd_trt.manifest import data_file
+
 FP16_MAX = float(np.finfo(np.float16).max)  # 65504
 
 
@@ -49,7 +51,7 @@ def fp16_activation_peak(onnx_path: str | Path, feed: dict[str, np.ndarray]) -> 
         marked = Path(tmp) / "marked.onnx"
         # Through a file with external data: a marked copy of a >2 GB graph cannot be bytes.
         model = ModifyOutputs(OnnxFromPath(str(onnx_path)), outputs=constants.MARK_ALL)
-        SaveOnnx(model, str(marked), external_data_path="marked.onnx.data")()
+        SaveOnnx(model, str(marked), external_data_path=data_file(marked.name))()
         outputs = OrtRunner(marked).run(feed)
     peak, where, count, bad = 0.0, "", 0, 0
     for name, value in outputs.items():

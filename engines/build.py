@@ -1,13 +1,13 @@
 """`svd-export build-engines`: one options object, one entry point, either backend.
 
 ONNX Runtime: the ONNX files themselves are the engines (fp32 for the CPU; an int8 UNet is
-quantized from its fp32 export in place). TensorRT: engines/tensorrt_build.py. Both record
-the request sizes the directory serves (engines/profiles.served_limits) in its manifest.
+quantized from its fp32 export in the same stage, before the directory is swapped in).
+TensorRT: engines/tensorrt_build.py. Both record the request sizes the directory serves
+(engines/profiles.served_limits) in its manifest.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,9 +15,14 @@ from pathlib import Path
 from svd_trt.engines.profiles import ProfileRequest, served_limits
 from svd_trt.errors import UserError
 from svd_trt.manifest import Manifest
-from svd_trt.spec import FLOAT_PRECISIONS, QUANTIZED_PRECISIONS, ComponentSpec, component_specs
+from svd_trt.spec import (
+    ENGINE_BACKENDS,
+    FLOAT_PRECISIONS,
+    QUANTIZED_PRECISIONS,
+    ComponentSpec,
+    component_specs,
+)
 
-BACKENDS = ("onnxruntime", "tensorrt")
 OnComponent = Callable[[str, str, float], None]
 
 
@@ -81,8 +86,8 @@ def export_onnx(
     from svd_trt.export.checkpoint import read_config
     from svd_trt.export.onnx_export import build_onnx_dir
 
-    if target not in BACKENDS:
-        raise BuildError(f"unknown target {target!r}: choose {' or '.join(BACKENDS)}")
+    if target not in ENGINE_BACKENDS:
+        raise BuildError(f"unknown target {target!r}: choose {' or '.join(ENGINE_BACKENDS)}")
     quantized = [f"{n}={p}" for n, p in (precisions or {}).items() if p in QUANTIZED_PRECISIONS]
     if quantized:
         raise BuildError(
@@ -98,8 +103,8 @@ def build_engines(
     snapshot: str | Path, out: str | Path, options: BuildOptions, on_component: OnComponent | None = None
 ) -> Manifest:
     """Build (or reuse) every component of `snapshot` into `out` for `options.backend`."""
-    if options.backend not in BACKENDS:
-        raise BuildError(f"unknown backend {options.backend!r}: choose {' or '.join(BACKENDS)}")
+    if options.backend not in ENGINE_BACKENDS:
+        raise BuildError(f"unknown backend {options.backend!r}: choose {' or '.join(ENGINE_BACKENDS)}")
     if options.backend == "tensorrt":
         from svd_trt.engines.tensorrt_build import build_tensorrt_dir
 
@@ -110,26 +115,25 @@ def build_engines(
 def build_onnxruntime_dir(
     snapshot: str | Path, out: str | Path, options: BuildOptions, on_component: OnComponent | None = None
 ) -> Manifest:
-    """ONNX files for ONNX Runtime; an int8 UNet is quantized from its fp32 export in place."""
-    from svd_trt.calibration.quantize import check_request, quantize_unet
+    """ONNX files for ONNX Runtime; an int8 UNet is quantized from its fp32 export in the same stage."""
+    from svd_trt.calibration.dataset import load_index
+    from svd_trt.calibration.quantize import ort_quantizer, quant_options, quantize_step
     from svd_trt.export.checkpoint import read_config
     from svd_trt.export.onnx_export import build_onnx_dir
-    from svd_trt.manifest import load_manifest
 
     options.check()
     cfg = read_config(snapshot)
     limits = served_limits(cfg, options.request, bounded=False)
     precisions = component_precisions(component_specs(cfg), options.precisions, "onnxruntime")
+    finish, protect = None, ()
     if options.quantized:
-        check_request(options.quantized)  # fp8: a one-line QuantizeError before the export
+        opts = quant_options(options.quantized)  # fp8: a one-line QuantizeError before the export
+        calib = Path(options.calibration)
+        load_index(calib)  # not calibration data: one line before the export
+        finish = quantize_step(calib, ort_quantizer(calib, opts), on_component)
+        protect = (calib,)
         precisions["unet"] = "fp32"  # Q/DQ nodes go into the fp32 graph
-    manifest = build_onnx_dir(
-        snapshot, out, "onnxruntime", precisions, options.variant, on_component, limits, options.force
-    )
-    if not options.quantized:
-        return manifest
-    start = time.perf_counter()
-    quantize_unet(out, options.calibration, options.quantized)
-    if on_component:
-        on_component(f"unet {options.quantized} q/dq", "quantized", time.perf_counter() - start)
-    return load_manifest(out)
+    return build_onnx_dir(
+        snapshot, out, "onnxruntime", precisions, options.variant, on_component, limits, options.force,
+        finish=finish, protect=protect,
+    )  # fmt: skip

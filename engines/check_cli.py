@@ -12,10 +12,9 @@ from pathlib import Path
 
 import click
 
-from svd_trt.cli import generation_options, one_line_errors, pop_generation
+from svd_trt.cli import EXIT_FAILED, generation_options, one_line_errors, pop_generation
 from svd_trt.options import CHECK_DEFAULTS
-
-EXIT_FAILED = 1
+from svd_trt.spec import ENGINE_BACKENDS
 
 
 @click.command("check")
@@ -25,7 +24,7 @@ EXIT_FAILED = 1
 )
 @click.option(
     "--backend",
-    type=click.Choice(["onnxruntime", "tensorrt"]),
+    type=click.Choice(ENGINE_BACKENDS),
     default=None,
     help="Runtime for the engines. [default: the directory's]",
 )

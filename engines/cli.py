@@ -7,13 +7,20 @@ function; expected failures are one line on stderr with exit code 2 (svd_trt/cli
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from pathlib import Path
 
 import click
 
-from svd_trt.cli import fail, one_line_errors
-from svd_trt.spec import DEFAULT_HEIGHT, DEFAULT_WIDTH, FLOAT_PRECISIONS, QUANTIZED_PRECISIONS
+from svd_trt.cli import EXIT_FAILED, fail, one_line_errors
+from svd_trt.spec import (
+    DEFAULT_HEIGHT,
+    DEFAULT_WIDTH,
+    ENGINE_BACKENDS,
+    FLOAT_PRECISIONS,
+    QUANTIZED_PRECISIONS,
+)
 
 log = logging.getLogger("svd_trt")
 
@@ -111,7 +118,7 @@ VARIANT = click.option(
 @click.option("--out", required=True, type=click.Path(), help="ONNX directory to write.")
 @click.option(
     "--target",
-    type=click.Choice(["onnxruntime", "tensorrt"]),
+    type=click.Choice(ENGINE_BACKENDS),
     default="onnxruntime",
     show_default=True,
     help="Whom the graphs are for. tensorrt: the exact files build-engines --backend tensorrt builds "
@@ -151,7 +158,7 @@ def _range(text: str | None, option: str) -> tuple[int, int] | None:
 )
 @click.option("--out", required=True, type=click.Path(), help="Engine directory to write.")
 @click.option(
-    "--backend", type=click.Choice(["onnxruntime", "tensorrt"]), default="onnxruntime", show_default=True
+    "--backend", type=click.Choice(ENGINE_BACKENDS), default="onnxruntime", show_default=True
 )
 @click.option(
     "--precision", "precisions", multiple=True, help="COMPONENT=fp32|fp16, e.g. unet=fp16 (repeatable)."
@@ -252,17 +259,22 @@ def build_engines(
 @click.option("--engines", "engine_dir", required=True, type=click.Path(), help="Engine directory to verify.")
 @one_line_errors
 def verify_command(engine_dir: str) -> None:
-    """Hash every file of ENGINES against its manifest: a changed or truncated byte is named."""
-    from svd_trt.manifest import ManifestError, load_manifest, verify
+    """Hash every file of ENGINES against its manifest: a changed or truncated byte is named.
+
+    Exit 0: intact. 1: damage found (one line per problem, then a summary). 2: not an engine
+    directory, another format version, or a file that cannot be read."""
+    from svd_trt.manifest import verify
 
     start = time.perf_counter()
-    problems = verify(engine_dir)
+    try:
+        problems, count = verify(engine_dir)
+    except OSError as e:
+        fail(f"{engine_dir}: cannot read {e.filename or 'a file'} ({e.strerror or e})")
     for problem in problems:
         click.echo(problem, err=True)
     if problems:
-        raise ManifestError(f"{engine_dir}: {len(problems)} file(s) differ from the manifest; rebuild the engines")
-    manifest = load_manifest(engine_dir)
-    count = sum(len(e.files) or 1 for e in manifest.components.values())
+        click.echo(f"Error: {engine_dir}: {len(problems)} problem(s) found; rebuild the engines", err=True)
+        sys.exit(EXIT_FAILED)
     click.echo(f"{engine_dir}: {count} files match the manifest ({time.perf_counter() - start:.1f} s)")
 
 

@@ -18,24 +18,16 @@ from typing import Any
 
 from svd_trt.engines.build import BuildError, BuildOptions, OnComponent, component_precisions
 from svd_trt.engines.profiles import Profile, component_profiles, served_limits
-from svd_trt.engines.trt_cache import (
-    default_timing_cache,
-    engine_key,
-    onnx_hash,
-    previous_engines,
-    reusable,
-)
+from svd_trt.engines.trt_cache import default_timing_cache, engine_key, previous_engines, reusable
 from svd_trt.export.checkpoint import read_config
 from svd_trt.export.onnx_export import build_onnx_dir
 from svd_trt.manifest import ComponentEntry, Manifest
-from svd_trt.output_dir import link_or_copy, writing
+from svd_trt.output_dir import carry, writing
 from svd_trt.runtime.trt_runner import Platform, current_platform
+from svd_trt.spec import FP8_MIN_CAPABILITY, FP8_NEEDS, ComponentSpec, component_specs
 from svd_trt.spec import QUANTIZED_PRECISIONS as QUANTIZED
-from svd_trt.spec import ComponentSpec, component_specs
 
 log = logging.getLogger(__name__)
-
-FP8_MIN_CAPABILITY = (8, 9)  # FP8 tensor cores: Ada (8.9) and Hopper (9.0) onwards
 
 
 def onnx_dir_for(out: Path) -> Path:
@@ -84,20 +76,21 @@ class _Context:
     timing_cache: Path
 
 
-def _engine_entry(ctx: _Context, spec: ComponentSpec, onnx_path: Path, precision: str, profile: Profile):
+def _engine_entry(ctx: _Context, spec: ComponentSpec, onnx_dir: Path, onnx_entry: ComponentEntry, profile: Profile):
     """The component's entry, its engine reused when the key matches, else built."""
-    digest = onnx_hash(onnx_path)
+    digest = onnx_entry.digest()  # the ONNX files as their manifest recorded them: no re-hashing
+    precision = onnx_entry.precision
     key = engine_key(digest, profile, precision, ctx.platform)
     file = f"{spec.name}.engine"
     old = reusable(ctx.out, ctx.old, spec.name, key)
     if old is not None:
-        link_or_copy(ctx.out / old.file, ctx.stage / file)
+        carry(ctx.out, [old.file], ctx.stage)
         return old, "reused"
-    build_engine(onnx_path, ctx.stage / file, profile, precision, ctx.timing_cache)
+    build_engine(onnx_dir / onnx_entry.file, ctx.stage / file, profile, precision, ctx.timing_cache)
     extra: dict[str, Any] = {
         "profile": profile,
         "platform": dataclasses.asdict(ctx.platform),
-        "onnx_sha256": digest,
+        "onnx_digest": digest,
     }
     return ComponentEntry.describe(spec, file, precision, key, **extra).recorded(ctx.stage), "built"
 
@@ -119,10 +112,9 @@ def build_tensorrt_dir(
     quantized = precisions["unet"] in QUANTIZED
     platform = current_platform()  # TrtError without TensorRT or a GPU
     if precisions["unet"] == "fp8" and _capability(platform) < FP8_MIN_CAPABILITY:
-        raise BuildError(
-            f"fp8 needs compute capability >= 8.9 (Ada, Hopper); {platform.gpu} is {platform.compute_capability}"
-        )
+        raise BuildError(f"fp8 needs {FP8_NEEDS}; {platform.gpu} is {platform.compute_capability}")
     onnx_dir = options.onnx_dir or onnx_dir_for(out)
+    finish, protect = _quantize_step(cfg, options.calibration, precisions["unet"], on_component) if quantized else (None, ())
     onnx = build_onnx_dir(
         snapshot,
         onnx_dir,
@@ -131,9 +123,9 @@ def build_tensorrt_dir(
         variant=options.variant,
         on_component=_tagged(on_component),
         force=options.force,
+        finish=finish,
+        protect=protect,
     )
-    if quantized:
-        onnx = _quantize(onnx_dir, options.calibration, precisions["unet"], on_component)
     timing_cache = options.timing_cache or default_timing_cache(platform)
     timing_cache.parent.mkdir(parents=True, exist_ok=True)
     log.info("TensorRT %s on %s; timing cache %s", platform.tensorrt_version, platform.gpu, timing_cache)
@@ -149,21 +141,21 @@ def _capability(platform: Platform) -> tuple[int, ...]:
     return tuple(int(x) for x in platform.compute_capability.split("."))
 
 
-def _quantize(onnx_dir: Path, calibration: Path, precision: str, on_component) -> Manifest:
-    """The ONNX directory's UNet becomes its Q/DQ file; what TensorRT then builds from.
+def _quantize_step(cfg, calibration: Path, precision: str, on_component):
+    """The ONNX directory's UNet becomes its Q/DQ file, in the ONNX directory's stage; what TensorRT
+    then builds from.
 
     NVIDIA Model Optimizer places the Q/DQ where TensorRT's fusions expect them and
     calibrates at the recorded (full) shape (calibration/modelopt_quantize.py); ONNX
     Runtime's quantizer stays the ONNX Runtime build's: its layout serves ORT's CPU kernels.
     """
-    from svd_trt.calibration.modelopt_quantize import quantize_unet_modelopt
-    from svd_trt.manifest import load_manifest
+    from svd_trt.calibration.modelopt_quantize import check_modelopt_request, modelopt_quantizer
+    from svd_trt.calibration.quantize import quantize_step
 
-    start = time.perf_counter()
-    quantize_unet_modelopt(onnx_dir, calibration, precision)
-    if on_component:
-        on_component(f"unet {precision} q/dq", "quantized", time.perf_counter() - start)
-    return load_manifest(onnx_dir)
+    calibration = Path(calibration)
+    check_modelopt_request(precision, calibration)  # one line before the export
+    step = quantize_step(calibration, modelopt_quantizer(calibration, precision, cfg), on_component)
+    return step, (calibration,)
 
 
 def _tagged(on_component: OnComponent | None) -> OnComponent | None:
@@ -178,9 +170,7 @@ def _build_all(ctx: _Context, specs, onnx_dir: Path, onnx_entries, profiles, on_
     for name, spec in specs.items():
         start = time.perf_counter()
         onnx_entry = onnx_entries[name]
-        entries[name], status = _engine_entry(
-            ctx, spec, onnx_dir / onnx_entry.file, onnx_entry.precision, profiles[name]
-        )
+        entries[name], status = _engine_entry(ctx, spec, onnx_dir, onnx_entry, profiles[name])
         seconds = time.perf_counter() - start
         log.info("%s: engine %s (%s) in %.1f s", name, status, onnx_entry.precision, seconds)
         if on_component:

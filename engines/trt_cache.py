@@ -9,14 +9,12 @@ the runtime refuses one by the platform recorded beside the key. Pure stdlib.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import os
 import re
 from pathlib import Path
 from typing import Any
 
-from svd_trt.manifest import ComponentEntry, ManifestError, entry_problems, load_manifest, sha256_file
+from svd_trt.manifest import ComponentEntry, ManifestError, cache_key, entry_problems, load_manifest
 from svd_trt.runtime.trt_runner import Platform
 
 # Bump when the builder settings change (flags, workspace, ...): old engines then rebuild.
@@ -25,29 +23,17 @@ from svd_trt.runtime.trt_runner import Platform
 BUILDER_VERSION = 2
 
 
-def onnx_files(path: Path) -> list[Path]:
-    """An exported graph and its external weights (`<name>.onnx.data`, as onnx_export writes them)."""
-    data = path.with_name(path.name + ".data")
-    return [path, data] if data.exists() else [path]
-
-
-def onnx_hash(path: str | Path) -> str:
-    """sha256 over the names and contents of the graph and its external data."""
-    parts = [f"{p.name}:{sha256_file(p)}" for p in onnx_files(Path(path))]
-    return hashlib.sha256("|".join(parts).encode()).hexdigest()
-
-
-def engine_key(onnx_sha256: str, profile: dict[str, Any], precision: str, platform: Platform) -> str:
-    """One engine's identity: ONNX bytes, profile, precision, TensorRT version, GPU."""
+def engine_key(onnx_digest: str, profile: dict[str, Any], precision: str, platform: Platform) -> str:
+    """One engine's identity: ONNX bytes (ComponentEntry.digest of its files' records), profile,
+    precision, TensorRT version, GPU."""
     payload = {
-        "onnx": onnx_sha256,
+        "onnx": onnx_digest,
         "profile": profile,
         "precision": precision,
         "platform": dataclasses.asdict(platform),
         "builder": BUILDER_VERSION,
     }
-    text = json.dumps(payload, sort_keys=True)  # tuples and lists serialise alike
-    return hashlib.sha256(text.encode()).hexdigest()[:32]
+    return cache_key(payload)  # JSON: tuples and lists serialise alike
 
 
 def cache_dir() -> Path:

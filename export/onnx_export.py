@@ -5,12 +5,16 @@ Graph choices (why): the legacy TorchScript exporter at opset 17, because it tak
 (the form every TensorRT parser handles; the native GroupNormalization op of opsets
 18/21 has had parser bugs); constant folding on; frames flow through reshapes of the
 input shape, so the graph has no Loop or Sequence op. Files past 2 GB keep their
-weights in one `<name>.onnx.data` beside the graph, and the checker runs on the path.
+weights in one external data file beside the graph (manifest.data_file), and the checker
+runs on the path.
+
+A component is reused from the directory being replaced when its key matches: the snapshot's
+weights, precision, target (attention form), opset, torch and onnx versions, the spec's I/O, and
+EXPORT_VERSION, the version of this export code itself.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import shutil
 import tempfile
@@ -34,16 +38,37 @@ from svd_trt.manifest import (
     ComponentEntry,
     Manifest,
     ManifestError,
+    cache_key,
+    data_file,
     entry_problems,
+    files_digest,
     load_manifest,
 )
-from svd_trt.output_dir import link_or_copy, writing
+from svd_trt.output_dir import carry, kill_point, writing
 from svd_trt.spec import ComponentSpec, Span, component_specs
 
 log = logging.getLogger(__name__)
 
 OPSET = 17
 ONNX_PROTO_LIMIT = 2**31 - 1
+# Bump when this export code changes what a graph holds (an fp32 island, a decomposition, a new
+# output): graphs of an older version are then exported again, and TensorRT engines rebuilt
+# from them. tests/export/test_export_version.py fails when EXPORT_SOURCES change without a bump.
+# 1: the first versioned export (fp32 islands, standard or contrib attention, target in the key).
+EXPORT_VERSION = 1
+# The modules whose code decides the graphs (the port, its loader and this exporter), relative to
+# the source tree's root: the pinned fingerprint covers them.
+EXPORT_SOURCES = (
+    "export/onnx_export.py",
+    "families/svd/port/layers.py",
+    "families/svd/port/unet.py",
+    "families/svd/port/vae.py",
+    "families/svd/port/clip.py",
+    "export/checkpoint.py",
+)
+# A step run in the same stage after the export, before the manifest is written (quantization):
+# (stage, the directory being replaced, the exported manifest) -> the final manifest.
+Finish = Callable[[Path, Path, Manifest], Manifest]
 
 
 @dataclass(frozen=True)
@@ -53,15 +78,16 @@ class ExportOptions:
     precisions: dict[str, str] = field(default_factory=dict)
     opset: int = OPSET
     variant: str = "auto"
-    attention: str = "standard"  # families/svd/port/layers.py onnx_attention: "contrib" for ONNX Runtime
+    target: str = "tensorrt"
+
+    @property
+    def attention(self) -> str:
+        """families/svd/port/layers.py onnx_attention: ONNX Runtime gets its fused MultiHeadAttention;
+        TensorRT fuses the standard ops itself."""
+        return "contrib" if self.target == "onnxruntime" else "standard"
 
     def precision(self, component: str) -> str:
         return self.precisions.get(component, "fp32")
-
-
-def attention_kind(backend: str) -> str:
-    """ONNX Runtime gets its fused MultiHeadAttention; TensorRT fuses the standard ops itself."""
-    return "contrib" if backend == "onnxruntime" else "standard"
 
 
 def default_precisions(backend: str, specs: dict[str, ComponentSpec]) -> dict[str, str]:
@@ -77,21 +103,22 @@ def trace_sizes(cfg: SVDConfig) -> dict[str, int]:
     return {"B": 2, "F": 3, "h": h, "w": w, "H": h * s, "W": w * s}
 
 
-def hash_files(paths: list[Path]) -> str:
-    h = hashlib.sha256()
-    for p in paths:
-        h.update(p.name.encode())
-        with open(p, "rb") as f:
-            h.update(hashlib.file_digest(f, "sha256").digest())
-    return h.hexdigest()
-
-
-def component_key(weights_hash: str, name: str, precision: str, opts: ExportOptions) -> str:
-    text = (
-        f"{weights_hash}|{name}|{precision}|opset{opts.opset}|attention-{opts.attention}"
-        f"|torch{torch.__version__}|onnx{onnx.__version__}"
-    )
-    return hashlib.sha256(text.encode()).hexdigest()[:32]
+def component_key(weights_hash: str, spec: ComponentSpec, precision: str, opts: ExportOptions) -> str:
+    """What an exported graph depends on; a graph whose key differs is exported again."""
+    io = ComponentEntry.describe(spec, spec.onnx_file, precision, "")
+    payload = {
+        "weights": weights_hash,
+        "component": spec.name,
+        "precision": precision,
+        "target": opts.target,
+        "attention": opts.attention,
+        "opset": opts.opset,
+        "export_version": EXPORT_VERSION,
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "io": [io.inputs, io.outputs],
+    }
+    return cache_key(payload)
 
 
 def export_onnx(
@@ -143,7 +170,7 @@ def _save_single(raw: Path, path: Path) -> None:
         str(path),
         save_as_external_data=True,
         all_tensors_to_one_file=True,
-        location=path.name + ".data",
+        location=data_file(path.name),
         size_threshold=1024,
     )
 
@@ -168,6 +195,8 @@ def build_onnx_dir(
     on_component: Callable[[str, str, float], None] | None = None,
     limits: dict[str, Span] | None = None,
     force: bool = False,
+    finish: Finish | None = None,
+    protect: tuple[Path, ...] = (),
 ) -> Manifest:
     """Export every component for `target` into `out` (atomically) and write its manifest.
 
@@ -175,33 +204,32 @@ def build_onnx_dir(
     Runtime's fused contrib node, or standard ops for TensorRT). Either directory runs in ONNX
     Runtime: for TensorRT it holds the exact files `build-engines --backend tensorrt` builds from.
 
-    Components whose key (weights hash, precision, opset, exporter versions) matches the
-    existing directory's are reused. The new directory is assembled beside `out` and
-    swapped in only when complete. `limits`: the request sizes the directory serves
-    (engines/profiles.served_limits); none = any size.
+    Components whose key (module doc) matches the existing directory's are reused. The new
+    directory is assembled beside `out` and swapped in only when complete (svd_trt/output_dir.py);
+    `finish` runs in the same stage (quantization), `protect`: what it reads besides the
+    snapshot. `limits`: the request sizes the directory serves (engines/profiles.served_limits);
+    none = any size.
     """
     snapshot, out = Path(snapshot), Path(out)
     cfg = read_config(snapshot)
     check_scheduler(cfg.scheduler)  # a snapshot the runtime cannot sample is refused before any export
     specs = component_specs(cfg)
-    opts = ExportOptions(
-        {**default_precisions(target, specs), **(precisions or {})},
-        variant=variant,
-        attention=attention_kind(target),
-    )
-    with writing(out, protect=[snapshot], force=force) as stage:
+    opts = ExportOptions({**default_precisions(target, specs), **(precisions or {})}, variant=variant, target=target)
+    with writing(out, protect=[snapshot, *protect], force=force) as stage:
         old = _reusable(out)
         entries = _export_all(snapshot, cfg, specs, opts, out, old, stage, on_component)
         manifest = Manifest(
             "onnxruntime", cfg, entries, source=str(snapshot.resolve()), limits=limits or {}, target=target
         )
+        if finish is not None:
+            manifest = finish(stage, out, manifest)
         manifest.save(stage)
     return manifest
 
 
 def _export_all(snapshot, cfg, specs, opts, out, old, stage, on_component) -> dict[str, ComponentEntry]:
     hashes = {
-        folder: hash_files(find_weights(snapshot / folder, comp.weights_stem, opts.variant))
+        folder: files_digest(find_weights(snapshot / folder, comp.weights_stem, opts.variant))
         for folder, comp in COMPONENTS.items()
     }
     entries = {}
@@ -209,11 +237,10 @@ def _export_all(snapshot, cfg, specs, opts, out, old, stage, on_component) -> di
     last_user = {spec.source: n for n, spec in specs.items()}  # free each checkpoint after its last use
     for name, spec in specs.items():
         precision = opts.precision(name)
-        key = component_key(hashes[spec.source], name, precision, opts)
+        key = component_key(hashes[spec.source], spec, precision, opts)
         start = time.perf_counter()
         if name in old and old[name].key == key and not entry_problems(out, name, old[name], full=True):
-            for f in old[name].file_names(out):
-                link_or_copy(out / f, stage / f)
+            carry(out, old[name].file_names(out), stage)
             entries[name] = old[name]
             status = "reused"
         else:
@@ -224,6 +251,7 @@ def _export_all(snapshot, cfg, specs, opts, out, old, stage, on_component) -> di
             status = "exported"
         if last_user[spec.source] == name:
             loaded.pop((spec.source, precision), None)  # the real UNet is 6 GB in fp32
+        kill_point(f"exported:{name}")
         seconds = time.perf_counter() - start
         log.info("%s: %s (%s) in %.1f s", name, status, precision, seconds)
         if on_component:

@@ -13,7 +13,7 @@ from svd_trt.errors import UserError
 from svd_trt.families.svd.pipeline import SVDPipeline, Timings, VideoOutput
 from svd_trt.manifest import load_manifest
 from svd_trt.memory import plan_for
-from svd_trt.options import GenerationOptions, resolve
+from svd_trt.options import GenerationOptions, request_shape, resolve
 from svd_trt.runtime.image_preprocess import load_image
 from svd_trt.runtime.outputs import Outputs, check_outputs, describe, write_failure
 from svd_trt.runtime.video import contact_sheet as write_contact_sheet
@@ -59,7 +59,8 @@ def infer_to_file(
     manifest = load_manifest(engine_dir)
     backend = backend or manifest.backend
     memory = plan_for(engine_dir, manifest, backend)
-    opts = resolve(options or GenerationOptions(), manifest.model, manifest.limits, memory)
+    opts = resolve(options or GenerationOptions(), manifest.model, manifest.limits)
+    memory.check(manifest.model, request_shape(opts))
     fps = output_fps if output_fps is not None else opts.fps
     inputs = {"--image": Path(image), "--engines": Path(engine_dir)}
     arrays = {}

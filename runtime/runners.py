@@ -17,10 +17,10 @@ import numpy as np
 
 from svd_trt.errors import first_line
 from svd_trt.manifest import ComponentEntry, ManifestError
+from svd_trt.spec import RUN_BACKENDS as BACKENDS
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("onnxruntime", "tensorrt", "torch")
 PIP_TORCH = "pip install 'svd-trt[export]'"
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from svd_trt.calibration.dataset import FORMAT_VERSION, INDEX_NAME, UNET_INPUTS
+from svd_trt.calibration.dataset import FORMAT_VERSION, INDEX_NAME
 from svd_trt.families.svd.config import SVDConfig, preset
 from svd_trt.spec import DEFAULT_HEIGHT, DEFAULT_WIDTH
 
@@ -47,7 +47,7 @@ def synthetic_calibration(out: Path, samples: int, frames: int, height: int, wid
     """A calibration directory (format 1) of `samples` UNet calls at the given shape."""
     rng = np.random.default_rng(0)
     out.mkdir(parents=True, exist_ok=True)
-    entries = []
+    entries, names = [], []
     for i in range(samples):
         sigma = float(np.exp(rng.uniform(np.log(0.002), np.log(700))))
         x = {
@@ -58,10 +58,11 @@ def synthetic_calibration(out: Path, samples: int, frames: int, height: int, wid
         }
         name = f"step-{i:05d}.npz"
         np.savez(out / name, **x)
+        names = list(x)
         entries.append({"file": name, "split": "calibration", "run": 0, "step": i, "sigma": sigma})
     index = {
         "format_version": FORMAT_VERSION,
-        "inputs": list(UNET_INPUTS),
+        "inputs": names,
         "options": {},
         "runs": [],
         "samples": entries,

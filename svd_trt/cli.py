@@ -24,7 +24,8 @@ from svd_trt.options import FIELDS, GenerationOptions, flag
 
 log = logging.getLogger(__name__)
 
-EXIT_USAGE = 2
+EXIT_FAILED = 1  # a check ran and found a problem (svd-export check, verify)
+EXIT_USAGE = 2  # an expected failure: bad input, a missing or unreadable file
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 
 # The [export] extra's import names (pyproject.toml): `pip install svd-trt` has none of them, and

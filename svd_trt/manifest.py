@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,7 +57,7 @@ class ComponentEntry:
 
     def file_names(self, directory: str | Path) -> list[str]:
         """The graph or engine file and, where it exists or is recorded, its external data."""
-        data = self.file + ".data"
+        data = data_file(self.file)
         return [self.file, data] if data in self.files or (Path(directory) / data).exists() else [self.file]
 
     def recorded(self, directory: str | Path) -> ComponentEntry:
@@ -65,9 +66,32 @@ class ComponentEntry:
         return dataclasses.replace(self, files={n: file_record(root / n) for n in self.file_names(root)})
 
     def digest(self) -> str:
-        """One hash of every recorded file (names and contents): what a derived artefact depends on."""
-        text = json.dumps(sorted((n, r["sha256"]) for n, r in self.files.items()))
-        return hashlib.sha256(text.encode()).hexdigest()
+        """One hash of every recorded file (names and contents): what a derived artefact depends on
+        (an engine, a quantized UNet), read from the records, never by hashing the files again."""
+        if not self.files:
+            raise ManifestError(f"{self.file}: no file records to derive a hash from; rebuild")
+        return records_digest(self.files)
+
+
+def data_file(name: str) -> str:
+    """The external-weights file of an ONNX graph past 2 GB (or any name pattern): `<name>.data`."""
+    return name + ".data"
+
+
+def records_digest(records: dict[str, dict[str, Any]]) -> str:
+    """One sha256 over file records (name -> {size, sha256}): the hash of a set of files."""
+    text = json.dumps(sorted((n, r["sha256"]) for n, r in records.items()))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def cache_key(payload: dict[str, Any]) -> str:
+    """A component's key (ComponentEntry.key) from what it depends on: reused only when equal."""
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def files_digest(paths: list[Path]) -> str:
+    """records_digest of files on disk (a snapshot's weights), each hashed once."""
+    return records_digest({p.name: file_record(p) for p in paths})
 
 
 def sha256_file(path: str | Path) -> str:
@@ -106,14 +130,31 @@ def entry_problems(root: Path, name: str, entry: ComponentEntry, full: bool = Fa
     return problems
 
 
-def verify(directory: str | Path) -> list[str]:
-    """Every problem of an engine directory, every byte hashed (svd-export verify)."""
+def verify(directory: str | Path) -> tuple[list[str], int]:
+    """Every problem of an engine directory, every byte hashed, and the number of files checked
+    (svd-export verify). A manifest of this format that cannot be used is a problem too; a
+    directory without one, or of another format version, is a ManifestError: nothing to verify."""
     root = Path(directory)
-    manifest = load_manifest(root, check_sizes=False)
+    try:
+        manifest = load_manifest(root, check_sizes=False)
+    except ManifestError as e:
+        if _current_format(root / MANIFEST_NAME):
+            return [str(e)], 0
+        raise
     problems = []
     for name, entry in manifest.components.items():
         problems += entry_problems(root, name, entry, full=True)
-    return problems
+    return problems, sum(len(e.files) or 1 for e in manifest.components.values())
+
+
+def _current_format(path: Path) -> bool:
+    """A manifest file that is damaged JSON, or JSON of this format version."""
+    if not path.is_file():
+        return False
+    try:
+        return json.loads(path.read_text()).get("format_version") == FORMAT_VERSION
+    except (ValueError, AttributeError):
+        return True
 
 
 @dataclass(frozen=True)
@@ -139,9 +180,13 @@ class Manifest:
         return json.dumps(d, indent=2, default=list) + "\n"
 
     def save(self, directory: str | Path) -> Path:
+        """Written last into a stage (svd_trt/output_dir.py), on the disk before its name exists."""
         path = Path(directory) / MANIFEST_NAME
         tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(self.to_json())
+        with open(tmp, "w") as f:
+            f.write(self.to_json())
+            f.flush()
+            os.fsync(f.fileno())
         tmp.replace(path)
         return path
 

@@ -1,7 +1,8 @@
 """How much memory one request needs, and the one-line refusal when it cannot fit.
 
-`resolve` (svd_trt/options.py) calls `MemoryPlan.check` before any component runs, so the CLI,
-the Python API (SVDPipeline) and serving refuse the same requests. The estimate is arithmetic on
+Every entry point calls `MemoryPlan.check` with the resolved request's shape
+(svd_trt/options.request_shape) before any component runs, so the CLI, the Python API
+(SVDPipeline) and serving refuse the same requests. The estimate is arithmetic on
 the model config and the request's sizes (fp32, ONNX Runtime on the CPU):
 
     need = weights still to load
@@ -27,10 +28,10 @@ from typing import TYPE_CHECKING
 
 from svd_trt.errors import CapacityError
 from svd_trt.families.svd.config import SVDConfig
+from svd_trt.options import RequestShape, flag
 
 if TYPE_CHECKING:
     from svd_trt.manifest import Manifest
-    from svd_trt.options import GenerationOptions
 
 log = logging.getLogger(__name__)
 
@@ -150,30 +151,29 @@ def clip_bytes(cfg: SVDConfig) -> int:
 
 def estimate(
     cfg: SVDConfig,
-    opts: GenerationOptions,
+    shape: RequestShape,
     attention: str = "fused",
     weights: int = 0,
     host_activations: bool = True,
 ) -> Estimate:
     """Bytes one request needs: weights still to load, working memory per component, the pipeline's arrays.
 
-    `opts` must be resolved (num_frames and decode_chunk_size filled). `attention`: "fused"
+    `shape`: the resolved request's (svd_trt/options.request_shape). `attention`: "fused"
     (ONNX Runtime's MultiHeadAttention, no score matrix) or "standard" (MatMul/Softmax/MatMul,
     the TensorRT-target graphs). host_activations=False: the components run elsewhere (a GPU).
     """
     s = cfg.vae.scale_factor
-    h, w = opts.height // s, opts.width // s
-    batch = 2 if opts.max_guidance_scale > 1.0 else 1  # guidance.do_cfg: the UNet runs at batch 2
-    frames, chunk = opts.num_frames, min(opts.decode_chunk_size, opts.num_frames)
+    h, w = shape.height // s, shape.width // s
+    batch, frames, chunk = shape.batch, shape.frames, min(shape.decode_chunk, shape.frames)
     activations = {}
     if host_activations:
         activations = {
             "the UNet": unet_bytes(cfg, batch, frames, h, w, attention),
-            "the VAE decoder": decoder_bytes(cfg, chunk, opts.height, opts.width, attention),
-            "the VAE encoder": encoder_bytes(cfg, opts.height, opts.width, attention),
+            "the VAE decoder": decoder_bytes(cfg, chunk, shape.height, shape.width, attention),
+            "the VAE encoder": encoder_bytes(cfg, shape.height, shape.width, attention),
             "CLIP": clip_bytes(cfg),
         }
-    pixels = frames * opts.height * opts.width
+    pixels = frames * shape.height * shape.width
     arrays = FRAME_COPIES * pixels * 3 * F32 + LATENT_COPIES * frames * cfg.vae.latent_channels * h * w * F32
     terms = {**activations, "the frames": arrays}
     widest = max(terms, key=terms.get)
@@ -272,11 +272,11 @@ class MemoryPlan:
     def host_activations(self) -> bool:
         return self.backend == "onnxruntime" and self.device == "cpu"
 
-    def estimate(self, cfg: SVDConfig, opts: GenerationOptions) -> Estimate:
+    def estimate(self, cfg: SVDConfig, shape: RequestShape) -> Estimate:
         weights = self.weights if self.host_activations else 0
-        return estimate(cfg, opts, self.attention, weights, self.host_activations)
+        return estimate(cfg, shape, self.attention, weights, self.host_activations)
 
-    def check(self, cfg: SVDConfig, opts: GenerationOptions, pending: int = 0) -> Estimate | None:
+    def check(self, cfg: SVDConfig, shape: RequestShape, pending: int = 0) -> Estimate | None:
         """Refuse, in one line, a request whose estimate exceeds what is available; None when unchecked.
 
         `pending`: memory other processes' requests in flight will still take (a server's admission,
@@ -291,22 +291,22 @@ class MemoryPlan:
         now = resident_bytes() if self.loaded_rss is not None else None
         if now is not None:
             reusable = max(0, now - self.loaded_rss)
-        est = self.estimate(cfg, opts)
+        est = self.estimate(cfg, shape)
         free = max(0, available + reusable - pending)
         log.info("memory: need about %.2f GiB, %.2f GiB available", est.total / GIB, free / GIB)
         if est.total > free:
-            raise InsufficientMemory(refusal(est, free, opts))
+            raise InsufficientMemory(refusal(est, free, shape))
         return est
 
 
-def refusal(est: Estimate, available: int, opts: GenerationOptions) -> str:
+def refusal(est: Estimate, available: int, shape: RequestShape) -> str:
     """The refusal's one line: the estimate, its largest part, what is available, what to lower."""
     widest = est.activations.get(est.widest, est.arrays)
     return (
         f"this request needs about {est.total / GIB:.1f} GiB of memory ({est.widest}: {widest / GIB:.1f} GiB at "
-        f"{opts.num_frames} frames of {opts.height}x{opts.width}, decode chunk {opts.decode_chunk_size}) but "
-        f"{available / GIB:.1f} GiB is available; lower --height/--width, --num-frames or "
-        f"--decode-chunk-size (or set {SKIP_ENV}=1 to run anyway)"
+        f"{shape.frames} frames of {shape.height}x{shape.width}, decode chunk {shape.decode_chunk}) but "
+        f"{available / GIB:.1f} GiB is available; lower {flag('height')}/{flag('width')}, {flag('num_frames')} or "
+        f"{flag('decode_chunk_size')} (or set {SKIP_ENV}=1 to run anyway)"
     )
 
 
@@ -320,7 +320,7 @@ def plan_for(
         root = Path(engine_dir)
         for name in manifest.specs():  # what the pipeline opens (a quantized directory keeps more)
             entry = manifest.components[name]
-            for path in (root / entry.file, root / (entry.file + ".data")):
-                if path.is_file():
-                    weights += path.stat().st_size
+            for name in entry.file_names(root):
+                if (root / name).is_file():
+                    weights += (root / name).stat().st_size
     return MemoryPlan(backend, device, attention, weights, resident_bytes() if loaded else None)

@@ -5,8 +5,8 @@
 and by the Triton request contract. `resolve` is the one validation every entry point runs
 before any component does: positive sizes and fps, the size rule (svd_trt/spec.py), finite
 floats, the sizes the engine directory serves (its manifest's `limits`, from which TensorRT
-profiles are built) and, given a MemoryPlan, whether the request fits in memory
-(svd_trt/memory.py). numpy-free.
+profiles are built). `request_shape` is what memory admission (svd_trt/memory.py, which
+imports this module, never the other way) needs of a resolved request. numpy-free.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 
 from svd_trt.errors import UserError
 from svd_trt.families.svd.config import SVDConfig
-from svd_trt.memory import MemoryPlan
 from svd_trt.spec import DEFAULT_HEIGHT, DEFAULT_WIDTH, Span, size_multiple
 
 
@@ -65,16 +64,32 @@ def flag(name: str) -> str:
     return FIELDS[name].metadata.get("flag") or "--" + name.replace("_", "-")
 
 
-def resolve(
-    opts: GenerationOptions,
-    cfg: SVDConfig,
-    limits: Mapping[str, Span] | None = None,
-    memory: MemoryPlan | None = None,
-) -> GenerationOptions:
-    """Fill the model's defaults and refuse, in one line, anything the engines cannot run.
+def do_cfg(max_guidance_scale: float) -> bool:
+    """CFG runs iff max_guidance_scale > 1 (the pipeline's `guidance_scale > 1` with guidance_scale = max)."""
+    return max_guidance_scale > 1
 
-    `memory`: where the request's memory goes (svd_trt.memory.plan_for); None skips the check.
-    """
+
+@dataclass(frozen=True)
+class RequestShape:
+    """The sizes a resolved request runs at: what memory admission needs of it."""
+
+    batch: int  # the UNet's: 2 (unconditional + conditional) when CFG runs
+    frames: int
+    height: int
+    width: int
+    decode_chunk: int
+
+
+def request_shape(opts: GenerationOptions) -> RequestShape:
+    """The shape of a resolved request (num_frames and decode_chunk_size filled)."""
+    batch = 2 if do_cfg(opts.max_guidance_scale) else 1
+    return RequestShape(batch, opts.num_frames, opts.height, opts.width, opts.decode_chunk_size)
+
+
+def resolve(
+    opts: GenerationOptions, cfg: SVDConfig, limits: Mapping[str, Span] | None = None
+) -> GenerationOptions:
+    """Fill the model's defaults and refuse, in one line, anything the engines cannot run."""
     limits = limits or {}
     num_frames = opts.num_frames if opts.num_frames is not None else cfg.unet.num_frames
     chunk = opts.decode_chunk_size
@@ -102,6 +117,4 @@ def resolve(
                 f"{flag(name)} {value} is outside the {span.text()} these engines serve; "
                 f"rebuild them with a {flag(name)} range that covers it"
             )
-    if memory is not None:
-        memory.check(cfg, opts)
     return opts

@@ -1,16 +1,19 @@
 """Writing a directory this project owns (engines, ONNX files) without losing anything a user had.
 
-`writing(out, protect)` is the one way such a directory is written:
-- an `out` that overlaps an input (the snapshot it is built from) is refused;
+`writing(out, protect)` is the one way such a directory is written, by every step that writes
+one (ONNX export, engine builds, both quantizers, `svd-export quantize`, a rebuild that repairs):
+- an `out` that overlaps an input (the snapshot, the calibration data) is refused;
 - one writer at a time: an flock on `.NAME.lock` beside `out`; a second writer is refused;
-- staging directories a killed writer left beside `out` are removed (holding the lock proves
-  nobody is still writing them);
+- what a killed writer left beside `out` is cleaned up first (holding the lock proves nobody is
+  still writing it): its stage is removed, and a previous directory it had moved aside but not
+  yet replaced (`.NAME.old-*`, see `_swap_in`) is put back at `out`;
 - an existing `out` is replaced only when it is a directory this project wrote holding nothing
   else: the files its manifest lists, the manifest, check's `accuracy/` report. One whose
   manifest cannot be read (another format version, damaged) only with `force`, and then only
   if every entry has an engine file's name. Anything else, never: its files are the user's;
-- the new directory is assembled beside `out` and swapped in whole, so an interrupted build
-  never leaves a directory that looks complete.
+- the new directory is assembled in a stage beside `out` (unchanged files hard-linked from the
+  old one), fsynced, and swapped in whole only when its manifest lists exactly what it holds:
+  a writer killed at any point leaves the old directory or the new one, never a mix.
 Every refusal is one line (OutputError) before any work.
 """
 
@@ -22,15 +25,21 @@ import fnmatch
 import json
 import os
 import shutil
+import signal
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from svd_trt.errors import UserError
-from svd_trt.manifest import MANIFEST_NAME, ManifestError, load_manifest
+from svd_trt.manifest import MANIFEST_NAME, ManifestError, data_file, load_manifest
 
 REPORT_DIR = "accuracy"  # svd-export check's default report folder inside an engine directory
-ENGINE_FILE_PATTERNS = ("*.onnx", "*.onnx.data", "*.engine", MANIFEST_NAME, REPORT_DIR)
+ENGINE_FILE_PATTERNS = ("*.onnx", data_file("*.onnx"), "*.engine", MANIFEST_NAME, REPORT_DIR)
+# What quantization left inside a directory before it went through the writer (a killed run of
+# an older svd-trt): ours, dropped by the next swap, never a reason to call the directory foreign.
+OLD_LEFTOVERS = (".*.onnx.partial", data_file(".*.onnx.partial"), ".*.prepared.onnx", ".unet-*-modelopt-*")
+# Crash tests (tests/test_crash_safety.py): the writer SIGKILLs itself at the named point.
+KILL_ENV = "SVD_TRT_KILL_AT"
 
 
 class OutputError(UserError):
@@ -65,12 +74,16 @@ def check_target(out: Path, protect: Sequence[Path] = (), force: bool = False) -
             f"{out}: not an engine directory written by svd-trt (it holds {len(entries)} other entries); "
             "choose another --out"
         ) from None
-    owned = {MANIFEST_NAME, REPORT_DIR} | {n for c in manifest.components.values() for n in c.file_names(out)}
-    foreign = sorted(entries - owned)
+    foreign = sorted(n for n in entries - owned_names(manifest, out) if not _matches(n, OLD_LEFTOVERS))
     if foreign:
         raise OutputError(
             f"{out}: holds {foreign[0]!r}, which svd-trt did not write; move it or choose another --out"
         )
+
+
+def owned_names(manifest, directory: Path) -> set[str]:
+    """Every name a directory with this manifest may hold."""
+    return {MANIFEST_NAME, REPORT_DIR} | {n for c in manifest.components.values() for n in c.file_names(directory)}
 
 
 def _ours(out: Path) -> bool:
@@ -80,8 +93,19 @@ def _ours(out: Path) -> bool:
         return False
 
 
+def _matches(name: str, patterns: Sequence[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
 def _engine_name(name: str) -> bool:
-    return any(fnmatch.fnmatchcase(name, p) for p in ENGINE_FILE_PATTERNS)
+    return _matches(name, ENGINE_FILE_PATTERNS)
+
+
+
+def kill_point(name: str) -> None:
+    """A named point of the write sequence; SIGKILL here when KILL_ENV names it (crash tests)."""
+    if os.environ.get(KILL_ENV) == name:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 @contextlib.contextmanager
@@ -110,9 +134,20 @@ def lock(out: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def remove_stale(out: Path) -> list[Path]:
-    """Staging and trash directories a killed writer left beside `out`; call under its lock."""
-    stale = [*out.parent.glob(f".{out.name}.partial-*"), *out.parent.glob(f".{out.name}.old-*")]
+def _beside(out: Path, kind: str) -> list[Path]:
+    return sorted(out.parent.glob(f".{out.name}.{kind}-*"))
+
+
+def recover(out: Path) -> list[Path]:
+    """Undo what a killed writer left beside `out`; call under its lock. Returns what was removed.
+
+    A `.old-*` directory with no `out` is the previous good directory, moved aside by a swap
+    that was killed before the new one arrived: it goes back to `out`. With `out` present the
+    swap completed and `.old-*` is the replaced directory. Stages and trash are removed."""
+    old = _beside(out, "old")
+    if old and not out.exists():
+        old.pop().rename(out)  # one swap at a time (the lock): at most one is ours to restore
+    stale = [*old, *_beside(out, "trash"), *_beside(out, "partial")]
     for path in stale:
         shutil.rmtree(path, ignore_errors=True)
     return stale
@@ -123,10 +158,11 @@ def writing(out: str | Path, protect: Sequence[Path] = (), force: bool = False) 
     """A stage directory beside `out`, swapped in whole when the block succeeds (module doc)."""
     out = Path(out)
     with lock(out):
+        recover(out)
         check_target(out, protect, force)
-        remove_stale(out)
         stage = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
         try:
+            kill_point("staged")
             yield stage
             _swap_in(stage, out)
         except BaseException:
@@ -142,6 +178,12 @@ def link_or_copy(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
+def carry(src: Path, names: Iterable[str], stage: Path) -> None:
+    """Files of the old directory that stay as they are, linked into the stage."""
+    for name in names:
+        link_or_copy(src / name, stage / name)
+
+
 def _relax_permissions(directory: Path) -> None:
     """mkdtemp makes 0700 directories and onnx writes 0600 data files; an engine directory is
     shared like any build output, so give it the umask's usual modes."""
@@ -152,15 +194,46 @@ def _relax_permissions(directory: Path) -> None:
         os.chmod(f, 0o666 & ~umask)
 
 
+def fsync_path(path: Path) -> None:
+    """Flush a file's or a directory's entries to the disk (a rename is durable only after its directory's)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _check_complete(stage: Path) -> None:
+    """The stage holds a readable manifest, every file it lists, and nothing else."""
+    manifest = load_manifest(stage)  # ManifestError: a missing component or file, a wrong size
+    extra = sorted({p.name for p in stage.iterdir()} - owned_names(manifest, stage))
+    if extra:
+        raise RuntimeError(f"{stage}: holds {extra[0]!r}, which its manifest does not list")
+
+
 def _swap_in(stage: Path, out: Path) -> None:
-    """Replace `out` by the complete `stage` directory; the old one is removed after."""
-    if not (stage / MANIFEST_NAME).exists():
-        raise RuntimeError(f"{stage}: no manifest; refusing to install an incomplete directory")
+    """Replace `out` by the complete `stage` directory.
+
+    Files and the stage are fsynced first, so the new directory is on the disk before it has
+    a name. Two renames follow: `out` to `.NAME.old-PID`, the stage to `out`. Killed between
+    them, `out` is missing and `recover` renames `.old-PID` back; after the second, the old
+    directory is renamed to `.NAME.trash-PID` (so it is never mistaken for one to restore)
+    and removed."""
+    _check_complete(stage)
     _relax_permissions(stage)
-    trash = None
+    for f in stage.iterdir():
+        fsync_path(f)
+    fsync_path(stage)
+    kill_point("synced")
+    old = None
     if out.exists():
-        trash = out.with_name(f".{out.name}.old-{os.getpid()}")
-        out.rename(trash)
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        out.rename(old)
+        kill_point("swapping")
     stage.rename(out)
-    if trash:
+    fsync_path(out.parent)
+    kill_point("swapped")
+    if old:
+        trash = out.with_name(f".{out.name}.trash-{os.getpid()}")
+        old.rename(trash)
         shutil.rmtree(trash, ignore_errors=True)

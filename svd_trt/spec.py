@@ -22,11 +22,19 @@ from svd_trt.families.svd.config import SVDConfig
 
 Dim = str | int
 
+# What build-engines builds and export-onnx exports for: an engine directory's backend / target.
+ENGINE_BACKENDS = ("onnxruntime", "tensorrt")
+# What runs an engine directory: its engines, or the torch port itself (export/torch_backend.py).
+RUN_BACKENDS = (*ENGINE_BACKENDS, "torch")
 # Who runs a component: ONNX Runtime (CPU or CUDA), TensorRT, and the torch backend on a CUDA
 # GPU or on the CPU. Each spec gives its precision on every one of them.
-TARGETS = ("onnxruntime", "tensorrt", "torch-cuda", "torch-cpu")
+TARGETS = (*ENGINE_BACKENDS, "torch-cuda", "torch-cpu")
 FLOAT_PRECISIONS = ("fp32", "fp16")
 QUANTIZED_PRECISIONS = ("int8", "fp8")  # the UNet only: Q/DQ graphs from calibration/
+# FP8 tensor cores: Ada (compute capability 8.9), Hopper (9.0) and newer; TensorRT only (ONNX
+# Runtime has no FP8 kernels on the CPU).
+FP8_MIN_CAPABILITY = (8, 9)
+FP8_NEEDS = f"TensorRT on a GPU of compute capability >= {'.'.join(map(str, FP8_MIN_CAPABILITY))} (Ada, Hopper)"
 
 # diffusers' StableVideoDiffusionPipeline.__call__ defaults (SVD's training resolution).
 DEFAULT_HEIGHT = 576

@@ -8,10 +8,12 @@ Pillow, PyAV and ONNX Runtime into the new venv (from pip's cache or the package
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
 import sys
+import tomllib
 import zipfile
 from pathlib import Path
 
@@ -112,10 +114,50 @@ def test_export_commands_name_the_extra_in_one_line(runtime_venv, tiny_engines, 
     assert list(tmp_path.iterdir()) == []  # nothing half-made
 
 
+def _pyproject() -> dict:
+    return tomllib.loads((REPO / "pyproject.toml").read_text())
+
+
+def _lowest_python() -> tuple[int, int]:
+    """requires-python's lower bound, the one statement of the supported versions (">=3.X")."""
+    spec = _pyproject()["project"]["requires-python"]
+    match = re.fullmatch(r">=\s*(\d+)\.(\d+)", spec)
+    assert match, f"requires-python {spec!r}: expected a plain lower bound"
+    return int(match.group(1)), int(match.group(2))
+
+
+def test_the_supported_pythons_are_stated_once_and_tested():
+    """This interpreter is the lowest supported one in CI (and at least inside the range anywhere);
+    ruff follows requires-python: no target-version of its own that could disagree."""
+    assert sys.version_info[:2] >= _lowest_python()
+    assert "target-version" not in _pyproject()["tool"]["ruff"]
+
+
+def _interpreter(major: int, minor: int) -> str | None:
+    """A working python{major}.{minor}: on PATH, or among pyenv's versions (its shims run only the
+    versions a user selected)."""
+    name = f"python{major}.{minor}"
+    root = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv"))
+    for candidate in [shutil.which(name), *sorted(root.glob(f"versions/{major}.{minor}.*/bin/{name}"))]:
+        if candidate and _run(candidate, "-c", "import sys").returncode == 0:
+            return str(candidate)
+    return None
+
+
+@pytest.mark.install
+def test_an_older_python_refuses_the_wheel(wheel):
+    """pip on the newest Python below the range does not install the wheel (where one is at hand)."""
+    major, minor = _lowest_python()
+    older = _interpreter(major, minor - 1)
+    if older is None:
+        pytest.skip(f"no python{major}.{minor - 1} on this machine")
+    done = _run(older, "-m", "pip", "install", "--dry-run", "--no-deps", "--no-index", wheel[0])
+    assert done.returncode != 0 and "requires a different Python" in done.stderr, done.stderr
+
+
 def test_readme_gpu_recipe_lists_the_runtime_dependencies():
     """README's onnxruntime-gpu recipe installs pyproject's dependencies with onnxruntime swapped."""
-    tomllib = pytest.importorskip("tomllib")
-    declared = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    declared = _pyproject()["project"]["dependencies"]
     names = {re.split(r"[<>=!~ ;\[]", d, maxsplit=1)[0].lower() for d in declared}
     recipe = re.search(r"^pip install onnxruntime-gpu (.+?)\s+#", (REPO / "README.md").read_text(), re.M)
     assert recipe, "README lost the onnxruntime-gpu recipe"

@@ -17,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 from svd_trt.engines.cli import main as svd_export
-from svd_trt.manifest import MANIFEST_NAME, load_manifest
+from svd_trt.manifest import MANIFEST_NAME, data_file, load_manifest
 from svd_trt.output_dir import lock
 from svd_trt.runtime.cli import main as svd_trt
 
@@ -100,6 +100,16 @@ def test_a_user_file_inside_an_engine_directory_blocks_the_rebuild(tiny_snapshot
     assert (engines / "notes.txt").read_text() == "mine" and (engines / "unet.onnx").exists()
 
 
+def test_what_an_older_killed_quantization_left_inside_is_cleared(tiny_snapshot, engines):
+    """Before quantization went through the writer, a killed one left these inside the directory."""
+    (engines / ".unet.int8.onnx.partial").write_bytes(b"half")
+    (engines / ".unet.prepared.onnx").write_bytes(b"half")
+    (engines / ".unet-int8-modelopt-x1").mkdir()
+    result = build(tiny_snapshot, engines)
+    assert result.exit_code == 0, result.stderr
+    assert not [p.name for p in engines.iterdir() if p.name.startswith(".")]
+
+
 def test_an_unreadable_manifest_of_ours_needs_force(tiny_snapshot, engines):
     manifest = json.loads((engines / MANIFEST_NAME).read_text())
     (engines / MANIFEST_NAME).write_text(json.dumps({**manifest, "format_version": 1}))
@@ -150,12 +160,12 @@ def _external(engines: Path, name: str) -> Path:
     """Re-save component `name` with its weights in `<file>.data` and record the new files."""
     path = engines / f"{name}.onnx"
     model = onnx.load(str(path))
-    onnx.save_model(model, str(path), save_as_external_data=True, location=path.name + ".data", size_threshold=0)
+    onnx.save_model(model, str(path), save_as_external_data=True, location=data_file(path.name), size_threshold=0)
     manifest = load_manifest(engines, check_sizes=False)
     entry = manifest.components[name]
     manifest.components[name] = dataclasses.replace(entry, files={}).recorded(engines)
     manifest.save(engines)
-    return path.with_name(path.name + ".data")
+    return path.with_name(data_file(path.name))
 
 
 @pytest.mark.parametrize(
@@ -198,14 +208,38 @@ def _flip_a_weight_byte(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
+def verify(engines: Path):
+    return CliRunner().invoke(svd_export, ["verify", "--engines", str(engines)])
+
+
 def test_verify_hashes_every_byte(engines):
-    ok = CliRunner().invoke(svd_export, ["verify", "--engines", str(engines)])
+    ok = verify(engines)
     assert ok.exit_code == 0 and "files match the manifest" in ok.output
     _flip_a_weight_byte(engines / "unet.onnx")
-    bad = CliRunner().invoke(svd_export, ["verify", "--engines", str(engines)])
-    assert bad.exit_code == 2
+    bad = verify(engines)
+    assert bad.exit_code == 1  # damage found
     lines = bad.stderr.strip().splitlines()
     assert "unet.onnx: contents changed" in lines[0] and lines[-1].startswith("Error: ") and len(lines) == 2
+
+
+@pytest.mark.parametrize(
+    "damage, code",
+    [
+        (lambda e: (e / "vae_decoder.onnx").unlink(), 1),
+        (lambda e: (e / MANIFEST_NAME).write_text("{not json"), 1),
+        (lambda e: (e / MANIFEST_NAME).write_text(json.dumps({"format_version": 2, "backend": "x"})), 1),
+        (lambda e: (e / MANIFEST_NAME).unlink(), 2),  # not an engine directory: nothing to verify
+        (lambda e: shutil.rmtree(e), 2),
+        (lambda e: (e / MANIFEST_NAME).write_text(json.dumps({"format_version": 1})), 2),  # another version
+    ],
+    ids=["missing-file", "manifest-not-json", "manifest-malformed", "no-manifest", "no-directory", "old-format"],
+)
+def test_verify_exit_codes_tell_damage_from_usage(engines, damage, code):
+    """0 intact, 1 damage found, 2 usage or I/O error: a script can tell them apart."""
+    damage(engines)
+    result = verify(engines)
+    assert result.exit_code == code, result.output
+    assert result.stderr.strip().splitlines()[-1].startswith("Error: ")
 
 
 def test_a_rebuild_redoes_only_the_damaged_component(tiny_snapshot, engines):

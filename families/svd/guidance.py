@@ -1,7 +1,8 @@
 """Per-frame classifier-free guidance, as diffusers' StableVideoDiffusionPipeline does it.
 
 The guidance weight ramps linearly from the first frame to the last; the batch given to the UNet
-is [unconditional, conditional] (zero image embedding and zero image latent first).
+is [unconditional, conditional] (zero image embedding and zero image latent first). Whether CFG
+runs at all is a rule of the request (svd_trt/options.do_cfg).
 """
 
 from __future__ import annotations
@@ -9,11 +10,6 @@ from __future__ import annotations
 import numpy as np
 
 from svd_trt.runtime.torch_math import linspace_f32
-
-
-def do_cfg(max_guidance_scale: float) -> bool:
-    """CFG runs iff max_guidance_scale > 1 (the pipeline's `guidance_scale > 1` with guidance_scale = max)."""
-    return max_guidance_scale > 1
 
 
 def guidance_scale(

@@ -24,9 +24,10 @@ from svd_trt.families.svd import euler, guidance
 from svd_trt.families.svd.clip_preprocess import clip_pixel_values
 from svd_trt.manifest import Manifest, load_manifest
 from svd_trt.memory import MemoryPlan, plan_for
-from svd_trt.options import GenerationOptions, PipelineError, resolve
+from svd_trt.options import GenerationOptions, PipelineError, do_cfg, request_shape, resolve
 from svd_trt.runtime.image_preprocess import added_time_ids, postprocess, vae_pixel_values
 from svd_trt.runtime.runners import Runner, open_runner
+from svd_trt.spec import ComponentSpec
 
 log = logging.getLogger(__name__)
 
@@ -68,16 +69,18 @@ class VideoOutput:
 
 
 class _Timed:
-    """Calls a runner and adds the wall time to one Timings field; a backend's failure becomes an
-    EngineError naming the component (svd_trt/errors.py)."""
+    """Calls a runner with its inputs in the spec's order (svd_trt/spec.py names them) and adds the
+    wall time to one Timings field; a backend's failure becomes an EngineError naming the component
+    (svd_trt/errors.py)."""
 
-    def __init__(self, runner: Runner, timings: Timings, stage: str) -> None:
-        self.runner, self.timings, self.stage = runner, timings, stage
+    def __init__(self, runner: Runner, spec: ComponentSpec, timings: Timings, stage: str) -> None:
+        self.runner, self.spec, self.timings, self.stage = runner, spec, timings, stage
 
-    def __call__(self, **inputs: np.ndarray) -> np.ndarray:
+    def __call__(self, *arrays: np.ndarray) -> np.ndarray:
+        inputs = dict(zip(self.spec.input_names, arrays, strict=True))
         start = time.perf_counter()
         try:
-            (out,) = self.runner.run(inputs).values()
+            out = self.runner.run(inputs)[self.spec.output_names[0]]
         except Exception as e:
             failure = engine_failure(e, component=self.runner.name)
             if failure is None or failure is e:
@@ -100,8 +103,9 @@ class SVDPipeline:
         euler.check_scheduler(manifest.model.scheduler)
         self.manifest = manifest
         self.cfg = manifest.model
+        self.specs = manifest.specs()
         self.runners = runners
-        self.memory = memory  # checked by resolve before every call; None: unchecked
+        self.memory = memory  # checked before every call; None: unchecked
 
     @classmethod
     def from_engine_dir(cls, engine_dir: str | Path, backend: str | None = None, **options) -> SVDPipeline:
@@ -131,8 +135,11 @@ class SVDPipeline:
         self.close()
 
     def resolve(self, opts: GenerationOptions) -> GenerationOptions:
-        """Fill model defaults and reject what the engines cannot run, each with one line."""
-        return resolve(opts, self.cfg, self.manifest.limits, self.memory)
+        """Fill model defaults and reject what the engines cannot run (or memory cannot hold), each with one line."""
+        opts = resolve(opts, self.cfg, self.manifest.limits)
+        if self.memory is not None:
+            self.memory.check(self.cfg, request_shape(opts))
+        return opts
 
     def __call__(
         self,
@@ -149,13 +156,16 @@ class SVDPipeline:
         timings = Timings()
         start = time.perf_counter()
         image_noise, latents = self.draw_noise(opts, image_noise, latents)
-        cfg_on = guidance.do_cfg(opts.max_guidance_scale)
+        cfg_on = do_cfg(opts.max_guidance_scale)
         embeds = self.encode_image(image, cfg_on, timings)
         image_latents = self.encode_vae(image, image_noise, opts, cfg_on, timings)
         latents = self.denoise(latents, embeds, image_latents, opts, cfg_on, timings, on_step)
         frames = self.decode(latents, opts, timings)
         timings.total = time.perf_counter() - start
         return VideoOutput(frames, timings)
+
+    def _timed(self, name: str, timings: Timings, stage: str) -> _Timed:
+        return _Timed(self.runners[name], self.specs[name], timings, stage)
 
     def latent_shape(self, opts: GenerationOptions) -> tuple[int, ...]:
         s = self.cfg.vae.scale_factor
@@ -177,7 +187,7 @@ class SVDPipeline:
     def encode_image(self, image: Image.Image, cfg_on: bool, timings: Timings) -> np.ndarray:
         """CLIP embedding of the original image, [B, 1, D]; the unconditional one is zeros."""
         pixels = clip_pixel_values(image, self.cfg.feature_extractor, self.cfg.clip.image_size)
-        embeds = _Timed(self.runners["image_encoder"], timings, "clip")(pixel_values=pixels)[:, None]
+        embeds = self._timed("image_encoder", timings, "clip")(pixels)[:, None]
         return np.concatenate([np.zeros_like(embeds), embeds]) if cfg_on else embeds
 
     def encode_vae(self, image, noise, opts, cfg_on, timings) -> np.ndarray:
@@ -186,7 +196,7 @@ class SVDPipeline:
             vae_pixel_values(image, opts.height, opts.width, self.cfg.vae.scale_factor)
             + np.float32(opts.noise_aug_strength) * noise
         )
-        latent = _Timed(self.runners["vae_encoder"], timings, "vae_encode")(image=pixels)
+        latent = self._timed("vae_encoder", timings, "vae_encode")(pixels)
         if cfg_on:
             latent = np.concatenate([np.zeros_like(latent), latent])
         return np.repeat(latent[:, None], opts.num_frames, axis=1)
@@ -198,16 +208,16 @@ class SVDPipeline:
         batch = image_latents.shape[0]
         time_ids = added_time_ids(opts.fps, opts.motion_bucket_id, opts.noise_aug_strength, batch)
         scale = guidance.guidance_scale(opts.min_guidance_scale, opts.max_guidance_scale, opts.num_frames, 1)
-        unet = _Timed(self.runners["unet"], timings, "unet_steps")
+        unet = self._timed("unet", timings, "unet_steps")
 
         def model(x_in: np.ndarray, t: np.float32) -> np.ndarray:
             """One UNet call for [B, F, C, h, w]: at batch 2B (uncond first) when CFG is on."""
             model_in = np.concatenate([x_in] * 2) if cfg_on else x_in
             pred = unet(
-                sample=np.concatenate([model_in, image_latents], axis=2),
-                timestep=np.full((batch,), t, dtype=np.float32),
-                encoder_hidden_states=embeds,
-                added_time_ids=time_ids,
+                np.concatenate([model_in, image_latents], axis=2),  # [B, F, 2C, h, w]
+                np.full((batch,), t, dtype=np.float32),
+                embeds,
+                time_ids,
             )
             half = len(x_in)
             return guidance.combine(pred[:half], pred[half:], scale) if cfg_on else pred
@@ -217,9 +227,9 @@ class SVDPipeline:
     def decode(self, latents: np.ndarray, opts: GenerationOptions, timings: Timings) -> np.ndarray:
         """Chunks of decode_chunk_size frames, each decoded on its own (as diffusers): [F, H, W, 3]."""
         z = latents[0] / np.float32(self.cfg.vae.scaling_factor)
-        decoder = _Timed(self.runners["vae_decoder"], timings, "decode")
+        decoder = self._timed("vae_decoder", timings, "decode")
         chunks = [
-            decoder(latents=z[i : i + opts.decode_chunk_size])
+            decoder(z[i : i + opts.decode_chunk_size])
             for i in range(0, len(z), opts.decode_chunk_size)
         ]
         return postprocess(np.concatenate(chunks))

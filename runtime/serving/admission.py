@@ -31,7 +31,7 @@ from pathlib import Path
 from svd_trt.errors import CapacityError
 from svd_trt.families.svd.config import SVDConfig
 from svd_trt.memory import GIB, Estimate, MemoryPlan, resident_bytes
-from svd_trt.options import GenerationOptions
+from svd_trt.options import GenerationOptions, request_shape
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,8 @@ class Admission:
         own = self.dir / f"{os.getpid()}.json"
         with self._locked():
             others = self.in_flight()
-            est = plan.estimate(cfg, opts)
+            shape = request_shape(opts)
+            est = plan.estimate(cfg, shape)
             held = sum(e.bytes for e in others)
             if self.limit and est.total + held > self.limit:
                 raise AdmissionError(
@@ -98,7 +99,7 @@ class Admission:
                     f"in flight hold about {held / GIB:.2f} GiB of this server's {self.limit / GIB:.2f} GiB "
                     "(svd-trt serve --memory-limit); retry later"
                 )
-            plan.check(cfg, opts, pending=sum(e.pending() for e in others))
+            plan.check(cfg, shape, pending=sum(e.pending() for e in others))
             own.write_text(
                 json.dumps({"pid": os.getpid(), "bytes": est.total, "loaded_rss": plan.loaded_rss})
             )

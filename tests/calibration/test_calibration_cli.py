@@ -21,7 +21,8 @@ def test_calibrate_needs_one_source(tmp_path):
     assert result.exit_code == 2 and "exactly one of --model and --engines" in result.output
 
 
-def test_quantize_fp8_is_one_line(small_engines, small_calibration):
+def test_quantize_offers_only_int8(small_engines, small_calibration):
+    """ONNX Runtime's quantizer makes int8 for ONNX Runtime; fp8 (TensorRT's) is not offered."""
     args = [
         "--engines",
         str(small_engines[0]),
@@ -31,8 +32,8 @@ def test_quantize_fp8_is_one_line(small_engines, small_calibration):
         "fp8",
     ]
     result = CliRunner().invoke(quantize, args)
-    assert result.exit_code == 2
-    assert result.output.strip() == "Error: fp8 needs TensorRT on a Hopper GPU"
+    assert result.exit_code == 2 and "'fp8' is not 'int8'" in result.output, result.output
+    assert "--unet-precision fp8" in CliRunner().invoke(quantize, ["--help"]).output
 
 
 def test_quantize_bad_calibration_dir(small_engines, tmp_path):

@@ -38,7 +38,7 @@ def test_build_engines_int8_on_onnxruntime(small_snapshot, small_engines, small_
     "args, words",
     [
         (["--unet-precision", "int8"], "--unet-precision int8 needs --calibration DIR"),
-        (["--unet-precision", "fp8", "--calibration", "."], "fp8 needs TensorRT on a Hopper GPU"),
+        (["--unet-precision", "fp8", "--calibration", "."], "fp8 needs TensorRT on a GPU of compute capability >= 8.9"),
         (["--calibration", "."], "--calibration applies to --unet-precision int8 or fp8 only"),
     ],
 )

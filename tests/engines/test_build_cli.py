@@ -86,7 +86,7 @@ def test_without_tensorrt_exit_2_with_install_command(tiny_ckpt, tmp_path, monke
 
 
 def fake_onnx_dir(
-    snapshot, out, backend, precisions, variant=None, on_component=None, limits=None, force=False
+    snapshot, out, backend, precisions, variant=None, on_component=None, limits=None, force=False, finish=None, protect=()
 ) -> Manifest:
     """Stands in for the ONNX export (tested in tests/export and test_tensorrt.py): files + manifest."""
     cfg = read_config(snapshot)
@@ -94,7 +94,7 @@ def fake_onnx_dir(
     entries = {}
     for name, spec in component_specs(cfg).items():
         (out / spec.onnx_file).write_bytes(f"{name} {precisions[name]}".encode())
-        entries[name] = ComponentEntry.describe(spec, spec.onnx_file, precisions[name], "k")
+        entries[name] = ComponentEntry.describe(spec, spec.onnx_file, precisions[name], "k").recorded(out)
     manifest = Manifest(backend, cfg, entries)
     manifest.save(out)
     return manifest

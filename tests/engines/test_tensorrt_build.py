@@ -285,7 +285,7 @@ def test_int8_unet_is_built_from_its_qdq_onnx(tiny_ckpt, tiny_calibration, tmp_p
 
 def test_fp8_unet_needs_ada_or_hopper(tiny_ckpt, tiny_calibration, tmp_path, fake_build):
     fake_build(platform=dataclasses.replace(PLATFORM, gpu="NVIDIA A100", compute_capability="8.0"))
-    with pytest.raises(BuildError, match="fp8 needs compute capability >= 8.9"):
+    with pytest.raises(BuildError, match="fp8 needs TensorRT on a GPU of compute capability >= 8.9"):
         _build(
             tiny_ckpt,
             tmp_path / "e",

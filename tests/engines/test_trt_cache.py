@@ -1,4 +1,4 @@
-"""Engine cache keys, ONNX hashing, the timing cache location and reuse of an old directory."""
+"""Engine cache keys, the ONNX files' digest, the timing cache location and reuse of an old directory."""
 
 from __future__ import annotations
 
@@ -9,17 +9,16 @@ import pytest
 from svd_trt.engines.trt_cache import (
     default_timing_cache,
     engine_key,
-    onnx_hash,
     previous_engines,
     reusable,
 )
 from svd_trt.families.svd.config import preset
-from svd_trt.manifest import ComponentEntry, Manifest
+from svd_trt.manifest import ComponentEntry, Manifest, data_file
 from svd_trt.runtime.trt_runner import Platform
 
 PLATFORM = Platform("10.8.0.43", "NVIDIA H100 80GB HBM3", "9.0")
 PROFILE = {"sample": {"min": (1, 8, 8, 72, 128), "opt": (2, 14, 8, 72, 128), "max": (2, 25, 8, 72, 128)}}
-ARGS = {"onnx_sha256": "ab" * 32, "profile": PROFILE, "precision": "fp16", "platform": PLATFORM}
+ARGS = {"onnx_digest": "ab" * 32, "profile": PROFILE, "precision": "fp16", "platform": PLATFORM}
 
 
 def test_same_inputs_same_key():
@@ -32,7 +31,7 @@ def test_same_inputs_same_key():
 @pytest.mark.parametrize(
     "change",
     [
-        {"onnx_sha256": "cd" * 32},
+        {"onnx_digest": "cd" * 32},
         {"profile": {"sample": {**PROFILE["sample"], "max": (2, 26, 8, 72, 128)}}},
         {"profile": {"sample": {**PROFILE["sample"], "opt": (2, 25, 8, 72, 128)}}},
         {"precision": "fp32"},
@@ -46,16 +45,22 @@ def test_any_key_part_changes_the_key(change):
     assert engine_key(**{**ARGS, **change}) != engine_key(**ARGS)
 
 
-def test_onnx_hash_covers_external_data(tmp_path):
-    graph, data = tmp_path / "unet.onnx", tmp_path / "unet.onnx.data"
+def test_the_onnx_digest_covers_external_data(tmp_path):
+    """An engine's key takes its ONNX files' digest from their manifest records: graph and data."""
+    graph, data = tmp_path / "unet.onnx", tmp_path / data_file("unet.onnx")
+    entry = ComponentEntry("unet.onnx", "fp16", "k")
+
+    def digest() -> str:
+        return entry.recorded(tmp_path).digest()
+
     graph.write_bytes(b"graph")
-    alone = onnx_hash(graph)
+    alone = digest()
     data.write_bytes(b"weights")
-    with_data = onnx_hash(graph)
+    with_data = digest()
     data.write_bytes(b"weightz")
-    assert len({alone, with_data, onnx_hash(graph)}) == 3
+    assert len({alone, with_data, digest()}) == 3
     graph.write_bytes(b"graph2")
-    assert onnx_hash(graph) != with_data
+    assert digest() != with_data
 
 
 def test_timing_cache_is_per_platform_in_user_cache(tmp_path, monkeypatch):

@@ -158,7 +158,7 @@ def test_manifest_round_trip_with_profile_and_platform(tmp_path):
     entries = {}
     for name, spec in specs.items():
         (tmp_path / f"{name}.engine").write_bytes(b"plan")
-        extra = {"profile": profiles[name], "platform": dataclasses.asdict(PLATFORM), "onnx_sha256": "ab"}
+        extra = {"profile": profiles[name], "platform": dataclasses.asdict(PLATFORM), "onnx_digest": "ab"}
         entries[name] = ComponentEntry.describe(spec, f"{name}.engine", spec.precision_on("tensorrt"), "k", **extra)
     Manifest("tensorrt", cfg, entries).save(tmp_path)
     loaded = load_manifest(tmp_path)

@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from svd_trt.families.svd import guidance
+from svd_trt.options import do_cfg
 
 SIZE = 32  # pixels: tiny VAE's latents are 16 x 16
 
@@ -70,7 +71,7 @@ CASES = [
 @pytest.mark.parametrize("lo, hi, frames, batch, steps", CASES)
 def test_guided_output_is_the_pipelines(tiny_pipe, lo, hi, frames, batch, steps):
     rec = _record(tiny_pipe, lo, hi, frames, batch, steps)
-    cfg_on = guidance.do_cfg(hi)
+    cfg_on = do_cfg(hi)
     assert cfg_on == rec["do_cfg"]
     scale = guidance.guidance_scale(lo, hi, frames, batch)
     # the pipeline's own per-frame tensor: bit-identical (we reproduce torch.linspace's float32 rounding)

@@ -12,7 +12,7 @@ import pytest
 from svd_trt.errors import CapacityError
 from svd_trt.families.svd.config import preset
 from svd_trt.memory import InsufficientMemory, MemoryPlan, estimate, resident_bytes
-from svd_trt.options import GenerationOptions, resolve
+from svd_trt.options import GenerationOptions, request_shape, resolve
 from svd_trt.runtime.serving.admission import Admission, AdmissionError
 from svd_trt.runtime.serving.caps import CapError, RequestCaps
 from svd_trt.runtime.serving.failures import (
@@ -27,7 +27,7 @@ from svd_trt.runtime.serving.failures import (
 
 CFG = preset("tiny")
 OPTS = resolve(GenerationOptions(num_frames=2, height=256, width=256), CFG)
-NEED = estimate(CFG, OPTS).total  # ~0.38 GiB of activations and arrays, never allocated here
+NEED = estimate(CFG, request_shape(OPTS)).total  # ~0.38 GiB of activations and arrays, never allocated here
 
 
 def plan(available: int) -> MemoryPlan:

@@ -14,7 +14,7 @@ from serve_helpers import IMAGE_PATH, REQUEST, Stream, cancel_lines, descendants
 
 from svd_trt.manifest import load_manifest
 from svd_trt.memory import estimate, host_available, resident_bytes
-from svd_trt.options import GenerationOptions, resolve
+from svd_trt.options import GenerationOptions, request_shape, resolve
 from svd_trt.runtime.serving.caps import RequestCaps
 from svd_trt.runtime.serving.client import generate, generate_streaming
 
@@ -110,7 +110,7 @@ def test_each_failure_has_its_status_and_the_server_keeps_serving(server, image,
     manifest = load_manifest(failing_engines)
     big = {**REQUEST, "height": 4096, "width": 4096}
     while (
-        estimate(manifest.model, resolve(GenerationOptions(**big), manifest.model)).total <= host_available()
+        estimate(manifest.model, request_shape(resolve(GenerationOptions(**big), manifest.model))).total <= host_available()
     ):
         big["num_frames"] *= 2
     assert big["num_frames"] <= RequestCaps().max_frames

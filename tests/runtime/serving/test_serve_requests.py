@@ -27,7 +27,7 @@ from serve_helpers import (
 from svd_trt.families.svd.pipeline import SVDPipeline
 from svd_trt.manifest import load_manifest
 from svd_trt.memory import GIB, estimate
-from svd_trt.options import GenerationOptions, resolve
+from svd_trt.options import GenerationOptions, request_shape, resolve
 from svd_trt.runtime.cli import main as svd_trt
 from svd_trt.runtime.image_preprocess import load_image
 from svd_trt.runtime.serving import contract
@@ -56,9 +56,8 @@ BIG = {**REQUEST, "height": 64, "width": 96}
 def estimated_bytes(engines, **options) -> int:
     """svd_trt.memory's estimate of a request, as the server's admission computes it."""
     manifest = load_manifest(engines)
-    return estimate(
-        manifest.model, resolve(GenerationOptions(**options), manifest.model, manifest.limits)
-    ).total
+    opts = resolve(GenerationOptions(**options), manifest.model, manifest.limits)
+    return estimate(manifest.model, request_shape(opts)).total
 
 
 @pytest.fixture(scope="module")
