@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 import subprocess
 import sys
 
+import euler_bounds as eb
 import numpy as np
 import pytest
 import torch
@@ -28,8 +30,10 @@ def _diffusers(cfg: SchedulerConfig | dict, n: int) -> EulerDiscreteScheduler:
     return sched
 
 
-# diffusers' float32 sqrt, exp and log are torch's (MKL on CPU: within 1 ulp, not correctly rounded).
-# Swapped in, they leave every other operation of ours to be the same IEEE operation as diffusers'.
+# diffusers' float32 sqrt, exp and log are torch's (MKL on CPU: within 1 ulp, not correctly rounded), and
+# its linspace is torch's (one rounding per value on ATen's AVX2/AVX-512 kernels, two on its default one).
+# Swapped in, they leave every other operation of ours to be the same IEEE operation as diffusers', on
+# every CPU. Without them, euler_bounds.py bounds the difference.
 def _torch_sqrt(x):
     return (torch.tensor(np.asarray(x, dtype=np.float32)) ** 0.5).numpy()[()]
 
@@ -44,16 +48,71 @@ def _torch_log(x):
     return np.array([torch.tensor(v).log().item() for v in x.ravel()], np.float32).reshape(x.shape)
 
 
+def _torch_linspace(start, end, n):
+    return torch.linspace(float(start), float(end), n, dtype=torch.float32).numpy()
+
+
 def _with_torch_math(fn):
-    """Run fn() with torch's sqrt/exp/log swapped in, then restore ours."""
+    """Run fn() with torch's sqrt/exp/log and linspace swapped in, then restore ours."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(euler, "_sqrt", _torch_sqrt)
         mp.setattr(euler, "_exp", _torch_exp)
         mp.setattr(euler, "_log", _torch_log)
+        mp.setattr(euler, "linspace_f32", _torch_linspace)
         return fn()
 
 
+def _assert_within(ours, ref, bound, what: str) -> None:
+    """|ours - ref| <= bound element by element (a zero bound asks for equality)."""
+    diff = np.abs(np.asarray(ours, np.float64) - np.asarray(ref, np.float64))
+    bad = diff > bound
+    assert not bad.any(), (
+        f"{what}: {int(bad.sum())} of {bad.size} beyond the bound; worst at "
+        f"{np.unravel_index(np.argmax(diff - bound), diff.shape)}: |diff| {diff.max():.3g}, "
+        f"diff / bound {np.max(diff / np.maximum(bound, 1e-300)):.3g}"
+    )
+
+
 # ---------------------------------------------------------------- schedules
+
+
+def _ulps(a, b) -> np.ndarray:
+    """Distance in float32 steps (same-sign finite values)."""
+    a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+    return np.abs(a.view(np.int32).astype(np.int64) - b.view(np.int32))
+
+
+def test_torch_primitives_are_within_the_bounds_premise():
+    """euler_bounds' premise on this CPU's math path: torch's float32 sqrt, exp and log, on arrays (MKL's
+    VML) and on 0-d tensors, within 1 ulp of the correctly rounded value; numpy's float32 log within 4."""
+    rng = np.random.default_rng(0)
+    pos = (10.0 ** rng.uniform(-8, 8, 20_000)).astype(np.float32)  # sigmas, alpha_bars, their ratios
+    args = {"sqrt": pos, "log": pos, "exp": rng.uniform(-10, 10, 20_000).astype(np.float32)}
+    for name, x in args.items():
+        exact = getattr(np, name)(x.astype(np.float64)).astype(np.float32)  # one float32 rounding
+        arr = getattr(torch.from_numpy(x), name)().numpy()
+        zero_d = np.array([getattr(torch.tensor(v), name)().item() for v in x[:200]], np.float32)
+        assert _ulps(arr, exact).max() <= 1 and _ulps(zero_d, exact[:200]).max() <= 1, name
+    assert _ulps(np.log(pos), np.log(pos.astype(np.float64)).astype(np.float32)).max() <= 4
+
+
+@pytest.mark.parametrize(
+    "start, end, n",
+    [
+        (0.00085**0.5, 0.012**0.5, 1000),  # SVD's scaled_linear betas
+        (0.0001, 0.02, 1000),
+        (0.00085, 0.012, 500),
+        (math.log(14.614647), math.log(0.029167), 26),  # log_linear's ln sigma, crossing zero
+        (math.log(4096.0), math.log(0.0047), 51),
+    ],
+)
+def test_torch_linspace_is_one_of_two_kernels(start, end, n):
+    """ATen's AVX2/AVX-512 kernels round start + step * i once (ours); its default kernel twice. Either
+    way the two are within euler_bounds.linspace_bound (absolute: a linspace may cross zero)."""
+    ref = _torch_linspace(start, end, n)
+    fused, unfused = euler.linspace_f32(start, end, n), eb.unfused_linspace(start, end, n)
+    assert np.array_equal(ref, fused) or np.array_equal(ref, unfused)
+    assert np.abs(fused.astype(np.float64) - unfused).max() <= eb.linspace_bound(start, end)
 
 
 def test_golden_values_25_steps():
@@ -81,13 +140,12 @@ def _assert_schedule_matches(cfg: SchedulerConfig | dict, n: int) -> None:
     np.testing.assert_array_equal(exact.timesteps, ref_t)
     assert exact.init_noise_sigma == ref_init
     ours = euler.make_schedule(ours_cfg, n)
-    # Our correctly rounded sqrt/exp/log vs torch's: a training sigma 1 ulp off moves an interpolated
-    # sigma by <= 1 ulp, zero-SNR's rescale (a difference of square roots) by <= 2 (measured over
-    # 8,640 configs x steps); a timestep then moves by <= 2e-7 relative, or 3e-8 absolute where
-    # 0.25 ln(sigma) is near 0.
-    np.testing.assert_array_max_ulp(ours.sigmas, ref_sigmas, maxulp=2)
-    np.testing.assert_array_max_ulp(np.float32(ours.init_noise_sigma), ref_init, maxulp=2)
-    np.testing.assert_allclose(ours.timesteps, ref_t, rtol=1e-6, atol=1e-7)
+    # Our correctly rounded sqrt/exp/log and fused linspace against torch's on this CPU: per-element
+    # bounds carried through the schedule's conditioning (relative for sigmas, absolute for timesteps).
+    b = eb.schedule_bound(ours_cfg, n)
+    _assert_within(ours.sigmas, ref_sigmas, b.sigmas * ref_sigmas, "sigmas")
+    _assert_within(ours.init_noise_sigma, ref_init, b.init_noise_sigma * ref_init, "init_noise_sigma")
+    _assert_within(ours.timesteps, ref_t, b.timesteps, "timesteps")
 
 
 def _main_axes():
@@ -199,7 +257,7 @@ def test_shared_configs_are_accepted_and_start_at_sigma_0(name):
 
 
 def _linear_model(dtype: np.dtype, seed: int = 0):
-    """A fixed random per-element linear map of the model input plus a timestep term."""
+    """A fixed random per-element linear map of the model input plus a timestep term: model, w, c."""
     rng = np.random.default_rng(seed)
     w = (1 + 0.3 * rng.standard_normal(SHAPE)).astype(np.float32)
     c = (0.05 * rng.standard_normal(SHAPE)).astype(np.float32)
@@ -207,7 +265,7 @@ def _linear_model(dtype: np.dtype, seed: int = 0):
     def model(x_in: np.ndarray, t) -> np.ndarray:
         return (w * x_in + c * np.float32(t)).astype(dtype)
 
-    return model
+    return model, w, c
 
 
 def _diffusers_loop(cfg: SchedulerConfig, n: int, noise: np.ndarray, model):
@@ -241,9 +299,10 @@ def _noise(dtype: np.dtype, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal(SHAPE, dtype=np.float32).astype(dtype)
 
 
-def _loop_error(cfg: SchedulerConfig, n: int, dtype: np.dtype) -> float:
-    """Bit-identity with torch's sqrt/exp/log; returns the worst relative error without them."""
-    model, noise = _linear_model(dtype), _noise(dtype)
+def _assert_loop_matches(cfg: SchedulerConfig, n: int, dtype: np.dtype) -> None:
+    """Bit-identity with torch's sqrt/exp/log and linspace; without them, euler_bounds' loop bound on every
+    model input, timestep and the final sample."""
+    (model, w, c), noise = _linear_model(dtype), _noise(dtype)
     ref_x, ref_calls = _diffusers_loop(cfg, n, noise, model)
     exact_x, exact_calls = _with_torch_math(lambda: _our_loop(cfg, n, noise, model))
     assert len(exact_calls) == len(ref_calls)
@@ -254,31 +313,29 @@ def _loop_error(cfg: SchedulerConfig, n: int, dtype: np.dtype) -> float:
     assert exact_x.dtype == ref_x.dtype
     np.testing.assert_array_equal(exact_x, ref_x)
     x, calls = _our_loop(cfg, n, noise, model)
-    pairs = [(x, ref_x)] + [(a[0], b[0]) for a, b in zip(calls, ref_calls)]
-    worst = max(
-        float(np.abs(a.astype(np.float64) - b).max() / np.abs(b.astype(np.float64)).max()) for a, b in pairs
-    )
-    worst_t = max(abs(float(a[1]) - float(b[1])) for a, b in zip(calls, ref_calls))
-    return max(worst, worst_t)
+    schedule, b = euler.make_schedule(cfg, n), eb.schedule_bound(cfg, n)
+    in_bounds, out_bound = eb.loop_bound(schedule, b, noise, w, c, cfg.prediction_type)
+    for k, ((x_in, t), (ref_in, ref_t)) in enumerate(zip(calls, ref_calls)):
+        _assert_within(x_in, ref_in, in_bounds[k], f"model input {k}")
+        _assert_within(t, ref_t, b.timesteps[k], f"timestep {k}")
+    _assert_within(x, ref_x, out_bound, "final sample")
 
 
 @pytest.mark.parametrize("name", SCHEDULER_CONFIGS)
 @pytest.mark.parametrize("n", (1, 4, 25))
 def test_sample_euler_is_diffusers_loop(name, n):
-    """Every model input, timestep and the final sample: bit-identical with torch's sqrt/exp/log.
-    With ours, a sigma 1-2 ulp off moves each step by ~1e-7 relative and nothing amplifies it
-    (measured worst 1.7e-7 of the array's magnitude here, most runs exact): 2e-6 is 10x headroom."""
-    assert _loop_error(scheduler_config(name), n, np.float32) <= 2e-6
+    """Every model input, timestep and the final sample: bit-identical with torch's primitives, and
+    within the first-order bound of euler_bounds.loop_bound with ours."""
+    _assert_loop_matches(scheduler_config(name), n, np.float32)
 
 
 @pytest.mark.parametrize("name", SCHEDULER_CONFIGS)
 @pytest.mark.parametrize("n", (4, 25))
 def test_sample_euler_is_diffusers_loop_fp16(name, n):
     """fp16 latents and model outputs: float32 math rounded to fp16 exactly where torch's CPU kernels
-    round (bit-identical with torch's sqrt/exp/log). With ours a float32 ulp can flip an fp16 rounding,
-    which later steps carry (measured worst 8.1e-5 of the array's magnitude over 4 seeds): 1e-3 is
-    about one fp16 ulp (2^-10) at the array's largest value."""
-    assert _loop_error(scheduler_config(name), n, np.float16) <= 1e-3
+    round (bit-identical with torch's primitives). With ours a float32 ulp can flip an fp16 rounding,
+    which later steps carry: the loop bound counts a float16 rounding (2^-11 relative) at each cast."""
+    _assert_loop_matches(scheduler_config(name), n, np.float16)
 
 
 def test_sample_euler_where_diffusers_starts_at_sigma_1():
@@ -295,7 +352,7 @@ def test_sample_euler_where_diffusers_starts_at_sigma_1():
     assert (ref.timesteps == ref.timesteps[0]).sum() == 12
     ours = _with_torch_math(lambda: euler.make_schedule(cfg, 12))
     np.testing.assert_array_equal(ours.sigmas, ref.sigmas.numpy()[1:])  # 12 steps over sigmas[1:14]
-    assert _loop_error(cfg, 12, np.float32) <= 2e-6
+    _assert_loop_matches(cfg, 12, np.float32)
 
 
 # ---------------------------------------------------------------- refusals
@@ -354,7 +411,7 @@ def test_bad_step_counts_are_refused(n):
 
 def _diffusers_loop_fails(cfg: SchedulerConfig, n: int) -> None:
     with pytest.raises(IndexError):
-        _diffusers_loop(cfg, n, _noise(np.float32), _linear_model(np.float32))
+        _diffusers_loop(cfg, n, _noise(np.float32), _linear_model(np.float32)[0])
 
 
 @pytest.mark.parametrize(
