@@ -25,9 +25,11 @@ ROOT = Path(__file__).resolve().parents[1]
 # diffusers' Euler schedule and loop (torch's sqrt/exp/log, linspace), the guidance scale (linspace), the CLIP
 # resize (exp, conv2d, bicubic)
 FILES = [
-    "tests/runtime/test_euler.py",
-    "tests/runtime/test_guidance.py",
-    "tests/runtime/test_clip_preprocess.py",
+    "tests/families/svd/test_euler.py",
+    "tests/families/svd/test_guidance.py",
+    "tests/families/svd/test_clip_preprocess.py",
+    "tests/families/ltx/test_ltx_flow_match.py",
+    "tests/families/ltx/test_ltx_rope.py",
 ]
 X86 = platform.machine().lower() in ("x86_64", "amd64")
 

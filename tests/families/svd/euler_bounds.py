@@ -30,8 +30,8 @@ import dataclasses
 import numpy as np
 import pytest
 
-from svd_trt.config import SchedulerConfig
-from svd_trt.runtime import euler
+from svd_trt.families.svd import euler
+from svd_trt.families.svd.config import SchedulerConfig
 
 U = 2.0**-24  # float32 unit roundoff
 U16 = 2.0**-11  # float16 unit roundoff
