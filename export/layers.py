@@ -66,7 +66,8 @@ def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
     Always float32 (as diffusers): a timestep of ~1000 needs more than fp16's mantissa.
     """
     half = dim // 2
-    exponent = torch.arange(half, dtype=torch.float32, device=t.device) * (-math.log(10000.0) / half)
+    # diffusers' get_timestep_embedding, operation for operation: the frequencies round as there
+    exponent = -math.log(10000.0) * torch.arange(half, dtype=torch.float32, device=t.device) / half
     args = t.float()[:, None] * torch.exp(exponent)[None, :]
     emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
     if dim % 2 == 1:
@@ -282,43 +283,76 @@ def _split(x: torch.Tensor, heads: int) -> torch.Tensor:
     return x.unflatten(-1, (heads, -1)).transpose(1, 2)
 
 
+def _sdpa(q, k, v, heads: int, bias: torch.Tensor | None, scale: float | None) -> torch.Tensor:
+    """Eager attention: torch's SDPA (diffusers' default kernel; an additive float mask as diffusers')."""
+    mask = None if bias is None else bias.to(q.dtype)
+    out = F.scaled_dot_product_attention(_split(q, heads), _split(k, heads), _split(v, heads), mask, scale=scale)
+    return out.transpose(1, 2).flatten(2)
+
+
 class _ContribAttention(torch.autograd.Function):
     """SDPA in eager mode; one com.microsoft::MultiHeadAttention node when exported."""
 
     @staticmethod
-    def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
-        out = F.scaled_dot_product_attention(_split(q, heads), _split(k, heads), _split(v, heads))
-        return out.transpose(1, 2).flatten(2)
+    def forward(ctx, q, k, v, heads: int, bias: torch.Tensor | None, scale: float | None) -> torch.Tensor:
+        return _sdpa(q, k, v, heads, bias, scale)
 
     @staticmethod
-    def symbolic(g, q, k, v, heads: int):
-        # Its default scale is head_dim ** -0.5, as SDPA's.
-        out = g.op("com.microsoft::MultiHeadAttention", q, k, v, num_heads_i=heads)
+    def symbolic(g, q, k, v, heads: int, bias, scale: float | None):
+        # Its default scale is head_dim ** -0.5, as SDPA's. The additive bias is its attention_bias
+        # input (after the unused projection bias and key padding mask), [N or 1, heads or 1, L, S].
+        inputs = [q, k, v]
+        if bias is not None:
+            absent = g.op("prim::Constant")
+            absent.setType(torch._C.OptionalType.ofTensor())
+            inputs += [absent, absent, bias]
+        attrs = {"num_heads_i": heads} if scale is None else {"num_heads_i": heads, "scale_f": scale}
+        out = g.op("com.microsoft::MultiHeadAttention", *inputs, **attrs)
         out.setType(q.type())
         return out
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
-    """softmax(q k^T / sqrt(d)) v per head: q [N, L, heads*d], k/v [N, S, heads*d] -> [N, L, heads*d]."""
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    heads: int,
+    bias: torch.Tensor | None = None,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """softmax(q k^T * scale + bias) v per head: q [N, L, heads*d], k/v [N, S, heads*d] -> [N, L, heads*d].
+
+    scale: d^-1/2 when None. bias: an additive float mask broadcastable to [N, heads, L, S]
+    (T5's relative positions, LTX's text-padding bias); the contrib form needs its L axis whole.
+    """
     if torch.onnx.is_in_onnx_export():
         if _ONNX_ATTENTION["kind"] == "contrib":
-            return _ContribAttention.apply(q, k, v, heads)
-        return _standard_attention(_split(q, heads), _split(k, heads), _split(v, heads))
-    out = F.scaled_dot_product_attention(_split(q, heads), _split(k, heads), _split(v, heads))
-    return out.transpose(1, 2).flatten(2)
+            if bias is not None:
+                bias = bias.expand(-1, -1, q.shape[1], -1).to(q.dtype)
+            return _ContribAttention.apply(q, k, v, heads, bias, scale)
+        return _standard_attention(_split(q, heads), _split(k, heads), _split(v, heads), bias, scale)
+    return _sdpa(q, k, v, heads, bias, scale)
 
 
-def _standard_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+def _standard_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None = None, scale: float | None = None
+) -> torch.Tensor:
     """The exported form: MatMul, Softmax, MatMul on [N, heads, L, d], written out so its types are ours.
 
-    Q and K are each scaled by d^-1/4 before the first product, as TensorRT's attention fusion
-    requires (and so the logits stay small). The softmax is an fp32 island in an fp16 graph; the
-    logits themselves are the first product's output, fp16 there: their largest magnitude is what
-    `svd-export check` reports against fp16's 65504.
+    Q and K are each scaled by sqrt(scale) (d^-1/4 by default) before the first product, as
+    TensorRT's attention fusion requires (and so the logits stay small). The softmax, with the bias
+    added, is an fp32 island in an fp16 graph; the logits themselves are the first product's
+    output, fp16 there: their largest magnitude is what `svd-export check` reports against 65504.
     """
-    scale = q.shape[-1] ** -0.25
-    logits = torch.matmul(q * scale, (k * scale).transpose(-1, -2))
-    probs = torch.softmax(logits.float(), dim=-1).to(v.dtype) if fp32_island(logits) else logits.softmax(-1)
+    root = q.shape[-1] ** -0.25 if scale is None else scale**0.5
+    if root != 1.0:
+        q, k = q * root, k * root
+    logits = torch.matmul(q, k.transpose(-1, -2))
+    if fp32_island(logits):
+        logits = logits.float() if bias is None else logits.float() + bias.float()
+        probs = torch.softmax(logits, dim=-1).to(v.dtype)
+    else:
+        probs = (logits if bias is None else logits + bias.to(logits.dtype)).softmax(-1)
     return torch.matmul(probs, v).transpose(1, 2).flatten(2)
 
 
