@@ -32,6 +32,12 @@ GROUPS = 32  # every GroupNorm in SVD uses 32 groups
 # already accumulates norms and softmax in fp32 for fp16 inputs, and its fp16 path stays diffusers'.
 
 
+def cast(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """x in `dtype`, recording no op when it already is: the tracer writes every .to() as a Cast,
+    and ONNX Runtime 1.32's basic optimizer breaks the graph on a chain of identity Casts."""
+    return x if x.dtype == dtype else x.to(dtype)
+
+
 def fp32_island(x: torch.Tensor) -> bool:
     """True where `x` is fp16 inside an ONNX export: compute in fp32, cast the result back."""
     return x.dtype == torch.float16 and torch.onnx.is_in_onnx_export()
@@ -285,7 +291,7 @@ def _split(x: torch.Tensor, heads: int) -> torch.Tensor:
 
 def _sdpa(q, k, v, heads: int, bias: torch.Tensor | None, scale: float | None) -> torch.Tensor:
     """Eager attention: torch's SDPA (diffusers' default kernel; an additive float mask as diffusers')."""
-    mask = None if bias is None else bias.to(q.dtype)
+    mask = None if bias is None else cast(bias, q.dtype)
     out = F.scaled_dot_product_attention(_split(q, heads), _split(k, heads), _split(v, heads), mask, scale=scale)
     return out.transpose(1, 2).flatten(2)
 
@@ -328,7 +334,7 @@ def attention(
     if torch.onnx.is_in_onnx_export():
         if _ONNX_ATTENTION["kind"] == "contrib":
             if bias is not None:
-                bias = bias.expand(-1, -1, q.shape[1], -1).to(q.dtype)
+                bias = cast(bias.expand(-1, -1, q.shape[1], -1), q.dtype)
             return _ContribAttention.apply(q, k, v, heads, bias, scale)
         return _standard_attention(_split(q, heads), _split(k, heads), _split(v, heads), bias, scale)
     return _sdpa(q, k, v, heads, bias, scale)
@@ -349,10 +355,10 @@ def _standard_attention(
         q, k = q * root, k * root
     logits = torch.matmul(q, k.transpose(-1, -2))
     if fp32_island(logits):
-        logits = logits.float() if bias is None else logits.float() + bias.float()
+        logits = logits.float() if bias is None else logits.float() + cast(bias, torch.float32)
         probs = torch.softmax(logits, dim=-1).to(v.dtype)
     else:
-        probs = (logits if bias is None else logits + bias.to(logits.dtype)).softmax(-1)
+        probs = (logits if bias is None else logits + cast(bias, logits.dtype)).softmax(-1)
     return torch.matmul(probs, v).transpose(1, 2).flatten(2)
 
 

@@ -154,7 +154,9 @@ T5_ACTIVATIONS = ("gelu_new", "gelu", "relu")
 
 @dataclass(frozen=True)
 class T5EncoderConfig:
-    """T5EncoderModel (transformers' T5Config); defaults are google/t5-v1_1-xxl's."""
+    """T5EncoderModel (transformers' T5Config); defaults are google/t5-v1_1-xxl's. Keys that do not
+    change the encoder's output (tie_word_embeddings, which transformers 5 rewrites) are left to
+    transformers' defaults."""
 
     vocab_size: int = 32128
     d_model: int = 4096
@@ -172,7 +174,6 @@ class T5EncoderConfig:
     pad_token_id: int = 0
     eos_token_id: int = 1
     decoder_start_token_id: int = 0
-    tie_word_embeddings: bool = False
 
     def __post_init__(self) -> None:
         parts = self.feed_forward_proj.split("-")

@@ -10,15 +10,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from svd_trt.export.layers import TimestepEmbedding, fp32_island, timestep_embedding
+from svd_trt.export.layers import TimestepEmbedding, cast, fp32_island, timestep_embedding
 
 TIMESTEP_SINUSOIDS = 256  # PixArt-alpha's Timesteps(256, flip_sin_to_cos=True, shift 0)
 
 
+def fp32(x: torch.Tensor) -> torch.Tensor:
+    return cast(x, torch.float32)
+
+
 def rms_norm(x: torch.Tensor, eps: float, dim: int = -1) -> torch.Tensor:
     """x / sqrt(mean(x^2) + eps) along `dim`, the statistic in fp32, the result in x's dtype."""
-    variance = x.float().pow(2).mean(dim, keepdim=True)
-    return (x.float() * torch.rsqrt(variance + eps)).to(x.dtype)
+    x32 = fp32(x)
+    return cast(x32 * torch.rsqrt(x32.pow(2).mean(dim, keepdim=True) + eps), x.dtype)
 
 
 class RMSNorm(nn.Module):
@@ -36,18 +40,19 @@ class RMSNorm(nn.Module):
             self.register_parameter("weight", None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        variance = x.float().pow(2).mean(-1, keepdim=True)
-        y = x.float() * torch.rsqrt(variance + self.eps)
+        x32 = fp32(x)
+        y = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
         if self.weight is not None:
-            y = y * self.weight.float()
-        return y.to(x.dtype)
+            y = y * fp32(self.weight)
+        return cast(y, x.dtype)
 
 
-def layer_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
-    """LayerNorm over the last axis without affine terms; an fp32 island in an fp16 export."""
+def layer_norm(x: torch.Tensor, dim: int, eps: float) -> torch.Tensor:
+    """LayerNorm over the last axis (`dim` wide: a constant, not a traced size) without affine
+    terms; an fp32 island in an fp16 export."""
     if fp32_island(x):
-        return F.layer_norm(x.float(), x.shape[-1:], eps=eps).to(x.dtype)
-    return F.layer_norm(x, x.shape[-1:], eps=eps)
+        return cast(F.layer_norm(fp32(x), (dim,), eps=eps), x.dtype)
+    return F.layer_norm(x, (dim,), eps=eps)
 
 
 class CombinedTimestepEmbedding(nn.Module):
@@ -59,4 +64,4 @@ class CombinedTimestepEmbedding(nn.Module):
         self.timestep_embedder = TimestepEmbedding(TIMESTEP_SINUSOIDS, dim)
 
     def forward(self, t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        return self.timestep_embedder(timestep_embedding(t, TIMESTEP_SINUSOIDS).to(dtype))
+        return self.timestep_embedder(cast(timestep_embedding(t, TIMESTEP_SINUSOIDS), dtype))

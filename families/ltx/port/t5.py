@@ -22,6 +22,7 @@ from torch import nn
 
 from svd_trt.export.layers import attention
 from svd_trt.families.ltx.config import T5EncoderConfig
+from svd_trt.families.ltx.port.layers import cast, fp32
 
 # transformers saves T5EncoderModel's input embedding once, as `shared.weight`; older versions
 # also wrote its tied copy under this key. The loader checks such a copy equals `shared.weight`.
@@ -46,9 +47,9 @@ class T5LayerNorm(nn.Module):
         self.variance_epsilon = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        variance = x.float().pow(2).mean(-1, keepdim=True)
+        variance = fp32(x).pow(2).mean(-1, keepdim=True)
         x = x * torch.rsqrt(variance + self.variance_epsilon)
-        return self.weight * x.to(self.weight.dtype)
+        return self.weight * cast(x, self.weight.dtype)
 
 
 def relative_position_bucket(relative: torch.Tensor, num_buckets: int, max_distance: int) -> torch.Tensor:
@@ -105,7 +106,7 @@ class T5LayerSelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, position_bias: torch.Tensor) -> torch.Tensor:
         """x is the fp32 residual stream in every mode."""
-        return x + self.SelfAttention(self.layer_norm(x), position_bias).float()
+        return x + fp32(self.SelfAttention(self.layer_norm(x), position_bias))
 
 
 class T5DenseGatedActDense(nn.Module):
@@ -120,7 +121,7 @@ class T5DenseGatedActDense(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = activation(self.act, self.wi_0(x)) * self.wi_1(x)
-        return F.linear(h.float(), self.wo.weight.float())
+        return F.linear(fp32(h), fp32(self.wo.weight))
 
 
 class T5DenseActDense(nn.Module):
@@ -133,7 +134,7 @@ class T5DenseActDense(nn.Module):
         self.wo = nn.Linear(cfg.d_ff, cfg.d_model, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(activation(self.act, self.wi(x)).float(), self.wo.weight.float())
+        return F.linear(fp32(activation(self.act, self.wi(x))), fp32(self.wo.weight))
 
 
 class T5LayerFF(nn.Module):
@@ -165,7 +166,7 @@ class T5Stack(nn.Module):
 
     def forward(self, embeds: torch.Tensor) -> torch.Tensor:
         bias = self.block[0].layer[0].SelfAttention.position_bias(embeds)
-        x = embeds.float()
+        x = fp32(embeds)
         for block in self.block:
             x = block(x, bias)
         return self.final_layer_norm(x)

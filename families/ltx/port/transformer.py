@@ -19,7 +19,7 @@ from torch import nn
 
 from svd_trt.export.layers import attention, fp32_island
 from svd_trt.families.ltx.config import TransformerConfig
-from svd_trt.families.ltx.port.layers import CombinedTimestepEmbedding, RMSNorm, layer_norm
+from svd_trt.families.ltx.port.layers import CombinedTimestepEmbedding, RMSNorm, cast, fp32, layer_norm
 
 QK_NORM_EPS = 1e-5  # LTXAttention's norm_q / norm_k
 OUT_NORM_EPS = 1e-6
@@ -31,7 +31,7 @@ def apply_rotary_emb(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> t
     """Rotate interleaved pairs (x0, x1) -> (x0 cos - x1 sin, x1 cos + x0 sin), in fp32 (diffusers')."""
     real, imag = x.unflatten(2, (-1, 2)).unbind(-1)
     rotated = torch.stack([-imag, real], dim=-1).flatten(2)
-    return (x.float() * cos + rotated.float() * sin).to(x.dtype)
+    return cast(fp32(x) * cos + fp32(rotated) * sin, x.dtype)
 
 
 class LTXAttention(nn.Module):
@@ -120,7 +120,7 @@ class LTXVideoTransformerBlock(nn.Module):
         text_bias: torch.Tensor,
     ) -> torch.Tensor:
         """x [B, S, D], context [B, L, D], temb [B, S, 6 D] -> [B, S, D]."""
-        ada = self.scale_shift_table.to(temb.dtype) + temb.unflatten(2, (NUM_ADA_PARAMS, -1))
+        ada = cast(self.scale_shift_table, temb.dtype) + temb.unflatten(2, (NUM_ADA_PARAMS, -1))
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = ada.unbind(dim=2)
         h = self.norm1(x) * (1 + scale_msa) + shift_msa
         x = x + self.attn1(h, rope=rope) * gate_msa
@@ -139,7 +139,7 @@ class AdaLayerNormSingle(nn.Module):
 
     def forward(self, t: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         emb = self.emb(t, dtype)
-        w, b = self.linear.weight.to(dtype), self.linear.bias.to(dtype)
+        w, b = cast(self.linear.weight, dtype), cast(self.linear.bias, dtype)
         return F.linear(F.silu(emb), w, b), emb
 
 
@@ -183,17 +183,17 @@ class LTXVideoTransformer3D(nn.Module):
     ) -> torch.Tensor:
         """hidden_states [B, S, C_in], encoder_hidden_states [B, L, caption], timestep [B, S] float32,
         encoder_attention_mask [B, L] 0/1 float32, rope_cos/sin [B, S, D] float32 -> [B, S, C_out]."""
-        text_bias = ((1.0 - encoder_attention_mask.float()) * TEXT_MASK_BIAS)[:, None, None, :]
+        text_bias = ((1.0 - fp32(encoder_attention_mask)) * TEXT_MASK_BIAS)[:, None, None, :]
         x = self.proj_in(hidden_states)
         # one embedding per token: [B*S] -> [B, S, .]; fp32 in an fp16 export, rounded once below
         emb_dtype = torch.float32 if fp32_island(x) else x.dtype
         temb, embedded = self.time_embed(timestep.flatten(), emb_dtype)
-        temb = temb.reshape(*timestep.shape, -1).to(x.dtype)
-        embedded = embedded.reshape(*timestep.shape, -1).to(x.dtype)
+        temb = cast(temb.reshape(*timestep.shape, -1), x.dtype)
+        embedded = cast(embedded.reshape(*timestep.shape, -1), x.dtype)
         context = self.caption_projection(encoder_hidden_states)
         rope = (rope_cos, rope_sin)
         for block in self.transformer_blocks:
             x = block(x, context, temb, rope, text_bias)
-        shift, scale = (self.scale_shift_table.to(x.dtype) + embedded[:, :, None]).unbind(dim=2)
-        x = layer_norm(x, OUT_NORM_EPS) * (1 + scale) + shift
+        shift, scale = (cast(self.scale_shift_table, x.dtype) + embedded[:, :, None]).unbind(dim=2)
+        x = layer_norm(x, self.cfg.inner_dim, OUT_NORM_EPS) * (1 + scale) + shift
         return self.proj_out(x)
