@@ -59,10 +59,11 @@ class CausalConv3d(nn.Module):
 
 
 class ChannelLayerNorm(nn.LayerNorm):
-    """nn.LayerNorm (keys weight, bias) over the channel axis of [B, C, F, H, W]."""
+    """nn.LayerNorm (keys weight, bias) over the channel axis of [B, C, F, H, W]. Explicit permutes:
+    the legacy exporter writes movedim(-1, 1) as a Transpose with a negative perm entry."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.movedim(1, -1)).movedim(-1, 1)
+        return super().forward(x.permute(0, 2, 3, 4, 1)).permute(0, 4, 1, 2, 3)
 
 
 def channel_rms(x: torch.Tensor) -> torch.Tensor:
