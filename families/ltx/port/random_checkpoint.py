@@ -10,6 +10,7 @@ snapshot has no tokenizer (model_index.json says so, and diffusers then loads to
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 from pathlib import Path
 
@@ -41,15 +42,18 @@ def _component_config(name: str, cfg: LTXConfig) -> dict:
 
 
 def write_tokenizer(folder: Path, cfg: LTXConfig) -> bool:
-    """The runtime's tokenizer writer, if that module is installed; False when it is not."""
+    """The runtime's tiny offline T5 tokenizer (ids below 64: inside every preset's vocabulary), if
+    that module is installed; False when it is not. Its model_max_length is set to the config's."""
     if importlib.util.find_spec(TOKENIZER_MODULE) is None:
         log.warning("no %s: the snapshot has no tokenizer", TOKENIZER_MODULE)
         return False
     from svd_trt.families.ltx.tokenizer import write_tokenizer_files
 
-    write_tokenizer_files(
-        folder, vocab_size=cfg.text_encoder.vocab_size, model_max_length=cfg.tokenizer_max_length
-    )
+    write_tokenizer_files(folder)
+    config_path = folder / "tokenizer_config.json"
+    config = json.loads(config_path.read_text())
+    if config.get("model_max_length") != cfg.tokenizer_max_length:
+        _write_json(config_path, {**config, "model_max_length": cfg.tokenizer_max_length})
     return True
 
 
