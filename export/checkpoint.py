@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 
 class CheckpointError(UserError):
-    """A snapshot that cannot be read as SVD: the message is one line naming file and key."""
+    """A snapshot that cannot be read as its family's: the message is one line naming file and key."""
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ VARIANTS = (None, "fp16")
 SCHEDULER_CLASS = "EulerDiscreteScheduler"  # SVD's, and the only one families/svd/euler.py reproduces
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_json(path: Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
@@ -64,7 +64,7 @@ def read_config(snapshot: str | Path) -> SVDConfig:
     root = Path(snapshot)
     if not root.is_dir():
         raise CheckpointError(f"{root}: not a directory")
-    index = _read_json(root / "model_index.json")
+    index = read_json(root / "model_index.json")
     missing = [c for c in ("unet", "vae", "image_encoder", "scheduler") if c not in index]
     if missing:
         raise CheckpointError(
@@ -72,17 +72,17 @@ def read_config(snapshot: str | Path) -> SVDConfig:
             f"class {index.get('_class_name')!r})"
         )
     _check_scheduler_class(root, index)
-    unet = _read_json(root / "unet" / "config.json")
+    unet = read_json(root / "unet" / "config.json")
     if unet.get("_class_name", "UNetSpatioTemporalConditionModel") != "UNetSpatioTemporalConditionModel":
         raise CheckpointError(f"{root / 'unet' / 'config.json'}: {unet['_class_name']} is not SVD's UNet")
     fe_path = root / "feature_extractor" / "preprocessor_config.json"
-    fe = _read_json(fe_path) if fe_path.exists() else {}
+    fe = read_json(fe_path) if fe_path.exists() else {}
     return SVDConfig.from_dict(
         {
             "unet": unet,
-            "vae": _read_json(root / "vae" / "config.json"),
-            "clip": _read_json(root / "image_encoder" / "config.json"),
-            "scheduler": _read_json(root / "scheduler" / "scheduler_config.json"),
+            "vae": read_json(root / "vae" / "config.json"),
+            "clip": read_json(root / "image_encoder" / "config.json"),
+            "scheduler": read_json(root / "scheduler" / "scheduler_config.json"),
             "feature_extractor": fe,
         }
     )
@@ -93,7 +93,7 @@ def _check_scheduler_class(root: Path, index: dict[str, Any]) -> None:
     silently replaced (its config keys could even parse as Euler's)."""
     named = index.get("scheduler")
     path = root / "scheduler" / "scheduler_config.json"
-    declared = _read_json(path).get("_class_name", SCHEDULER_CLASS)
+    declared = read_json(path).get("_class_name", SCHEDULER_CLASS)
     for where, name in ((root / "model_index.json", named[-1] if isinstance(named, list) else named), (path, declared)):
         if name is not None and name != SCHEDULER_CLASS:
             raise CheckpointError(f"{where}: scheduler {name} is not supported; svd-trt samples with {SCHEDULER_CLASS}")
@@ -110,7 +110,7 @@ def weight_files(folder: Path, stem: str, variant: str | None) -> list[Path]:
         folder / f"{stem}{infix}.safetensors.index.json",
     ):
         if index.exists():
-            weight_map = _read_json(index).get("weight_map")
+            weight_map = read_json(index).get("weight_map")
             if not isinstance(weight_map, dict):
                 raise CheckpointError(f"{index}: no weight_map")
             shards = [folder / name for name in sorted(set(weight_map.values()))]
@@ -149,6 +149,13 @@ def read_safetensors(files: list[Path]) -> dict[str, torch.Tensor]:
         except (SafetensorError, OSError, ValueError, RuntimeError) as e:
             raise CheckpointError(f"{path}: corrupt or truncated safetensors file ({first_line(e)})") from None
     return state
+
+
+def read_folder(folder: Path, stem: str, variant: str | None = "auto") -> tuple[dict[str, torch.Tensor], str]:
+    """One component folder's tensors (see find_weights for `variant`) and a name for messages."""
+    files = find_weights(folder, stem, variant)
+    source = str(files[0]) if len(files) == 1 else f"{folder}/{stem} shards"
+    return read_safetensors(files), source
 
 
 def load_strict(
@@ -245,11 +252,8 @@ def load_component(
     root = Path(snapshot)
     cfg = cfg or read_config(root)
     comp = COMPONENTS[name]
-    folder = root / comp.folder
-    files = find_weights(folder, comp.weights_stem, variant)
-    state = read_safetensors(files)
+    state, source = read_folder(root / comp.folder, comp.weights_stem, variant)
     module = build_module(name, cfg)
-    source = str(files[0]) if len(files) == 1 else f"{folder}/{comp.weights_stem} shards"
     # load_state_dict copies with a dtype cast, so fp16 files fill an fp32 module directly.
     load_strict(module, state, source, derived_keys(name, cfg))
     log.info("loaded %s from %s (%d tensors)", name, source, len(state))

@@ -16,23 +16,26 @@ EXPORT_VERSION, the version of this export code itself.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import onnx
 import torch
+from onnx import external_data_helper
 from torch import nn
 
 from svd_trt.export.checkpoint import COMPONENTS, component_module, find_weights, load_component, read_config
+from svd_trt.export.layers import onnx_attention
 from svd_trt.families.svd.config import SVDConfig
 from svd_trt.families.svd.euler import check_scheduler
-from svd_trt.families.svd.port.layers import onnx_attention
 from svd_trt.manifest import (
     FLOAT_UNET,
     ComponentEntry,
@@ -164,15 +167,56 @@ def _save_single(raw: Path, path: Path) -> None:
     if not extras:
         raw.replace(path)
         return
-    model = onnx.load(str(raw), load_external_data=True)
-    onnx.save_model(
-        model,
-        str(path),
-        save_as_external_data=True,
-        all_tensors_to_one_file=True,
-        location=data_file(path.name),
-        size_threshold=1024,
-    )
+    gather_external_data(raw, path)
+
+
+def _tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    """Every tensor a graph stores: initializers and Constant / attribute tensors, subgraphs included."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            if attr.HasField("g"):
+                yield from _tensors(attr.g)
+            for sub in attr.graphs:
+                yield from _tensors(sub)
+
+
+def gather_external_data(raw: Path, path: Path, alignment: int = 4096) -> None:
+    """Write `raw`'s graph to `path` with every external tensor copied, by streaming (never more than
+    a buffer in memory: the real UNet / DiT are 6-8 GB), into one `<path>.data`; offsets are page
+    aligned so ONNX Runtime can map them."""
+    model = onnx.load(str(raw), load_external_data=False)
+    data_name = data_file(path.name)
+    with open(path.parent / data_name, "wb") as out:
+        for tensor in _tensors(model.graph):
+            if not external_data_helper.uses_external_data(tensor):
+                continue
+            info = external_data_helper.ExternalDataInfo(tensor)
+            out.write(b"\0" * (-out.tell() % alignment))
+            offset = out.tell()
+            _copy_range(raw.parent / info.location, info.offset or 0, info.length, out)
+            # external_data_helper.set_external_data wants the bytes in the tensor: set the entries
+            del tensor.external_data[:]
+            for key, value in (("location", data_name), ("offset", offset), ("length", out.tell() - offset)):
+                entry = tensor.external_data.add()
+                entry.key, entry.value = key, str(value)
+    onnx.save_model(model, str(path))
+
+
+def _copy_range(source: Path, offset: int, length: int | None, out: BinaryIO) -> None:
+    """Append `length` bytes of `source` from `offset` (None: to its end) to `out`, 16 MB at a time."""
+    with open(source, "rb") as f:
+        remaining = os.fstat(f.fileno()).st_size - offset if length is None else length
+        f.seek(offset)
+        while remaining > 0:
+            chunk = f.read(min(remaining, 1 << 24))
+            if not chunk:
+                raise OSError(f"{source}: shorter than the tensor stored in it")
+            out.write(chunk)
+            remaining -= len(chunk)
 
 
 def _reusable(out: Path) -> dict[str, ComponentEntry]:

@@ -43,8 +43,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from svd_trt.export.checkpoint import component_module, load_component, read_config
+from svd_trt.export.layers import attention
 from svd_trt.families.svd.config import SVDConfig
-from svd_trt.families.svd.port.layers import Attention, ImageSelfAttention, attention
+from svd_trt.families.svd.port.layers import Attention, ImageSelfAttention
 from svd_trt.manifest import ManifestError, load_manifest
 from svd_trt.spec import component_specs
 

@@ -82,8 +82,11 @@ class TensorSpec:
 
     name: str
     dims: tuple[Dim, ...]
-    dist: str = "normal"  # how sample inputs are drawn: normal, signed_unit, timestep, time_ids
+    # how sample inputs are drawn: normal, signed_unit, timestep, time_ids, token_ids (below `high`),
+    # text_mask (1s then 0s per row), flow_timestep (0..1000), decode_timestep (0..0.1)
+    dist: str = "normal"
     fixed_dtype: str | None = None
+    high: int | None = None  # token_ids: the vocabulary size
 
     def shape(self, sizes: Mapping[str, int]) -> tuple[int, ...]:
         return tuple(d if isinstance(d, int) else int(sizes[d]) for d in self.dims)
@@ -148,7 +151,17 @@ class ComponentSpec:
 
 
 def draw(t: TensorSpec, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
-    """Realistic values: timesteps 0.25*ln(sigma) over SVD's sigma range, time ids as used."""
+    """Realistic values: timesteps 0.25*ln(sigma) over SVD's sigma range, time ids as used; LTX's
+    token ids, padded text masks (at least one real token), flow-match and decode timesteps."""
+    if t.dist == "token_ids":
+        return rng.integers(0, t.high, shape)
+    if t.dist == "text_mask":
+        lengths = rng.integers(1, shape[-1] + 1, shape[:-1] + (1,))
+        return (np.arange(shape[-1]) < lengths).astype(np.float64)
+    if t.dist == "flow_timestep":
+        return rng.uniform(0.0, 1000.0, shape)
+    if t.dist == "decode_timestep":
+        return rng.uniform(0.0, 0.1, shape)
     if t.dist == "signed_unit":
         return rng.uniform(-1.0, 1.0, shape)
     if t.dist == "timestep":

@@ -9,31 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
-T = TypeVar("T")
-
-
-def _from_dict(cls: type[T], d: dict[str, Any]) -> T:
-    """Pick the fields `cls` knows; lists become tuples so configs stay hashable."""
-    kwargs = {}
-    for f in dataclasses.fields(cls):
-        if f.name in d and d[f.name] is not None:
-            v = d[f.name]
-            kwargs[f.name] = _tuplify(v)
-    return cls(**kwargs)
-
-
-def _tuplify(v: Any) -> Any:
-    if isinstance(v, list):
-        return tuple(_tuplify(x) for x in v)
-    return v
-
-
-def _listify(v: Any) -> Any:
-    if isinstance(v, tuple):
-        return [_listify(x) for x in v]
-    return v
+from svd_trt.config_io import fields_from_dict, listify, tuplify
 
 
 @dataclass(frozen=True)
@@ -64,10 +42,10 @@ class UNetConfig:
     num_frames: int = 25
     sample_size: int | None = 96
 
-    from_dict = classmethod(_from_dict)
+    from_dict = classmethod(fields_from_dict)
 
     def to_dict(self) -> dict[str, Any]:
-        d = {k: _listify(v) for k, v in dataclasses.asdict(self).items()}
+        d = {k: listify(v) for k, v in dataclasses.asdict(self).items()}
         return {"_class_name": "UNetSpatioTemporalConditionModel", **d}
 
     @property
@@ -90,10 +68,10 @@ class VAEConfig:
     scaling_factor: float = 0.18215
     force_upcast: bool = True
 
-    from_dict = classmethod(_from_dict)
+    from_dict = classmethod(fields_from_dict)
 
     def to_dict(self) -> dict[str, Any]:
-        d = {k: _listify(v) for k, v in dataclasses.asdict(self).items()}
+        d = {k: listify(v) for k, v in dataclasses.asdict(self).items()}
         return {"_class_name": "AutoencoderKLTemporalDecoder", **d}
 
     @property
@@ -117,7 +95,7 @@ class CLIPConfig:
     hidden_act: str = "gelu"
     layer_norm_eps: float = 1e-5
 
-    from_dict = classmethod(_from_dict)
+    from_dict = classmethod(fields_from_dict)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -177,10 +155,10 @@ class SchedulerConfig:
     def from_dict(cls, d: dict[str, Any]) -> SchedulerConfig:
         """As diffusers' from_config reads it: a missing key is EULER_DEFAULTS' value, an explicit null
         stays null (sigma_min/max: the training sigmas' range), unknown keys are ignored."""
-        return cls(**{k: _tuplify(d.get(k, default)) for k, default in EULER_DEFAULTS.items()})
+        return cls(**{k: tuplify(d.get(k, default)) for k, default in EULER_DEFAULTS.items()})
 
     def to_dict(self) -> dict[str, Any]:
-        d = {k: _listify(v) for k, v in dataclasses.asdict(self).items()}
+        d = {k: listify(v) for k, v in dataclasses.asdict(self).items()}
         return {"_class_name": "EulerDiscreteScheduler", **d}
 
 
@@ -191,7 +169,7 @@ class FeatureExtractorConfig:
     image_mean: tuple[float, ...] = (0.48145466, 0.4578275, 0.40821073)
     image_std: tuple[float, ...] = (0.26862954, 0.26130258, 0.27577711)
 
-    from_dict = classmethod(_from_dict)
+    from_dict = classmethod(fields_from_dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from svd_trt.export.layers import LayerNorm, attention
 from svd_trt.families.svd.config import CLIPConfig
-from svd_trt.families.svd.port.layers import LayerNorm, attention
 
 # Older transformers saved `position_ids` (an arange over positions) as a persistent
 # buffer, so real snapshots may carry it. The port derives positions instead; a loader

@@ -12,29 +12,13 @@ transformer blocks see [B, F, L, C] with L = H*W tokens per frame.
 
 from __future__ import annotations
 
-import contextlib
-import math
-from collections.abc import Iterator
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from svd_trt.export.layers import LayerNorm, TimestepEmbedding, Timesteps, attention, fp32_island
+
 GROUPS = 32  # every GroupNorm in SVD uses 32 groups
-
-
-# ----------------------------------------------------------------------------- fp32 islands
-# An fp16 ONNX graph carries its precision: TensorRT builds it strongly typed and ONNX Runtime runs
-# it as written, so the places where fp16 is known to fail are explicit fp32 islands in the graph:
-# normalisation statistics (a variance of thousands of elements, squares past 65504), softmax (a
-# sum of up to 9,216 exponentials at SVD-XT's first level), and the time / conditioning embeddings
-# (sinusoids of arguments up to ~1000, per-sample vectors: free). Only while exporting: eager torch
-# already accumulates norms and softmax in fp32 for fp16 inputs, and its fp16 path stays diffusers'.
-
-
-def fp32_island(x: torch.Tensor) -> bool:
-    """True where `x` is fp16 inside an ONNX export: compute in fp32, cast the result back."""
-    return x.dtype == torch.float16 and torch.onnx.is_in_onnx_export()
 
 
 class GroupNorm(nn.GroupNorm):
@@ -45,57 +29,6 @@ class GroupNorm(nn.GroupNorm):
             return super().forward(x)
         w, b = self.weight.float(), self.bias.float()
         return F.group_norm(x.float(), self.num_groups, w, b, self.eps).to(x.dtype)
-
-
-class LayerNorm(nn.LayerNorm):
-    """nn.LayerNorm (same keys), an fp32 island in an fp16 export."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not fp32_island(x):
-            return super().forward(x)
-        w, b = self.weight.float(), self.bias.float()
-        return F.layer_norm(x.float(), self.normalized_shape, w, b, self.eps).to(x.dtype)
-
-
-# ----------------------------------------------------------------------------- embeddings
-
-
-def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
-    """[N] -> [N, dim]: cos | sin of t * 10000^(-k / half), diffusers' flip_sin_to_cos=True, shift 0.
-
-    Always float32 (as diffusers): a timestep of ~1000 needs more than fp16's mantissa.
-    """
-    half = dim // 2
-    exponent = torch.arange(half, dtype=torch.float32, device=t.device) * (-math.log(10000.0) / half)
-    args = t.float()[:, None] * torch.exp(exponent)[None, :]
-    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
-    if dim % 2 == 1:
-        emb = F.pad(emb, (0, 1))
-    return emb
-
-
-class Timesteps(nn.Module):
-    """diffusers' `Timesteps(dim, flip_sin_to_cos=True, downscale_freq_shift=0)`: no weights."""
-
-    def __init__(self, dim: int) -> None:
-        super().__init__()
-        self.dim = dim
-
-    def forward(self, t: torch.Tensor) -> torch.Tensor:
-        return timestep_embedding(t, self.dim)
-
-
-class TimestepEmbedding(nn.Module):
-    """linear_1 -> SiLU -> linear_2, in the input's dtype (fp32 for the export's embedding island)."""
-
-    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int | None = None) -> None:
-        super().__init__()
-        self.linear_1 = nn.Linear(in_dim, hidden_dim)
-        self.linear_2 = nn.Linear(hidden_dim, out_dim or hidden_dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = F.linear(x, self.linear_1.weight.to(x.dtype), self.linear_1.bias.to(x.dtype))
-        return F.linear(F.silu(h), self.linear_2.weight.to(x.dtype), self.linear_2.bias.to(x.dtype))
 
 
 # ----------------------------------------------------------------------------- resnets
@@ -249,77 +182,6 @@ class Upsample2D(nn.Module):
         else:
             x = F.interpolate(x, size=size, mode="nearest")
         return self.conv(x)
-
-
-# ----------------------------------------------------------------------------- attention
-
-# How attention is written into ONNX; set per export by `onnx_attention` (export/onnx_export.py).
-_ONNX_ATTENTION = {"kind": "standard"}
-ATTENTION_KINDS = ("standard", "contrib")
-
-
-@contextlib.contextmanager
-def onnx_attention(kind: str) -> Iterator[None]:
-    """Export attention as `standard` ops or as ONNX Runtime's `contrib` MultiHeadAttention.
-
-    standard: MatMul / Softmax / MatMul, which TensorRT fuses into its own attention kernels.
-    contrib: one com.microsoft::MultiHeadAttention node, ONNX Runtime's fused kernel (CPU and
-    CUDA) that never materialises the [N, heads, L, L] scores: 85 GB for SVD-XT's first UNet
-    level at batch 2 x 25 frames with standard ops, and 1.3-1.5x faster on the CPU.
-    """
-    if kind not in ATTENTION_KINDS:
-        raise ValueError(f"unknown attention kind {kind!r}")
-    old = _ONNX_ATTENTION["kind"]
-    _ONNX_ATTENTION["kind"] = kind
-    try:
-        yield
-    finally:
-        _ONNX_ATTENTION["kind"] = old
-
-
-def _split(x: torch.Tensor, heads: int) -> torch.Tensor:
-    """[N, L, heads*d] -> [N, heads, L, d]."""
-    return x.unflatten(-1, (heads, -1)).transpose(1, 2)
-
-
-class _ContribAttention(torch.autograd.Function):
-    """SDPA in eager mode; one com.microsoft::MultiHeadAttention node when exported."""
-
-    @staticmethod
-    def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
-        out = F.scaled_dot_product_attention(_split(q, heads), _split(k, heads), _split(v, heads))
-        return out.transpose(1, 2).flatten(2)
-
-    @staticmethod
-    def symbolic(g, q, k, v, heads: int):
-        # Its default scale is head_dim ** -0.5, as SDPA's.
-        out = g.op("com.microsoft::MultiHeadAttention", q, k, v, num_heads_i=heads)
-        out.setType(q.type())
-        return out
-
-
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
-    """softmax(q k^T / sqrt(d)) v per head: q [N, L, heads*d], k/v [N, S, heads*d] -> [N, L, heads*d]."""
-    if torch.onnx.is_in_onnx_export():
-        if _ONNX_ATTENTION["kind"] == "contrib":
-            return _ContribAttention.apply(q, k, v, heads)
-        return _standard_attention(_split(q, heads), _split(k, heads), _split(v, heads))
-    out = F.scaled_dot_product_attention(_split(q, heads), _split(k, heads), _split(v, heads))
-    return out.transpose(1, 2).flatten(2)
-
-
-def _standard_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """The exported form: MatMul, Softmax, MatMul on [N, heads, L, d], written out so its types are ours.
-
-    Q and K are each scaled by d^-1/4 before the first product, as TensorRT's attention fusion
-    requires (and so the logits stay small). The softmax is an fp32 island in an fp16 graph; the
-    logits themselves are the first product's output, fp16 there: their largest magnitude is what
-    `svd-export check` reports against fp16's 65504.
-    """
-    scale = q.shape[-1] ** -0.25
-    logits = torch.matmul(q * scale, (k * scale).transpose(-1, -2))
-    probs = torch.softmax(logits.float(), dim=-1).to(v.dtype) if fp32_island(logits) else logits.softmax(-1)
-    return torch.matmul(probs, v).transpose(1, 2).flatten(2)
 
 
 class Attention(nn.Module):
