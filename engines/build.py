@@ -76,22 +76,55 @@ def export_onnx(
     variant: str | None = "auto",
     on_component: OnComponent | None = None,
     force: bool = False,
+    calibration: Path | None = None,
 ) -> Manifest:
-    """The float ONNX files made for `target` (for TensorRT: exactly what its engines build from)."""
+    """The ONNX files made for `target` (for TensorRT: exactly what its engines build from, an int8 /
+    fp8 UNet included: `calibration` is the directory svd-export calibrate wrote)."""
     from svd_trt.export.checkpoint import read_config
     from svd_trt.export.onnx_export import build_onnx_dir
 
     if target not in BACKENDS:
         raise BuildError(f"unknown target {target!r}: choose {' or '.join(BACKENDS)}")
-    quantized = [f"{n}={p}" for n, p in (precisions or {}).items() if p in QUANTIZED_PRECISIONS]
-    if quantized:
+    options = BuildOptions(target, precisions=dict(precisions or {}), calibration=calibration)
+    options.check()
+    if options.quantized and target != "tensorrt":
         raise BuildError(
-            f"--precision {quantized[0]}: export-onnx writes float graphs; "
-            "quantize with build-engines --unet-precision int8 --calibration DIR"
+            f"--unet-precision {options.quantized}: export-onnx quantizes for --target tensorrt; "
+            "the ONNX Runtime engine directory is build-engines' (--unet-precision int8 --calibration DIR)"
         )
     specs = component_specs(read_config(snapshot))
-    chosen = component_precisions(specs, precisions or {}, target)
-    return build_onnx_dir(snapshot, out, target, chosen, variant, on_component, force=force)
+    chosen = component_precisions(specs, options.precisions, target)
+    if options.quantized:
+        chosen["unet"] = "fp32"  # Model Optimizer quantizes the fp32 graph (quantize_for_tensorrt)
+    manifest = build_onnx_dir(snapshot, out, target, chosen, variant, on_component, force=force)
+    if not options.quantized:
+        return manifest
+    return quantize_for_tensorrt(Path(out), snapshot, options.calibration, options.quantized, variant, on_component)
+
+
+def quantize_for_tensorrt(
+    onnx_dir: Path,
+    snapshot: str | Path,
+    calibration: Path,
+    precision: str,
+    variant: str | None,
+    on_component: OnComponent | None = None,
+) -> Manifest:
+    """The TensorRT ONNX directory's fp32 UNet becomes its Q/DQ file; what TensorRT then builds from.
+
+    NVIDIA Model Optimizer places the Q/DQ where TensorRT's fusions expect them and calibrates
+    at the recorded (full) shape; the unquantized remainder takes the fp16 export's types, fp32
+    islands included (calibration/modelopt_quantize.py). ONNX Runtime's quantizer stays the ONNX
+    Runtime build's: its layout serves ORT's CPU kernels.
+    """
+    from svd_trt.calibration.modelopt_quantize import quantize_unet_modelopt
+    from svd_trt.manifest import load_manifest
+
+    start = time.perf_counter()
+    quantize_unet_modelopt(onnx_dir, calibration, precision, snapshot, variant)
+    if on_component:
+        on_component(f"unet {precision} q/dq", "quantized", time.perf_counter() - start)
+    return load_manifest(onnx_dir)
 
 
 def build_engines(

@@ -16,7 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from svd_trt.engines.build import BuildError, BuildOptions, OnComponent, component_precisions
+from svd_trt.engines.build import (
+    BuildError,
+    BuildOptions,
+    OnComponent,
+    component_precisions,
+    quantize_for_tensorrt,
+)
 from svd_trt.engines.profiles import Profile, component_profiles, served_limits
 from svd_trt.engines.trt_cache import (
     default_timing_cache,
@@ -133,7 +139,9 @@ def build_tensorrt_dir(
         force=options.force,
     )
     if quantized:
-        onnx = _quantize(onnx_dir, options.calibration, precisions["unet"], on_component)
+        onnx = quantize_for_tensorrt(
+            onnx_dir, snapshot, options.calibration, precisions["unet"], options.variant, on_component
+        )
     timing_cache = options.timing_cache or default_timing_cache(platform)
     timing_cache.parent.mkdir(parents=True, exist_ok=True)
     log.info("TensorRT %s on %s; timing cache %s", platform.tensorrt_version, platform.gpu, timing_cache)
@@ -147,23 +155,6 @@ def build_tensorrt_dir(
 
 def _capability(platform: Platform) -> tuple[int, ...]:
     return tuple(int(x) for x in platform.compute_capability.split("."))
-
-
-def _quantize(onnx_dir: Path, calibration: Path, precision: str, on_component) -> Manifest:
-    """The ONNX directory's UNet becomes its Q/DQ file; what TensorRT then builds from.
-
-    NVIDIA Model Optimizer places the Q/DQ where TensorRT's fusions expect them and
-    calibrates at the recorded (full) shape (calibration/modelopt_quantize.py); ONNX
-    Runtime's quantizer stays the ONNX Runtime build's: its layout serves ORT's CPU kernels.
-    """
-    from svd_trt.calibration.modelopt_quantize import quantize_unet_modelopt
-    from svd_trt.manifest import load_manifest
-
-    start = time.perf_counter()
-    quantize_unet_modelopt(onnx_dir, calibration, precision)
-    if on_component:
-        on_component(f"unet {precision} q/dq", "quantized", time.perf_counter() - start)
-    return load_manifest(onnx_dir)
 
 
 def _tagged(on_component: OnComponent | None) -> OnComponent | None:
