@@ -12,10 +12,10 @@ import click
 from svd_trt.cli import one_line_errors
 
 
-def _repository_options(instances: int, max_queue: int, threads: int):
+def _repository_options(instances: int, max_queue: int, threads: int, device: str | None):
     from svd_trt.runtime.serving.repository import RepositoryOptions
 
-    return RepositoryOptions(instances=instances, max_queue=max_queue, threads=threads)
+    return RepositoryOptions(instances=instances, max_queue=max_queue, threads=threads, device=device)
 
 
 _ENGINES = click.option("--engines", "engine_dir", required=True, type=click.Path(), help="Engine directory.")
@@ -36,6 +36,13 @@ _MAX_QUEUE = click.option(
 _THREADS = click.option(
     "--threads", type=int, default=0, help="ONNX Runtime threads per pipeline; default cores / instances."
 )
+_DEVICE = click.option(
+    "--device",
+    type=click.Choice(["cpu", "cuda"]),
+    default=None,
+    help="Where the engines run; cuda makes the instances Triton GPU instances (instance k on GPU k). "
+    "Default: the engines' own (onnxruntime cpu, tensorrt cuda).",
+)
 
 
 @click.command("triton-repo")
@@ -44,12 +51,15 @@ _THREADS = click.option(
 @_INSTANCES
 @_MAX_QUEUE
 @_THREADS
+@_DEVICE
 @one_line_errors
-def triton_repo(engine_dir: str, out: str, instances: int, max_queue: int, threads: int) -> None:
+def triton_repo(
+    engine_dir: str, out: str, instances: int, max_queue: int, threads: int, device: str | None
+) -> None:
     """Write a Triton model repository (models svd, svd_stream) serving ENGINES."""
     from svd_trt.runtime.serving.repository import write_repository
 
-    path = write_repository(engine_dir, out, _repository_options(instances, max_queue, threads))
+    path = write_repository(engine_dir, out, _repository_options(instances, max_queue, threads, device))
     click.echo(f"wrote Triton model repository {path} (models svd, svd_stream)")
 
 
@@ -64,12 +74,13 @@ def triton_repo(engine_dir: str, out: str, instances: int, max_queue: int, threa
 @_INSTANCES
 @_MAX_QUEUE
 @_THREADS
+@_DEVICE
 @click.option(
     "--exit-timeout", type=int, default=10, show_default=True, help="Seconds in-flight requests get at stop."
 )
 @one_line_errors
 def serve(
-    engine_dir, http_port, grpc_port, metrics_port, address, instances, max_queue, threads, exit_timeout
+    engine_dir, http_port, grpc_port, metrics_port, address, instances, max_queue, threads, device, exit_timeout
 ) -> None:
     """Serve ENGINES with Triton Inference Server until SIGINT or SIGTERM."""
     from svd_trt.runtime.serving.serve import serve as run
@@ -90,5 +101,5 @@ def serve(
             err=True,
         )
 
-    run(engine_dir, config, _repository_options(instances, max_queue, threads), on_ready=ready)
+    run(engine_dir, config, _repository_options(instances, max_queue, threads, device), on_ready=ready)
     click.echo("stopped", err=True)

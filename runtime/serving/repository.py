@@ -3,7 +3,8 @@
 Both config.pbtxt files are rendered from contract.py by one function; both model.py
 files are the same two-line shim importing svd_trt.runtime.serving.triton_model, so the
 model code ships (and is tested) with the package. Instances are KIND_GPU when the
-engines are TensorRT's: Triton then starts `instances` on every visible GPU.
+engines run on a GPU (TensorRT's, or ONNX Runtime's with device cuda): Triton then starts
+`instances` on every visible GPU, and instance k runs on CUDA device k.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 
 from svd_trt.errors import UserError
 from svd_trt.manifest import load_manifest
+from svd_trt.runtime.devices import parse_device
 from svd_trt.runtime.serving import contract
 from svd_trt.runtime.serving.contract import TensorSpec
 
@@ -26,7 +28,6 @@ MODEL_SHIM = '''\
 
 from svd_trt.runtime.serving.triton_model import TritonPythonModel  # noqa: F401
 '''
-GPU_BACKENDS = ("tensorrt",)
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,7 @@ class RepositoryOptions:
     instances: int = 1
     max_queue: int = 0  # 0 = no limit (Triton's default)
     threads: int = 0  # ONNX Runtime threads per pipeline; 0 = the physical cores / instances
+    device: str | None = None  # cpu or cuda; None = the backend's own (runtime/devices.py)
 
 
 class RepositoryError(UserError, ValueError):
@@ -79,8 +81,9 @@ def _quote(text: str) -> str:
     return text.replace("\\", "\\\\").replace('"', '\\"')
 
 
-def instance_kind(backend: str) -> str:
-    return "KIND_GPU" if backend in GPU_BACKENDS else "KIND_CPU"
+def instance_kind(backend: str, device: str | None = None) -> str:
+    """KIND_GPU where the engines run on a GPU (a DeviceError for a device the backend refuses)."""
+    return "KIND_GPU" if parse_device(device, backend).is_cuda else "KIND_CPU"
 
 
 def write_repository(engine_dir: str | Path, out: str | Path, opts: RepositoryOptions | None = None) -> Path:
@@ -91,7 +94,7 @@ def write_repository(engine_dir: str | Path, out: str | Path, opts: RepositoryOp
     if opts.max_queue < 0 or opts.threads < 0:
         raise RepositoryError("max-queue and threads must be >= 0 (0: no limit / automatic)")
     engine_dir = Path(engine_dir).resolve()
-    kind = instance_kind(load_manifest(engine_dir).backend)  # a ManifestError for a bad directory
+    kind = instance_kind(load_manifest(engine_dir).backend, opts.device)  # ManifestError for a bad directory
     out = Path(out)
     if out.exists() and not (out.is_dir() and not any(out.iterdir())):
         raise RepositoryError(f"{out}: exists and is not empty; choose a new directory")

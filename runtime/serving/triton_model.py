@@ -36,17 +36,14 @@ class TritonPythonModel:
         self.decoupled = pb_utils.using_decoupled_model_transaction_policy(config)
         self.gpu = int(args["model_instance_device_id"]) if args["model_instance_kind"] == "GPU" else None
         engine_dir = params["engine_dir"]
-        options = {}
-        if self.gpu is not None:
-            select_gpu(self.gpu)
-        elif load_manifest(engine_dir).backend == "onnxruntime":
+        # GPU instance k runs on CUDA device k; the runners make it current on whichever thread calls them.
+        options = {"device": "cpu" if self.gpu is None else f"cuda:{self.gpu}"}
+        if load_manifest(engine_dir).backend == "onnxruntime":
             options["threads"] = _threads(int(params.get("threads", "0")), config)
         self.pipe = SVDPipeline.from_engine_dir(engine_dir, **options)
-        log.info("%s: opened %s (%s)", args["model_name"], engine_dir, options or f"GPU {self.gpu}")
+        log.info("%s: opened %s (%s; %s)", args["model_name"], engine_dir, options, self.pipe.placement)
 
     def execute(self, requests: list) -> list | None:
-        if self.gpu is not None:
-            select_gpu(self.gpu)  # the CUDA device is per thread; execute may run on another
         if self.decoupled:
             for request in requests:
                 self._stream(request)
@@ -115,10 +112,3 @@ def _threads(configured: int, config: dict) -> int:
     instances = sum(int(g.get("count", 1)) for g in config.get("instance_group", [])) or 1
     return max(1, _physical_cores() // instances)
 
-
-def select_gpu(device: int) -> None:
-    """Make CUDA device `device` current on this thread, for TensorRT (Polygraphy's CUDA wrapper)."""
-    from polygraphy import cuda
-
-    wrapper = cuda.wrapper()
-    wrapper.check(wrapper.handle.cudaSetDevice(device))
