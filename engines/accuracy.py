@@ -4,7 +4,8 @@ Tolerances and end-to-end bounds are the specs' (svd_trt/spec.py); results and t
 rendering are engines/report.py.
 
 Per component, one seeded feed at the requested shapes (spec.sample_inputs: realistic
-ranges, UNet timesteps over the real sigma range) goes to the engine, cast by Polygraphy to
+ranges, UNet timesteps drawn from the snapshot's own schedule at the requested step count,
+runtime/euler.py) goes to the engine, cast by Polygraphy to
 the engine's input dtypes, and to the port in fp32. Polygraphy's simple comparator checks
 every element: one fails where |engine - ref| > atol AND |engine - ref| > rtol * |ref|.
 Optionally the whole pipeline runs through the engines and through the port with the same
@@ -36,6 +37,7 @@ from svd_trt.errors import UserError
 from svd_trt.manifest import FLOAT_UNET, ComponentEntry, Manifest, load_manifest
 from svd_trt.memory import plan_for
 from svd_trt.options import CHECK_DEFAULTS, GenerationOptions, resolve
+from svd_trt.runtime import euler
 from svd_trt.runtime.runners import Runner, open_runner
 from svd_trt.spec import E2E_MIN_PSNR, QUANT_MIN_PSNR, ComponentSpec, component_specs, sizes_for
 from svd_trt.spec import QUANTIZED_PRECISIONS as QUANTIZED
@@ -133,6 +135,15 @@ def component_sizes(manifest: Manifest, gen: GenerationOptions, spec: ComponentS
     return sizes_for(manifest.model, spec.batch.opt, frames, gen.height, gen.width)
 
 
+def component_feed(spec: ComponentSpec, manifest: Manifest, gen: GenerationOptions) -> dict[str, np.ndarray]:
+    """The seeded inputs one component is checked on: sizes as the pipeline calls it, timesteps drawn
+    from the snapshot's own schedule at the requested step count (a discrete-timestep scheduler's
+    UNet is fed its 0..999 timesteps, a continuous one 0.25 ln(sigma))."""
+    timesteps = euler.make_schedule(manifest.model.scheduler, gen.num_inference_steps).timesteps
+    sizes = component_sizes(manifest, gen, spec)
+    return spec.sample_inputs(sizes, np.random.default_rng(gen.seed), timesteps=timesteps)
+
+
 def check_component(
     spec: ComponentSpec,
     entry: ComponentEntry,
@@ -149,7 +160,7 @@ def check_component(
     name = name or spec.name
     tol = spec.tolerance_at(entry.precision)
     gen = opts.generation
-    feed = spec.sample_inputs(component_sizes(manifest, gen, spec), np.random.default_rng(gen.seed))
+    feed = component_feed(spec, manifest, gen)
     engine_io = {n: (np.dtype(v["dtype"]), v["dims"]) for n, v in entry.inputs.items()}
     ref_io = {t.name: (t.dtype("fp32"), list(t.dims)) for t in spec.inputs}
     where = engine_options(backend, opts.device)

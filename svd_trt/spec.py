@@ -133,17 +133,28 @@ class ComponentSpec:
         return {t.name: t.shape(sizes) for t in self.inputs}
 
     def sample_inputs(
-        self, sizes: Mapping[str, int], rng: np.random.Generator, precision: str = "fp32"
+        self,
+        sizes: Mapping[str, int],
+        rng: np.random.Generator,
+        precision: str = "fp32",
+        timesteps: np.ndarray | None = None,
     ) -> dict[str, np.ndarray]:
-        """Inputs in the ranges the pipeline feeds (see `draw`)."""
-        return {t.name: draw(t, t.shape(sizes), rng).astype(t.dtype(precision)) for t in self.inputs}
+        """Inputs in the ranges the pipeline feeds (see `draw`); `timesteps`: the schedule's to draw from."""
+        return {
+            t.name: draw(t, t.shape(sizes), rng, timesteps).astype(t.dtype(precision)) for t in self.inputs
+        }
 
 
-def draw(t: TensorSpec, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
-    """Realistic values: timesteps 0.25*ln(sigma) over SVD's sigma range, time ids as used."""
+def draw(
+    t: TensorSpec, shape: tuple[int, ...], rng: np.random.Generator, timesteps: np.ndarray | None = None
+) -> np.ndarray:
+    """Realistic values: timesteps drawn from `timesteps` (the snapshot's own schedule, as `check`
+    passes it), else 0.25*ln(sigma) over SVD's default sigma range; time ids as used."""
     if t.dist == "signed_unit":
         return rng.uniform(-1.0, 1.0, shape)
     if t.dist == "timestep":
+        if timesteps is not None:
+            return rng.choice(np.asarray(timesteps, dtype=np.float64), shape)
         return 0.25 * np.log(rng.uniform(0.002, 700.0, shape))
     if t.dist == "time_ids":
         fps_id = rng.integers(3, 30, shape[:-1] + (1,))
