@@ -17,7 +17,7 @@ import numpy as np
 
 from svd_trt.errors import first_line
 from svd_trt.manifest import ComponentEntry, ManifestError
-from svd_trt.runtime.devices import Device, check_providers, ort_providers, parse_device
+from svd_trt.runtime.devices import Device, check_device, check_providers, ort_providers, parse_device
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ class OrtRunner:
         # its second run on, beside the first run's: the arena doubles for every component run
         # more than once (UNet steps, decode chunks) at no measured speed gain (docs/memory.md).
         opts.enable_mem_pattern = False
-        device = parse_device(device, "onnxruntime")
+        device = check_device("onnxruntime", device)  # CUDA asked of a build without it: one line
         try:
             self.session = ort.InferenceSession(str(path), sess_options=opts, providers=ort_providers(device))
         except Exception as e:  # onnxruntime raises its own types (InvalidProtobuf, Fail, NoSuchFile, ...)
