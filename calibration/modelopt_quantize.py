@@ -19,6 +19,12 @@ dropped tensors need nothing measured: scores are never quantized, and Model Opt
 fixes the softmax output's range to [0, 1] itself. The result equals Model Optimizer's own
 run wherever that run fits in memory (tests/calibration/test_modelopt.py).
 
+Model Optimizer quantizes the fp32 export (the graph it calibrates, with fp32 everywhere
+it does not quantize); its Q/DQ are then carried onto the fp16 TensorRT export of the same
+UNet (calibration/qdq_transplant.py), so the unquantized remainder is fp16 with exactly the
+fp32 islands of the fp16 engine. TensorRT builds strongly typed: the remainder of a file
+kept fp32 would run every norm, softmax, GEGLU and residual add as fp32 kernels.
+
 Calibration is `max` (symmetric, max |x|): the only kind whose FP8 scales are right, as
 Model Optimizer derives FP8 from the INT8 pipeline (scale x 448/127). The quantization
 runs in its own interpreter (`python -m` this module): Model Optimizer patches ONNX
@@ -48,6 +54,7 @@ import onnx
 
 from svd_trt.calibration.dataset import load_index, load_sample, select
 from svd_trt.calibration.fused_attention import attention_cores, fuse_attention
+from svd_trt.calibration.qdq_transplant import fp16_fraction, transplant_qdq
 from svd_trt.calibration.quantize import QuantizeError, Quantizer, fold_constants, requantize
 from svd_trt.calibration.tensor_ranges import TensorStats, float_activations, measure, probe_shapes
 from svd_trt.manifest import data_file
@@ -67,6 +74,7 @@ class Job:
 
     src: Path  # the float UNet's copy in `work`; Model Optimizer may rewrite it
     dst: Path  # the Q/DQ file, written in `work`
+    reference: Path  # the fp16 TensorRT export of the same UNet, staged in `work`: the remainder's types
     calib_dir: Path
     precision: str
     down: int  # the UNet's total downsampling: the smallest latent side it accepts
@@ -80,8 +88,12 @@ def check_modelopt_request(precision: str, calib_dir: Path) -> None:
         raise QuantizeError(f"{calib_dir}: no calibration samples")
 
 
-def modelopt_quantizer(calib_dir: Path, precision: str, cfg) -> Quantizer:
-    """Model Optimizer on the stage's float UNet (a TensorRT ONNX directory: standard attention ops)."""
+def modelopt_quantizer(
+    calib_dir: Path, precision: str, cfg, snapshot: str | Path, variant: str | None = "auto"
+) -> Quantizer:
+    """Model Optimizer on the stage's float UNet (a TensorRT ONNX directory: standard attention ops);
+    the unquantized remainder takes the types of the fp16 UNet exported from `snapshot` (`variant`'s
+    weight files), as the fp16 TensorRT build exports it."""
     from importlib.metadata import PackageNotFoundError, version
 
     import onnxruntime
@@ -94,59 +106,95 @@ def modelopt_quantizer(calib_dir: Path, precision: str, cfg) -> Quantizer:
     def run(src: Path, dst: Path) -> dict:
         work = Path(tempfile.mkdtemp(dir=dst.parent, prefix=f".{dst.stem}-modelopt-"))
         try:
-            job = _stage(src, work, calib_dir, precision, cfg)
+            reference = _fp16_reference(Path(snapshot), variant, work)
+            job = _stage(src, work, calib_dir, precision, cfg, reference)
             log.info("quantizing %s to %s with Model Optimizer (max calibration)", src.name, dst.name)
             summary = _in_spawned_process(job)
             log.info(
-                "%s: %d activations quantized; peak memory %.2f GB; %.0f s",
-                dst.name, summary["quantized_activations"], summary["peak_rss_bytes"] / 1e9, summary["seconds"],
+                "%s: %d activations quantized; Conv/MatMul/Gemm fp16 %d of %d; peak memory %.2f GB; %.0f s",
+                dst.name, summary["quantized_activations"], *summary["fp16_gemms"],
+                summary["peak_rss_bytes"] / 1e9, summary["seconds"],
             )  # fmt: skip
             _install(job.dst, dst)
         finally:
             shutil.rmtree(work, ignore_errors=True)
         return _describe(name, precision, calib_dir, src.name, summary)
 
-    return Quantizer(precision, f"max|{name}|ort{onnxruntime.__version__}", run)
+    return Quantizer(precision, f"max|{name}|ort{onnxruntime.__version__}|remainder-fp16", run)
 
 
-def quantize_unet_modelopt(engine_dir: str | Path, calib_dir: str | Path, precision: str = "int8") -> Path:
+def quantize_unet_modelopt(
+    engine_dir: str | Path,
+    calib_dir: str | Path,
+    precision: str = "int8",
+    snapshot: str | Path | None = None,
+    variant: str | None = "auto",
+) -> Path:
     """The ONNX directory's float UNet -> `unet.<precision>.onnx` beside it; returns its path.
 
     The directory is a TensorRT build's ONNX directory (standard attention ops), replaced whole
     through the one writer (calibration/quantize.requantize): the manifest's `unet` becomes the
     Q/DQ file and `unet_float` keeps the float one, as calibration/quantize.py does, so
     `svd-export check` scores one against the other; a directory quantized before is
-    re-quantized from its `unet_float`, or its quantized UNet reused when the key matches.
+    re-quantized from its `unet_float`, or its quantized UNet reused when the key matches. The
+    fp16 UNet whose types the quantized file takes is exported from `snapshot` (default: the one
+    the directory was exported from) with its weight files `variant`.
     """
     engine_dir, calib_dir = Path(engine_dir), Path(calib_dir)
     check_modelopt_request(precision, calib_dir)
-    return requantize(engine_dir, calib_dir, lambda m: modelopt_quantizer(calib_dir, precision, m.model))
+    return requantize(
+        engine_dir,
+        calib_dir,
+        lambda m: modelopt_quantizer(calib_dir, precision, m.model, snapshot or m.source, variant),
+    )
 
 
-def _stage(float_file: Path, work: Path, calib_dir: Path, precision: str, cfg) -> Job:
-    """The float UNet copied into `work` (a copy, not a link: Model Optimizer rewrites its input).
+def _fp16_reference(snapshot: Path, variant: str | None, work: Path) -> Path:
+    """The UNet exported as the fp16 TensorRT build exports it, into `work/fp16/`."""
+    try:
+        from svd_trt.export.onnx_export import export_component
+    except ImportError as e:
+        raise QuantizeError(f"exporting the fp16 UNet needs the export extra ({e}): pip install 'svd-trt[export]'") from None
+    if not (snapshot / "model_index.json").is_file():
+        raise QuantizeError(f"{snapshot}: not the snapshot to export the fp16 UNet from (no model_index.json)")
+    (work / "fp16").mkdir()
+    start = time.perf_counter()
+    path = export_component(snapshot, "unet", "fp16", work / "fp16" / "unet.onnx", "tensorrt", variant)
+    log.info("exported the fp16 UNet (the remainder's types) in %.0f s", time.perf_counter() - start)
+    return path
 
-    Weights go to an external data file (as past 2 GB they must), so the graph edits here
-    never touch them: Constant nodes folded (the same graph, a third fewer nodes for ONNX
-    Runtime's quantizer, which Model Optimizer drives and which is quadratic in the node
-    count) and the opset raised to Model Optimizer's 19, which it would otherwise do with
-    the weights loaded (its peak: 8x the model, measured)."""
-    src, data = work / "unet.onnx", Path(data_file(str(float_file)))
-    if data.exists():  # past 2 GB: copied, never loaded
-        model = onnx.load(str(float_file), load_external_data=False)
-        _relocate(model, data_file(src.name))
-        shutil.copyfile(data, data_file(str(src)))
-    else:
-        model = onnx.load(str(float_file))
-        onnx.save_model(
-            model, str(src), save_as_external_data=True, all_tensors_to_one_file=True,
-            location=data_file(src.name), size_threshold=1024,
-        )  # fmt: skip
-        model = onnx.load(str(src), load_external_data=False)
-    model = onnx.version_converter.convert_version(fold_constants(model), OPSET)
-    onnx.save_model(model, str(src))
+
+def _stage(float_file: Path, work: Path, calib_dir: Path, precision: str, cfg, reference: Path) -> Job:
+    """The float UNet and the fp16 reference staged in `work` for the spawned process."""
+    src = _staged(float_file, work / "unet.onnx")
+    fp16 = _staged(reference, work / "unet.fp16.onnx")
     down = 2 ** (len(cfg.unet.block_out_channels) - 1)
-    return Job(src, work / f"unet.{precision}.onnx", calib_dir, precision, down)
+    return Job(src, work / f"unet.{precision}.onnx", fp16, calib_dir, precision, down)
+
+
+def _staged(path: Path, dst: Path) -> Path:
+    """`path` copied to `dst` (a copy, not a link: Model Optimizer rewrites its input).
+
+    Weights go to an external `<dst>.data` (as past 2 GB they must), so the graph edits
+    here never touch them: Constant nodes folded (the same graph, a third fewer nodes for
+    ONNX Runtime's quantizer, which Model Optimizer drives and which is quadratic in the
+    node count) and the opset raised to Model Optimizer's 19, which it would otherwise do
+    with the weights loaded (its peak: 8x the model, measured)."""
+    data = Path(data_file(str(path)))
+    if data.exists():  # past 2 GB: copied, never loaded
+        model = onnx.load(str(path), load_external_data=False)
+        _relocate(model, data_file(dst.name))
+        shutil.copyfile(data, data_file(str(dst)))
+    else:
+        model = onnx.load(str(path))
+        onnx.save_model(
+            model, str(dst), save_as_external_data=True, all_tensors_to_one_file=True,
+            location=data_file(dst.name), size_threshold=1024,
+        )  # fmt: skip
+        model = onnx.load(str(dst), load_external_data=False)
+    model = onnx.version_converter.convert_version(fold_constants(model), OPSET)
+    onnx.save_model(model, str(dst))
+    return dst
 
 
 def _die_with_parent() -> None:
@@ -182,7 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     job_file = Path((argv or sys.argv[1:])[0])
     raw = json.loads(job_file.read_text())
     job = Job(
-        Path(raw["src"]), Path(raw["dst"]), Path(raw["calib_dir"]), raw["precision"], int(raw["down"])
+        Path(raw["src"]), Path(raw["dst"]), Path(raw["reference"]), Path(raw["calib_dir"]), raw["precision"],
+        int(raw["down"]),
     )  # fmt: skip
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     result_file = job.dst.with_name("result.json")
@@ -209,6 +258,7 @@ def quantize_copy(job: Job) -> dict:
         time.perf_counter() - start,
     )
     ranges = _Ranges(stats)
+    placed = job.dst.with_name(f"unet.{job.precision}.fp32.onnx")  # Model Optimizer's own output
     with _answered_from(ranges):
         quantize(
             str(job.src),
@@ -216,18 +266,21 @@ def quantize_copy(job: Job) -> dict:
             calibration_data_reader=_NoData(),
             calibration_method="max",
             calibration_eps=["cpu"],
-            high_precision_dtype="fp32",  # the float part stays as exported; TensorRT picks fp16 for it
+            # The graph it calibrates stays fp32; the fp16 remainder comes from the fp16 export below.
+            high_precision_dtype="fp32",
             dq_only=True,  # weights stored quantized (int8 / fp8) with only a DequantizeLinear
             use_external_data_format=True,
-            output_path=str(job.dst),
+            output_path=str(placed),
             log_level="WARNING",
         )
-    if not job.dst.exists():
+    if not placed.exists():
         raise QuantizeError(f"{job.src.name}: Model Optimizer wrote no quantized model")
-    quantized, float_nodes = _check_activations(job.dst, ranges)
+    quantized, float_nodes = _check_activations(placed, ranges)
+    carried = _onto_fp16(placed, job.reference, job.dst)
     return {
         "quantized_activations": quantized,
         "float_nodes": float_nodes,
+        **carried,
         "calibration_samples": stats.samples,
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "seconds": time.perf_counter() - start,
@@ -346,6 +399,24 @@ def _answered_from(ranges: _Ranges) -> Iterator[None]:
             setattr(module, name, fn)
 
 
+def _onto_fp16(placed: Path, reference: Path, dst: Path) -> dict:
+    """Model Optimizer's Q/DQ (in `placed`) carried onto the fp16 export; written to `dst` (+ `_data`)."""
+    start = time.perf_counter()
+    model = onnx.load(str(reference))
+    try:
+        done = transplant_qdq(onnx.load(str(placed)), model)
+    except ValueError as e:  # TransplantError: the two files are not traces of one UNet
+        raise QuantizeError(f"cannot carry the Q/DQ onto the fp16 UNet: {e}") from None
+    fp16, total = fp16_fraction(model)
+    onnx.save_model(
+        model, str(dst), save_as_external_data=True, all_tensors_to_one_file=True,
+        location=dst.name + "_data", size_threshold=1024,
+    )  # fmt: skip
+    seconds = time.perf_counter() - start
+    log.info("carried %d weight and %d activation Q/DQ onto the fp16 UNet in %.1f s", done.weights, done.activations, seconds)
+    return {"fp16_gemms": [fp16, total], "subnormal_scales": done.subnormal_scales, "transplant_s": seconds}
+
+
 def _check_activations(path: Path, ranges: _Ranges) -> tuple[int, int]:
     """Every activation QuantizeLinear got its range from the measured ones.
 
@@ -397,6 +468,10 @@ def _describe(tool: str, precision: str, calib_dir: Path, float_file: str, summa
         "calibration_samples": summary["calibration_samples"],
         "quantized_activations": summary["quantized_activations"],
         "excluded_nodes": summary["float_nodes"],  # Conv / MatMul / Gemm left without Q/DQ
+        # The unquantized remainder: the fp16 TensorRT export's types, its fp32 islands included.
+        "remainder": "fp16",
+        "fp16_gemm_outputs": summary["fp16_gemms"],  # [Conv / MatMul / Gemm with fp16 output, all]
+        "subnormal_fp16_scales": summary["subnormal_scales"],
         "float_file": float_file,
     }
 

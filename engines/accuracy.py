@@ -4,7 +4,8 @@ Tolerances and end-to-end bounds are the specs' (svd_trt/spec.py); results and t
 rendering are engines/report.py.
 
 Per component, one seeded feed at the requested shapes (spec.sample_inputs: realistic
-ranges, UNet timesteps over the real sigma range) goes to the engine, cast by Polygraphy to
+ranges, UNet timesteps drawn from the snapshot's own schedule at the requested step count,
+families/svd/euler.py) goes to the engine, cast by Polygraphy to
 the engine's input dtypes, and to the port in fp32. Polygraphy's simple comparator checks
 every element: one fails where |engine - ref| > atol AND |engine - ref| > rtol * |ref|.
 Optionally the whole pipeline runs through the engines and through the port with the same
@@ -33,6 +34,7 @@ from polygraphy.logger import G_LOGGER
 from svd_trt.engines.activations import ActivationPeak, fp16_activation_peak
 from svd_trt.engines.report import ComponentResult, EndToEndResult, OutputResult, Report
 from svd_trt.errors import UserError, engine_failure
+from svd_trt.families.svd import euler
 from svd_trt.manifest import FLOAT_UNET, ComponentEntry, Manifest, load_manifest
 from svd_trt.memory import plan_for
 from svd_trt.options import CHECK_DEFAULTS, GenerationOptions, request_shape, resolve
@@ -139,6 +141,15 @@ def component_sizes(manifest: Manifest, gen: GenerationOptions, spec: ComponentS
     return sizes_for(manifest.model, spec.batch.opt, frames, gen.height, gen.width)
 
 
+def component_feed(spec: ComponentSpec, manifest: Manifest, gen: GenerationOptions) -> dict[str, np.ndarray]:
+    """The seeded inputs one component is checked on: sizes as the pipeline calls it, timesteps drawn
+    from the snapshot's own schedule at the requested step count (a discrete-timestep scheduler's
+    UNet is fed its 0..999 timesteps, a continuous one 0.25 ln(sigma))."""
+    timesteps = euler.make_schedule(manifest.model.scheduler, gen.num_inference_steps).timesteps
+    sizes = component_sizes(manifest, gen, spec)
+    return spec.sample_inputs(sizes, np.random.default_rng(gen.seed), timesteps=timesteps)
+
+
 def check_component(
     spec: ComponentSpec,
     entry: ComponentEntry,
@@ -155,7 +166,7 @@ def check_component(
     name = name or spec.name
     tol = spec.tolerance_at(entry.precision)
     gen = opts.generation
-    feed = spec.sample_inputs(component_sizes(manifest, gen, spec), np.random.default_rng(gen.seed))
+    feed = component_feed(spec, manifest, gen)
     engine_io = {n: (np.dtype(v["dtype"]), v["dims"]) for n, v in entry.inputs.items()}
     ref_io = {t.name: (t.dtype("fp32"), list(t.dims)) for t in spec.inputs}
     where = engine_options(backend, opts.device)

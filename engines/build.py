@@ -81,22 +81,51 @@ def export_onnx(
     variant: str | None = "auto",
     on_component: OnComponent | None = None,
     force: bool = False,
+    calibration: Path | None = None,
 ) -> Manifest:
-    """The float ONNX files made for `target` (for TensorRT: exactly what its engines build from)."""
+    """The ONNX files made for `target` (for TensorRT: exactly what its engines build from, an int8 /
+    fp8 UNet included: `calibration` is the directory svd-export calibrate wrote)."""
     from svd_trt.export.checkpoint import read_config
     from svd_trt.export.onnx_export import build_onnx_dir
 
     if target not in ENGINE_BACKENDS:
         raise BuildError(f"unknown target {target!r}: choose {' or '.join(ENGINE_BACKENDS)}")
-    quantized = [f"{n}={p}" for n, p in (precisions or {}).items() if p in QUANTIZED_PRECISIONS]
-    if quantized:
+    options = BuildOptions(target, precisions=dict(precisions or {}), calibration=calibration)
+    options.check()
+    if options.quantized and target != "tensorrt":
         raise BuildError(
-            f"--precision {quantized[0]}: export-onnx writes float graphs; "
-            "quantize with build-engines --unet-precision int8 --calibration DIR"
+            f"--unet-precision {options.quantized}: export-onnx quantizes for --target tensorrt; "
+            "the ONNX Runtime engine directory is build-engines' (--unet-precision int8 --calibration DIR)"
         )
-    specs = component_specs(read_config(snapshot))
-    chosen = component_precisions(specs, precisions or {}, target)
-    return build_onnx_dir(snapshot, out, target, chosen, variant, on_component, force=force)
+    cfg = read_config(snapshot)
+    chosen = component_precisions(component_specs(cfg), options.precisions, target)
+    finish, protect = (None, ())
+    if options.quantized:
+        chosen["unet"] = "fp32"  # Model Optimizer quantizes the fp32 graph (tensorrt_quantize_step)
+        finish, protect = tensorrt_quantize_step(
+            cfg, snapshot, options.calibration, options.quantized, variant, on_component
+        )
+    return build_onnx_dir(
+        snapshot, out, target, chosen, variant, on_component, force=force, finish=finish, protect=protect
+    )
+
+
+def tensorrt_quantize_step(cfg, snapshot, calibration: Path, precision: str, variant, on_component):
+    """(finish, protect) for build_onnx_dir: the TensorRT ONNX directory's UNet becomes its Q/DQ file
+    in the directory's own stage; what TensorRT then builds from.
+
+    NVIDIA Model Optimizer places the Q/DQ where TensorRT's fusions expect them and calibrates at
+    the recorded (full) shape; the unquantized remainder takes the fp16 export's types, fp32
+    islands included (calibration/modelopt_quantize.py). ONNX Runtime's quantizer stays the ONNX
+    Runtime build's: its layout serves ORT's CPU kernels.
+    """
+    from svd_trt.calibration.modelopt_quantize import check_modelopt_request, modelopt_quantizer
+    from svd_trt.calibration.quantize import quantize_step
+
+    calibration = Path(calibration)
+    check_modelopt_request(precision, calibration)  # one line before the export
+    quantizer = modelopt_quantizer(calibration, precision, cfg, snapshot, variant)
+    return quantize_step(calibration, quantizer, on_component), (calibration,)
 
 
 def build_engines(

@@ -127,19 +127,44 @@ VARIANT = click.option(
 @click.option(
     "--precision", "precisions", multiple=True, help="COMPONENT=fp32|fp16, e.g. unet=fp32 (repeatable)."
 )
+@click.option(
+    "--unet-precision",
+    type=click.Choice(PRECISIONS),
+    default=None,
+    help="The UNet's precision (same as --precision unet=...). int8 / fp8 (--target tensorrt, with "
+    "--calibration): the Q/DQ UNet build-engines --backend tensorrt builds, fp16 where not quantized.",
+)
+@click.option(
+    "--calibration",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="int8 / fp8 UNet: calibration directory from `svd-export calibrate`.",
+)
 @VARIANT
 @FORCE
 @one_line_errors
 def export_onnx_command(
-    snapshot: str, out: str, target: str, precisions: tuple[str, ...], variant: str | None, force: bool
+    snapshot: str,
+    out: str,
+    target: str,
+    precisions: tuple[str, ...],
+    unet_precision: str | None,
+    calibration: str | None,
+    variant: str | None,
+    force: bool,
 ) -> None:
     """Export every component of MODEL to ONNX for TARGET into OUT, without TensorRT."""
     from svd_trt.engines.build import export_onnx
 
+    parsed = _parse_precisions(precisions)
+    if unet_precision:
+        parsed["unet"] = unet_precision
     start = time.perf_counter()
-    progress = _Progress(4, f"onnx for {target}")
+    progress = _Progress(4 + (parsed.get("unet") in QUANTIZED_PRECISIONS), f"onnx for {target}")
     try:
-        manifest = export_onnx(snapshot, out, target, _parse_precisions(precisions), variant, progress, force)
+        manifest = export_onnx(
+            snapshot, out, target, parsed, variant, progress, force, Path(calibration) if calibration else None
+        )
     finally:
         progress.close()
     chosen = ", ".join(f"{n} {e.precision}" for n, e in manifest.components.items())

@@ -16,7 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from svd_trt.engines.build import BuildError, BuildOptions, OnComponent, component_precisions
+from svd_trt.engines.build import (
+    BuildError,
+    BuildOptions,
+    OnComponent,
+    component_precisions,
+    tensorrt_quantize_step,
+)
 from svd_trt.engines.profiles import Profile, component_profiles, served_limits
 from svd_trt.engines.trt_cache import default_timing_cache, engine_key, previous_engines, reusable
 from svd_trt.export.checkpoint import read_config
@@ -114,7 +120,11 @@ def build_tensorrt_dir(
     if precisions["unet"] == "fp8" and _capability(platform) < FP8_MIN_CAPABILITY:
         raise BuildError(f"fp8 needs {FP8_NEEDS}; {platform.gpu} is {platform.compute_capability}")
     onnx_dir = options.onnx_dir or onnx_dir_for(out)
-    finish, protect = _quantize_step(cfg, options.calibration, precisions["unet"], on_component) if quantized else (None, ())
+    finish, protect = (None, ())
+    if quantized:
+        finish, protect = tensorrt_quantize_step(
+            cfg, snapshot, options.calibration, precisions["unet"], options.variant, on_component
+        )
     onnx = build_onnx_dir(
         snapshot,
         onnx_dir,
@@ -139,23 +149,6 @@ def build_tensorrt_dir(
 
 def _capability(platform: Platform) -> tuple[int, ...]:
     return tuple(int(x) for x in platform.compute_capability.split("."))
-
-
-def _quantize_step(cfg, calibration: Path, precision: str, on_component):
-    """The ONNX directory's UNet becomes its Q/DQ file, in the ONNX directory's stage; what TensorRT
-    then builds from.
-
-    NVIDIA Model Optimizer places the Q/DQ where TensorRT's fusions expect them and
-    calibrates at the recorded (full) shape (calibration/modelopt_quantize.py); ONNX
-    Runtime's quantizer stays the ONNX Runtime build's: its layout serves ORT's CPU kernels.
-    """
-    from svd_trt.calibration.modelopt_quantize import check_modelopt_request, modelopt_quantizer
-    from svd_trt.calibration.quantize import quantize_step
-
-    calibration = Path(calibration)
-    check_modelopt_request(precision, calibration)  # one line before the export
-    step = quantize_step(calibration, modelopt_quantizer(calibration, precision, cfg), on_component)
-    return step, (calibration,)
 
 
 def _tagged(on_component: OnComponent | None) -> OnComponent | None:

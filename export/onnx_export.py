@@ -303,6 +303,18 @@ def _export_all(snapshot, cfg, specs, opts, out, old, stage, on_component) -> di
     return entries
 
 
+def export_component(
+    snapshot: str | Path, name: str, precision: str, path: Path, target: str, variant: str | None = "auto"
+) -> Path:
+    """One component of `snapshot` as build_onnx_dir exports it for `target` at `precision`, to `path`."""
+    snapshot = Path(snapshot)
+    cfg = read_config(snapshot)
+    spec = component_specs(cfg)[name]
+    module = _module_for(snapshot, cfg, spec, precision, variant, {})
+    with onnx_attention(ExportOptions(target=target).attention):
+        return export_onnx(module, spec, path, precision, trace_sizes(cfg))
+
+
 def _module_for(snapshot, cfg, spec: ComponentSpec, precision, variant, loaded) -> nn.Module:
     dtype = torch.float16 if precision == "fp16" else torch.float32
     if (spec.source, precision) not in loaded:

@@ -88,6 +88,7 @@ class TorchRunner:
         self.device = torch.device(device)
         self.dtype = dtype
         self.fixed = dict(fixed or {})
+        self.placement = f"torch {self.device} {str(dtype).removeprefix('torch.')}"
 
     def _tensor(self, name: str, value: np.ndarray) -> torch.Tensor:
         t = torch.from_numpy(np.ascontiguousarray(value))
@@ -208,6 +209,7 @@ class CudaGraphRunner:
 
     def __init__(self, runner: TorchRunner, warmup: int = 2) -> None:
         self.runner, self.name, self.warmup = runner, runner.name, warmup
+        self.placement = f"{runner.placement}, CUDA graphs"
         self.input_names, self.output_names = runner.input_names, runner.output_names
         self.graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, list[torch.Tensor], tuple]] = {}
 

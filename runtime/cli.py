@@ -12,6 +12,7 @@ import logging
 import click
 
 from svd_trt.cli import generation_options, one_line_errors, pop_generation
+from svd_trt.runtime.devices import DEVICES
 from svd_trt.runtime.runners import BACKENDS
 
 log = logging.getLogger("svd_trt")
@@ -39,6 +40,14 @@ def main(verbose: bool) -> None:
     "exported from, fp16 on a CUDA GPU if torch sees one, else fp32 on the CPU.",
 )
 @click.option(
+    "--device",
+    type=click.Choice(DEVICES),
+    default=None,
+    help="Where the engines run. Default: the backend's own (onnxruntime cpu, tensorrt cuda, torch cuda "
+    "if torch sees one). onnxruntime cuda needs onnxruntime-gpu; its providers are checked, never a "
+    "silent CPU run.",
+)
+@click.option(
     "--latents", "latents_path", type=click.Path(), default=None, help="Initial noise [1,F,C,h,w] .npy."
 )
 @click.option(
@@ -49,7 +58,7 @@ def main(verbose: bool) -> None:
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @one_line_errors
 def infer(
-    engine_dir, image, out, latents_path, noise_path, output_fps, contact_sheet, backend, progress, **kw
+    engine_dir, image, out, latents_path, noise_path, output_fps, contact_sheet, backend, device, progress, **kw
 ):
     """Render a video from IMAGE with the engines in ENGINES."""
     from svd_trt.runtime.infer import infer_to_file
@@ -65,6 +74,7 @@ def infer(
         contact_sheet=contact_sheet,
         backend=backend,
         progress=progress,
+        device=device,
     )
     click.echo(f"wrote {result.path}")
     if result.contact_sheet:

@@ -10,10 +10,11 @@ from pathlib import Path
 import numpy as np
 
 from svd_trt.errors import UserError
-from svd_trt.families.svd.pipeline import SVDPipeline, Timings, VideoOutput
+from svd_trt.families.svd.pipeline import SVDPipeline, Timings, VideoOutput, check_finite_input
 from svd_trt.manifest import load_manifest
 from svd_trt.memory import plan_for
 from svd_trt.options import GenerationOptions, request_shape, resolve
+from svd_trt.runtime.devices import check_device
 from svd_trt.runtime.image_preprocess import load_image
 from svd_trt.runtime.outputs import Outputs, check_outputs, describe, write_failure
 from svd_trt.runtime.video import contact_sheet as write_contact_sheet
@@ -47,6 +48,7 @@ def infer_to_file(
     contact_sheet: str | Path | None = None,
     backend: str | None = None,
     progress: bool = False,
+    device: str | None = None,
 ) -> InferResult:
     """Run one generation and write `out` (and the contact sheet); only complete files are left.
 
@@ -54,11 +56,15 @@ def infer_to_file(
     (form, no input overwritten, writable, encodable: runtime/outputs.py), the options against
     the model, the sizes the engines serve and the memory available (svd_trt/options.py), the
     arrays and the image. What can only fail while writing (a full disk) is one line too.
+    `device`: cpu, cuda or cuda:N (default: the backend's own); refused before anything else
+    where the backend cannot run there (onnxruntime without its CUDA provider).
     """
     outputs = Outputs.of(out, contact_sheet)
     manifest = load_manifest(engine_dir)
     backend = backend or manifest.backend
-    memory = plan_for(engine_dir, manifest, backend)
+    if backend != "torch":  # the torch backend picks and checks its own device
+        device = str(check_device(backend, device))
+    memory = plan_for(engine_dir, manifest, backend, device or "cpu")
     opts = resolve(options or GenerationOptions(), manifest.model, manifest.limits)
     memory.check(manifest.model, request_shape(opts))
     fps = output_fps if output_fps is not None else opts.fps
@@ -70,7 +76,9 @@ def infer_to_file(
         arrays[flag] = _load_array(given, flag)
     check_outputs(outputs, inputs, opts.num_frames, fps, opts.height, opts.width)
     pil = load_image(image)
-    result = _render(engine_dir, backend, pil, opts, arrays["--latents"], arrays["--image-noise"], progress)
+    result = _render(
+        engine_dir, backend, device, pil, opts, arrays["--latents"], arrays["--image-noise"], progress
+    )
     return _write(result, outputs, fps)
 
 
@@ -81,20 +89,23 @@ def _load_array(given: ArrayInput, flag: str) -> np.ndarray | None:
         with open(given, "rb") as f:
             if f.read(len(NPY_MAGIC)) != NPY_MAGIC:  # np.load would try it as a pickle and say so
                 raise InferError(f"{flag} {given}: not a .npy file")
-        return np.load(given, allow_pickle=False)
+        array = np.load(given, allow_pickle=False)
     except FileNotFoundError:
         raise InferError(f"{flag} {given}: no such file") from None
     except (OSError, ValueError) as e:
         raise InferError(f"{flag} {given}: cannot read it as .npy ({describe(e)})") from None
+    check_finite_input(array, f"{flag} {given}")
+    return array
 
 
-def _render(engine_dir, backend, pil, opts, latents, image_noise, progress) -> VideoOutput:
+def _render(engine_dir, backend, device, pil, opts, latents, image_noise, progress) -> VideoOutput:
     """Open the engines, run, and close them: their memory is freed before the frames are written.
 
     A backend failing at run time is an EngineError naming the component (the pipeline's runner
     calls, svd_trt.errors.engine_failure): one line, exit 2, nothing written.
     """
-    with SVDPipeline.from_engine_dir(engine_dir, backend=backend) as pipe:
+    where = {"device": device} if device else {}
+    with SVDPipeline.from_engine_dir(engine_dir, backend=backend, **where) as pipe:
         return _run(pipe, pil, opts, latents, image_noise, progress)
 
 

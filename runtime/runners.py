@@ -17,6 +17,7 @@ import numpy as np
 
 from svd_trt.errors import first_line
 from svd_trt.manifest import ComponentEntry, ManifestError
+from svd_trt.runtime.devices import Device, check_device, check_providers, ort_providers, parse_device
 from svd_trt.spec import RUN_BACKENDS as BACKENDS
 
 log = logging.getLogger(__name__)
@@ -26,6 +27,7 @@ PIP_TORCH = "pip install 'svd-trt[export]'"
 
 class Runner(Protocol):
     name: str
+    placement: str  # where it runs, as the backend reports it (the timing summary shows it)
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
@@ -47,10 +49,14 @@ def _physical_cores() -> int:
 
 
 class OrtRunner:
-    """One ONNX Runtime session; inputs are cast to the dtypes the graph declares."""
+    """One ONNX Runtime session; inputs are cast to the dtypes the graph declares.
+
+    `device`: cpu, cuda or cuda:N. The providers the session runs with are read back after it
+    opened: CUDA asked for and not in use (ONNX Runtime falls back silently) is a DeviceError.
+    """
 
     def __init__(
-        self, path: str | Path, name: str = "", device: str = "cpu", threads: int | None = None
+        self, path: str | Path, name: str = "", device: str | Device = "cpu", threads: int | None = None
     ) -> None:
         import onnxruntime as ort
 
@@ -65,19 +71,17 @@ class OrtRunner:
         # its second run on, beside the first run's: the arena doubles for every component run
         # more than once (UNet steps, decode chunks) at no measured speed gain (docs/memory.md).
         opts.enable_mem_pattern = False
-        providers = ["CPUExecutionProvider"]
-        if device == "cuda":
-            if "CUDAExecutionProvider" not in ort.get_available_providers():
-                raise RuntimeError(
-                    "onnxruntime here has no CUDAExecutionProvider (pip install onnxruntime-gpu)"
-                )
-            providers.insert(0, "CUDAExecutionProvider")
+        device = check_device("onnxruntime", device)  # CUDA asked of a build without it: one line
         try:
-            self.session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+            self.session = ort.InferenceSession(str(path), sess_options=opts, providers=ort_providers(device))
         except Exception as e:  # onnxruntime raises its own types (InvalidProtobuf, Fail, NoSuchFile, ...)
             raise ManifestError(
                 f"{path}: ONNX Runtime cannot load it ({type(e).__name__}: {first_line(e)[:300]})"
             ) from None
+        used = self.session.get_providers()
+        check_providers(used, device, self.name)
+        where = f" (GPU {device.index})" if device.is_cuda else ""
+        self.placement = f"onnxruntime {', '.join(used)}{where}"
         self.dtypes = {i.name: _ORT_DTYPES[i.type] for i in self.session.get_inputs()}
         self.output_names = [o.name for o in self.session.get_outputs()]
 
@@ -98,7 +102,8 @@ def open_runner(engine_dir: str | Path, name: str, entry: ComponentEntry, backen
     if backend == "tensorrt":
         from svd_trt.runtime.trt_runner import TrtEngineRunner
 
-        return TrtEngineRunner(path, name=name, entry=entry)
+        device = parse_device(options.get("device"), backend)
+        return TrtEngineRunner(path, name=name, entry=entry, device=device.index)
     if backend == "torch":
         # The PyTorch port of the snapshot the directory was exported from: see export/torch_backend.py.
         # options: device (default cuda if available, else cpu), fast, snapshot, cuda_graphs.

@@ -2,7 +2,10 @@
 
 An engine runs only on the TensorRT version and GPU it was built for, so the manifest
 entry records them (`extra["platform"]`) and a mismatch is refused before loading,
-never deserialized by luck. Requests outside the build's optimization profile
+never deserialized by luck. The GPU checked is the one the runner runs on (`device`:
+Triton's GPU instance k runs on CUDA device k), and that device is made current on the
+calling thread before the engine loads and before every run and close: the CUDA runtime's
+current device is per thread, and Triton may call a model from more than one. Requests outside the build's optimization profile
 (`extra["profile"]`) are one-line errors naming the dim and the range.
 
 Execution uses Polygraphy's CUDA wrapper and the engine's name-based I/O API (TensorRT
@@ -113,9 +116,22 @@ def _cu_error_name(lib: Any, code: int) -> str:
     return text.value.decode(errors="replace")
 
 
-def current_platform() -> Platform:
-    """This machine's TensorRT version and GPU; TrtError when either is missing."""
-    return Platform(tensorrt_version(), *gpu_identity())
+def current_platform(device: int = 0) -> Platform:
+    """This machine's TensorRT version and CUDA device `device`; TrtError when either is missing."""
+    return Platform(tensorrt_version(), *gpu_identity(device))
+
+
+def use_device(device: int) -> None:
+    """Make CUDA device `device` current on this thread (runtime API, Polygraphy's libcudart)."""
+    from polygraphy import cuda
+
+    handle = cuda.wrapper().handle
+    current = ctypes.c_int(-1)
+    if handle.cudaGetDevice(ctypes.byref(current)) == 0 and current.value == device:
+        return
+    status = handle.cudaSetDevice(device)
+    if status != 0:
+        raise TrtError(f"cannot make CUDA device {device} current: cudaSetDevice returned cudaError {status}")
 
 
 def platform_mismatch(recorded: Platform, current: Platform) -> str | None:
@@ -283,18 +299,24 @@ class EngineSession:
 
 
 class TrtEngineRunner:
-    """A component's engine, checked against this machine before it is loaded, loaded once."""
+    """A component's engine on CUDA device `device`, checked against that GPU before it is loaded."""
 
-    def __init__(self, path: str | Path, name: str = "", entry: ComponentEntry | None = None) -> None:
+    def __init__(
+        self, path: str | Path, name: str = "", entry: ComponentEntry | None = None, device: int = 0
+    ) -> None:
         self.name = name or Path(path).stem
+        self.device = device
         recorded = recorded_platform(path, entry)
-        problem = platform_mismatch(recorded, current_platform())
+        current = current_platform(device)
+        problem = platform_mismatch(recorded, current)
         if problem:
-            raise TrtError(f"{path}: engine {problem}; {REBUILD_HINT}")
+            raise TrtError(f"{path}: engine {problem} (CUDA device {device}); {REBUILD_HINT}")
         self.profile = entry.extra["profile"]
         self.dims = {k: v["dims"] for k, v in entry.inputs.items()}
         max_shapes = {k: tuple(v["max"]) for k, v in self.profile.items()}
+        use_device(device)  # the engine, its context, stream and buffers belong to this device
         self.session: EngineSession | None = EngineSession(load_engine(path), max_shapes, self.name)
+        self.placement = f"tensorrt {current.tensorrt_version} on GPU {device} ({current.gpu})"
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self.session is None:
@@ -302,10 +324,12 @@ class TrtEngineRunner:
         problem = shape_error(self.name, self.dims, self.profile, {k: np.shape(v) for k, v in inputs.items()})
         if problem:
             raise ProfileError(problem)
+        use_device(self.device)
         return self.session.run(inputs)
 
     def close(self) -> None:
         """Free the engine's device memory; closing twice is harmless."""
         if self.session is not None:
+            use_device(self.device)
             self.session.close()
             self.session = None

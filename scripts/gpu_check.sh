@@ -12,12 +12,20 @@
 #                memory, frames' max abs error and PSNR (one child each, one timed run)
 #   unet-decode  scripts/bench_gpu.py: the UNet variants per step (diffusers, port, fast
 #                attention, CUDA graph) against diffusers' fp16 and the fp32 port; decode sweep
-#   tests        pytest -m "gpu or tensorrt": the TensorRT tests skip where it is missing
+#   tests        pytest -m "gpu or tensorrt": the TensorRT tests skip where it is missing; the
+#                part is "ok" only where a test passed, "not run: ..." where every one skipped
+#   tensorrt     where TensorRT cannot be imported: recorded as "not run: why" (no engine is
+#                built or run; its tests are among the skipped ones)
 #   onnx-export, onnx-check
 #                svd-export export-onnx --target tensorrt (fp16 graphs), then svd-export check
 #                at a modest size, only where onnxruntime has the execution provider for the
-#                device (CUDAExecutionProvider on a GPU); else recorded as skipped
+#                device (CUDAExecutionProvider on a GPU); else "not run: why"
 #   report       scripts/gpu_check_report.py: the tables into the docs' gpu-check section
+#
+# A part this machine cannot run is printed and recorded as "not run: <why>", never as passed,
+# and does not fail the run (torch + CUDA without TensorRT or onnxruntime-gpu runs the torch
+# backend end to end, its fp16 parity and timing, and the GPU tests torch can run). The last
+# lines group the parts: passed, not run (why), failed.
 #
 # Time budget (full size, one H100/H200, 16 cores; must end under 8 minutes whatever is
 # installed). Every part's limit is min(its cap, what BUDGET leaves after the floors kept for
@@ -108,6 +116,30 @@ record() {  # record NAME LIMIT SECONDS STATUS
   printf '%s\t%s\t%s\t%s\n' "$@" >>"$PARTS"
 }
 
+not_run() {  # not_run NAME WHY: a part this machine cannot run; printed and recorded, never as passed
+  echo "=== $1: not run: $2"
+  record "$1" 0 0 "not run: $2"
+}
+
+tests_outcome() {  # the tests part's "ok" becomes what its JUnit XML says: ok only where a test passed
+  "$PY" "$ROOT/scripts/gpu_check_report.py" --work "$WORK" --tests-outcome
+}
+
+summary() {  # the parts grouped: what passed, what could not run here and why, what failed
+  local name limit seconds status passed="" failed=""
+  while IFS=$'\t' read -r name limit seconds status; do
+    case $status in
+      ok*"not run: "*) passed+=" $name" && echo "not run: $name: ${status#*not run: }" ;;
+      ok*) passed+=" $name" ;;
+      "not run: "*) echo "not run: $name: ${status#not run: }" ;;
+      reused*) passed+=" $name" ;;
+      *) failed+=" $name ($status)" ;;
+    esac
+  done <"$PARTS"
+  echo "passed:${passed:- none}"
+  echo "failed:${failed:- none}"
+}
+
 run_part() {  # run_part NAME CAP FLOOR_AFTER CMD...: CMD in WORK, limit min(CAP, budget left - FLOOR_AFTER)
   local name=$1 cap=$(($2 * SCALE)) floor_after=$(($3 * SCALE))
   shift 3
@@ -168,14 +200,21 @@ print('CUDA', torch.version.cuda, 'available' if torch.cuda.is_available() else 
 import svd_trt.engines.cli")
 }
 
-onnx_parts() {  # export + check where onnxruntime has the provider for DEVICE; else a skip note
-  local providers
+tensorrt_part() {  # TensorRT itself: its tests run in the tests part; without it, say so
+  local why
+  why=$(cd "$WORK" && "$PY" -c 'import tensorrt' 2>&1 | tail -1)
+  [[ -z $why ]] && return 0
+  not_run tensorrt "TensorRT is not importable here (${why:0:120}): no engine built or run"
+}
+
+onnx_parts() {  # export + check where onnxruntime has the provider for DEVICE; else not run, and why
+  local providers build
   providers=$(cd "$WORK" && "$PY" -c 'import onnxruntime as o; print(" ".join(o.get_available_providers()))')
   if [[ " $providers " != *" $PROVIDER "* ]]; then
-    local why="skipped: no ${PROVIDER/ExecutionProvider/} execution provider (onnxruntime here has: $providers)"
-    echo "=== onnx: $why"
-    echo "$why" >"$WORK/onnx_check.skipped"
-    record onnx-export,onnx-check 0 0 "$why"
+    build=$(cd "$WORK" && "$PY" -c 'from svd_trt.runtime.devices import onnxruntime_build as b; print(b())')
+    local why="onnxruntime here has no $PROVIDER ($build with: $providers); install onnxruntime-gpu in its place"
+    echo "not run: $why" >"$WORK/onnx_check.skipped"
+    not_run onnx-export,onnx-check "$why"
     return 0
   fi
   echo "The fp16 graphs ran on onnxruntime's $PROVIDER (providers: $providers); fp32 reference: torch on $DEVICE." \
@@ -212,6 +251,8 @@ main() {
   mapfile -t tests < <(grep -rlE "pytest\.mark\.(gpu|tensorrt)" "$ROOT/tests" --include="*.py" | sort)
   run_part tests 120 0 "$PY" -m pytest -q -p no:cacheprovider -m "gpu or tensorrt" \
     --junitxml "$WORK/gpu_tests.xml" "${tests[@]}"
+  tests_outcome
+  tensorrt_part
   onnx_parts
 
   # The report always runs, with its own limit outside BUDGET.
@@ -223,6 +264,7 @@ main() {
   save_out
   echo "gpu_check: done in $(elapsed) s; tables in $DOCS; work folder $WORK${OUT:+; copies in $OUT}"
   cat "$PARTS"
+  summary
   return $FAILED
 }
 

@@ -5,7 +5,8 @@
 Reads what the script's parts left in WORK; any of them may be missing (a part that failed or
 ran out of time says so in parts.tsv, and its table says "not produced"):
 
-- parts.tsv: one line per part: name, limit s, seconds, status (written by gpu_check.sh);
+- parts.tsv: one line per part: name, limit s, seconds, status (written by gpu_check.sh; a part
+  this machine cannot run says "not run: why", never "ok");
 - e2e.json: scripts/bench.py --json (diffusers' pipeline vs ours-torch, frame agreement);
 - bench_gpu.json: scripts/bench_gpu.py --out (UNet variants per step, decode sweep);
 - onnx_check/report.md (svd-export check), or onnx_check.skipped (one line: why not run);
@@ -113,6 +114,43 @@ def tests_section(work: Path) -> list[str]:
     return lines
 
 
+def tests_outcome(xml: Path) -> str | None:
+    """The tests part's status from its JUnit XML where "ok" would overstate it: "not run: ..." when
+    every test skipped, "ok: N passed; not run: M skipped (...)" when some did; None when all ran
+    or one failed."""
+    if not xml.exists():
+        return None
+    cases = list(ET.parse(xml).getroot().iter("testcase"))
+    skipped = [c.find("skipped") for c in cases if c.find("skipped") is not None]
+    bad = [c for c in cases if c.find("failure") is not None or c.find("error") is not None]
+    passed = len(cases) - len(skipped) - len(bad)
+    why = sorted({" ".join(s.get("message", "").split())[:120] for s in skipped})
+    reasons = "; ".join(why[:3]) + (f"; and {len(why) - 3} more reasons" if len(why) > 3 else "")
+    if not cases:
+        return "not run: no test selected"
+    if bad:
+        return None  # pytest failed: the part's own "failed (exit N)" stands
+    if passed == 0:
+        return f"not run: all {len(cases)} tests skipped ({reasons})"
+    if skipped:
+        return f"ok: {passed} passed; not run: {len(skipped)} skipped ({reasons})"
+    return None
+
+
+def retag_tests(work: Path) -> str | None:
+    """Rewrite the tests part's "ok" in parts.tsv with `tests_outcome`; the new status, if any."""
+    status, parts = tests_outcome(work / "gpu_tests.xml"), work / "parts.tsv"
+    if status is None or not parts.exists():
+        return None
+    rows = parts.read_text().splitlines()
+    for i, row in enumerate(rows):
+        name, limit, seconds, old = row.split("\t")
+        if name == "tests" and old == "ok":
+            rows[i] = "\t".join((name, limit, seconds, status))
+    parts.write_text("\n".join(rows) + "\n")
+    return status
+
+
 def render(work: Path, title: str) -> str:
     blocks = [
         [title, "", "Time per part (each under a hard limit; `gpu_check.log` has everything):", ""]
@@ -131,11 +169,19 @@ def render(work: Path, title: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", type=Path, required=True, help="the folder gpu_check.sh's parts wrote")
-    ap.add_argument(
-        "--docs", type=Path, required=True, help="markdown file whose gpu-check section to replace"
-    )
+    ap.add_argument("--docs", type=Path, help="markdown file whose gpu-check section to replace")
     ap.add_argument("--title", default="Run of `bash scripts/gpu_check.sh`.")
+    ap.add_argument(
+        "--tests-outcome", action="store_true", help="only restate the tests part's status in parts.tsv"
+    )
     args = ap.parse_args(argv)
+    if args.tests_outcome:
+        status = retag_tests(args.work)
+        if status:
+            print(f"=== tests: {status}")
+        return 0
+    if args.docs is None:
+        ap.error("--docs is required")
     text = render(args.work, args.title)
     bench.update_section(args.docs, SECTION, text)
     print(text)

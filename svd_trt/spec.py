@@ -144,27 +144,40 @@ class ComponentSpec:
         return {t.name: t.shape(sizes) for t in self.inputs}
 
     def sample_inputs(
-        self, sizes: Mapping[str, int], rng: np.random.Generator, precision: str = "fp32"
+        self,
+        sizes: Mapping[str, int],
+        rng: np.random.Generator,
+        precision: str = "fp32",
+        timesteps: np.ndarray | None = None,
     ) -> dict[str, np.ndarray]:
-        """Inputs in the ranges the pipeline feeds (see `draw`)."""
-        return {t.name: draw(t, t.shape(sizes), rng).astype(t.dtype(precision)) for t in self.inputs}
+        """Inputs in the ranges the pipeline feeds (see `draw`); `timesteps`: the schedule's to draw from."""
+        return {
+            t.name: draw(t, t.shape(sizes), rng, timesteps).astype(t.dtype(precision)) for t in self.inputs
+        }
 
 
-def draw(t: TensorSpec, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
-    """Realistic values: timesteps 0.25*ln(sigma) over SVD's sigma range, time ids as used; LTX's
-    token ids, padded text masks (at least one real token), flow-match and decode timesteps."""
+def draw(
+    t: TensorSpec, shape: tuple[int, ...], rng: np.random.Generator, timesteps: np.ndarray | None = None
+) -> np.ndarray:
+    """Realistic values: timesteps drawn from `timesteps` (the snapshot's own schedule, as `check`
+    passes it), else 0.25*ln(sigma) over SVD's default sigma range; time ids as used; LTX's token ids,
+    padded text masks (at least one real token), flow-match and decode timesteps."""
     if t.dist == "token_ids":
         return rng.integers(0, t.high, shape)
     if t.dist == "text_mask":
         lengths = rng.integers(1, shape[-1] + 1, shape[:-1] + (1,))
         return (np.arange(shape[-1]) < lengths).astype(np.float64)
     if t.dist == "flow_timestep":
+        if timesteps is not None:
+            return rng.choice(np.asarray(timesteps, dtype=np.float64), shape)
         return rng.uniform(0.0, 1000.0, shape)
     if t.dist == "decode_timestep":
         return rng.uniform(0.0, 0.1, shape)
     if t.dist == "signed_unit":
         return rng.uniform(-1.0, 1.0, shape)
     if t.dist == "timestep":
+        if timesteps is not None:
+            return rng.choice(np.asarray(timesteps, dtype=np.float64), shape)
         return 0.25 * np.log(rng.uniform(0.002, 700.0, shape))
     if t.dist == "time_ids":
         fps_id = rng.integers(3, 30, shape[:-1] + (1,))

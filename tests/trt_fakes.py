@@ -13,14 +13,23 @@ Work on the legacy default stream (handle 0), on an unknown or destroyed stream,
 without a stream, fails the test: the session must keep all its work on its own stream.
 So does freeing device memory while work is still queued, and freeing anything twice.
 Signatures follow polygraphy.cuda (DeviceArray, DeviceView, Stream); a test checks that.
+
+The fake machine has two GPUs (FakeLibcuda: an H100 and an A100). As in the CUDA runtime, the
+current device is per thread (cudaSetDevice / cudaGetDevice through Polygraphy's wrapper,
+device 0 until set); streams, engines and execution contexts belong to the device current
+when they were created. As CUDA documents for kernels (copies may cross devices), an
+execution enqueued while another device is current, or on another device's stream, fails;
+so does creating a context on a device other than its engine's.
 """
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import inspect
 import json
 import sys
+import threading
 import types
 from collections.abc import Callable
 
@@ -44,9 +53,15 @@ class FakeCudaError(AssertionError):
 
 
 class FakeCuda:
-    """One fake GPU: device memory by address, streams by handle, and a log of enqueued work."""
+    """The fake GPUs: device memory by address, streams by handle, a log of enqueued work, and each
+    thread's current device."""
+
+    DEVICES = 2
+    ERROR_INVALID_DEVICE = 101  # cudaErrorInvalidDevice
 
     def __init__(self) -> None:
+        self._thread = threading.local()
+        self.wrapper = types.SimpleNamespace(handle=FakeCudart(self))  # polygraphy.cuda.wrapper()
         self.memory: dict[int, np.ndarray] = {}  # address -> its bytes (uint8)
         self.streams: dict[int, FakeStream] = {}  # live stream handles
         self.allocations: list[int] = []  # element count of every DeviceArray, in order
@@ -60,6 +75,17 @@ class FakeCuda:
     def _handle(self) -> int:
         self._next += 0x10000
         return self._next
+
+    @property
+    def current(self) -> int:
+        """This thread's current device (cudaGetDevice)."""
+        return getattr(self._thread, "device", 0)
+
+    def set_device(self, device: int) -> int:
+        if not 0 <= device < self.DEVICES:
+            return self.ERROR_INVALID_DEVICE
+        self._thread.device = device
+        return 0
 
     def malloc(self, nbytes: int) -> int:
         ptr = self._handle()
@@ -169,12 +195,29 @@ class FakeDeviceArray(FakeDeviceView):
         self.shape, self.ptr = (), 0
 
 
+class FakeCudart:
+    """The two libcudart calls the runner makes through `polygraphy.cuda.wrapper().handle`."""
+
+    def __init__(self, cuda: FakeCuda) -> None:
+        self.cuda = cuda
+        self.set_calls: list[int] = []
+
+    def cudaGetDevice(self, device_ref):
+        device_ref._obj.value = self.cuda.current
+        return 0
+
+    def cudaSetDevice(self, device):
+        self.set_calls.append(device)
+        return self.cuda.set_device(device)
+
+
 class FakeStream:
     """polygraphy.cuda.Stream: a queue of work, drained in order by synchronize()."""
 
     cuda: FakeCuda
 
     def __init__(self):
+        self.device = self.cuda.current
         self.ptr = self.cuda._handle()
         self.queue: list[Callable[[], None]] = []
         self.cuda.streams[self.ptr] = self
@@ -215,6 +258,7 @@ class FakeContext:
 
     def __init__(self, engine: FakeEngine, cuda: FakeCuda, refuse: Refusals) -> None:
         self.engine, self.cuda, self.refuse = engine, cuda, refuse
+        self.device = cuda.current
         self.shapes = {"x": (-1, 3), "t": (-1,)}
         self.addresses: dict[str, int] = {}
         self.shape_sets = 0
@@ -239,6 +283,13 @@ class FakeContext:
     def execute_async_v3(self, stream_handle):
         if self.refuse.execute:
             return False
+        stream = self.cuda.streams.get(stream_handle)
+        if self.cuda.current != self.device or (stream is not None and stream.device != self.device):
+            where = f"stream of device {stream.device}" if stream is not None else "an unknown stream"
+            raise FakeCudaError(
+                f"execute_async_v3 of a context on device {self.device} with device {self.cuda.current} "
+                f"current, on {where}"
+            )
         self.streams.append(stream_handle)
         n, at = self.shapes["x"][0], dict(self.addresses)
         dtypes = {k: np.dtype(v) for k, v in self.engine.dtypes.items()}
@@ -261,6 +312,7 @@ class FakeEngine:
 
     def __init__(self, cuda: FakeCuda, refuse: Refusals) -> None:
         self.cuda, self.refuse = cuda, refuse
+        self.device = cuda.current  # deserialized on the current device
 
     def get_tensor_name(self, i):
         return self.names[i]
@@ -272,6 +324,8 @@ class FakeEngine:
         return self.dtypes[name]
 
     def create_execution_context(self):
+        if self.cuda.current != self.device:
+            raise FakeCudaError(f"a context for an engine of device {self.device} on device {self.cuda.current}")
         return None if self.refuse.context else FakeContext(self, self.cuda, self.refuse)
 
 
@@ -302,7 +356,8 @@ def no_tensorrt(monkeypatch):
 
 @pytest.fixture
 def fake_trt(monkeypatch) -> FakeTrt:
-    """Fake `tensorrt` and Polygraphy CUDA objects; the engine loader returns a FakeEngine."""
+    """Fake `tensorrt`, CUDA driver (two GPUs) and Polygraphy CUDA objects; the engine loader returns
+    a FakeEngine. The platform check is the real one, reading the fake driver."""
     import polygraphy.cuda
 
     fake = FakeTrt(FakeCuda(), Refusals())
@@ -313,7 +368,8 @@ def fake_trt(monkeypatch) -> FakeTrt:
     monkeypatch.setitem(sys.modules, "tensorrt", trt)
     monkeypatch.setattr(polygraphy.cuda, "DeviceArray", fake.cuda.DeviceArray)
     monkeypatch.setattr(polygraphy.cuda, "Stream", fake.cuda.Stream)
-    monkeypatch.setattr(trt_runner, "current_platform", lambda: PLATFORM)
+    monkeypatch.setattr(polygraphy.cuda, "wrapper", lambda: fake.cuda.wrapper)
+    monkeypatch.setattr(trt_runner, "_libcuda", FakeLibcuda)
 
     def load_engine(path):
         fake.loaded.append(path)
@@ -383,11 +439,12 @@ def polygraphy_calls(monkeypatch) -> dict:
 
 
 class FakeLibcuda:
-    """The libcuda calls gpu_identity makes. `fail` maps a call to the CUresult it returns:
-    "cuInit", "cuDeviceGet", "cuDeviceGetName", "cuDeviceGetAttribute:<attribute id>"."""
+    """The libcuda calls gpu_identity makes, on a machine with GPUS. `fail` maps a call to the
+    CUresult it returns: "cuInit", "cuDeviceGet", "cuDeviceGetName", "cuDeviceGetAttribute:<id>"."""
 
     NAMES = {1: b"CUDA_ERROR_INVALID_VALUE", 100: b"CUDA_ERROR_NO_DEVICE", 101: b"CUDA_ERROR_INVALID_DEVICE"}
-    GPU, CAPABILITY = b"NVIDIA H100 80GB HBM3", {75: 9, 76: 0}  # attribute id -> value
+    # ordinal -> (name, {attribute id: value}); 75 / 76: compute capability major / minor
+    GPUS = {0: (b"NVIDIA H100 80GB HBM3", {75: 9, 76: 0}), 1: (b"NVIDIA A100-SXM4-80GB", {75: 8, 76: 0})}
 
     def __init__(self, fail: dict[str, int] | None = None) -> None:
         self.fail = fail or {}
@@ -401,21 +458,25 @@ class FakeLibcuda:
         return self._result("cuInit")
 
     def cuDeviceGet(self, device_ref, ordinal):
-        code = self._result("cuDeviceGet")
+        code = self._result("cuDeviceGet") or (0 if ordinal in self.GPUS else 101)
         if code == 0:
             device_ref._obj.value = ordinal
         return code
 
+    @staticmethod
+    def _ordinal(device) -> int:  # a CUdevice passed by value: the c_int cuDeviceGet filled
+        return device.value if isinstance(device, ctypes.c_int) else int(device)
+
     def cuDeviceGetName(self, buffer, length, device):
         code = self._result("cuDeviceGetName")
         if code == 0:
-            buffer.value = self.GPU[: length - 1]
+            buffer.value = self.GPUS[self._ordinal(device)][0][: length - 1]
         return code
 
     def cuDeviceGetAttribute(self, value_ref, attribute, device):
         code = self._result(f"cuDeviceGetAttribute:{attribute}")
         if code == 0:
-            value_ref._obj.value = self.CAPABILITY[attribute]
+            value_ref._obj.value = self.GPUS[self._ordinal(device)][1][attribute]
         return code
 
     def cuGetErrorName(self, code, text_ref):

@@ -19,12 +19,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from svd_trt.errors import engine_failure
+from svd_trt.errors import EngineError, engine_failure
 from svd_trt.families.svd import euler, guidance
 from svd_trt.families.svd.clip_preprocess import clip_pixel_values
 from svd_trt.manifest import Manifest, load_manifest
 from svd_trt.memory import MemoryPlan, plan_for
 from svd_trt.options import GenerationOptions, PipelineError, do_cfg, request_shape, resolve
+from svd_trt.runtime.devices import check_device
 from svd_trt.runtime.image_preprocess import added_time_ids, postprocess, vae_pixel_values
 from svd_trt.runtime.runners import Runner, open_runner
 from svd_trt.spec import ComponentSpec
@@ -36,13 +37,15 @@ __all__ = ["GenerationOptions", "PipelineError", "SVDPipeline", "Timings", "Vide
 
 @dataclass
 class Timings:
-    """Seconds per stage; `overhead` is wall time spent outside component calls."""
+    """Seconds per stage; `overhead` is wall time spent outside component calls; `placement`: where the
+    components ran, as their backends report it (ONNX Runtime: the providers its sessions use)."""
 
     clip: float = 0.0
     vae_encode: float = 0.0
     unet_steps: list[float] = field(default_factory=list)
     decode: float = 0.0
     total: float = 0.0
+    placement: str = ""
 
     @property
     def unet(self) -> float:
@@ -59,6 +62,7 @@ class Timings:
             f"UNet {self.unet:.3f} s ({self.unet / steps:.3f} s/step x {len(self.unet_steps)}) | "
             f"decode {self.decode:.3f} s | overhead {self.overhead:.3f} s "
             f"({100 * self.overhead / max(self.total, 1e-9):.2f}%) | total {self.total:.3f} s"
+            + (f" | {self.placement}" if self.placement else "")
         )
 
 
@@ -107,17 +111,28 @@ class SVDPipeline:
         self.runners = runners
         self.memory = memory  # checked before every call; None: unchecked
 
+    @property
+    def placement(self) -> str:
+        """Where the components run, as their runners report it (one entry per distinct place)."""
+        places = [getattr(r, "placement", type(r).__name__) for r in self.runners.values()]
+        return "; ".join(dict.fromkeys(places))
+
     @classmethod
     def from_engine_dir(cls, engine_dir: str | Path, backend: str | None = None, **options) -> SVDPipeline:
-        """Open every component of `engine_dir` with `backend` (default: the one it was built for)."""
+        """Open every component of `engine_dir` with `backend` (default: the one it was built for).
+
+        options: `device` (cpu, cuda, cuda:N; default the backend's own), and the backend's own
+        (ONNX Runtime `threads`; torch: see export/torch_backend.py)."""
         manifest = load_manifest(engine_dir)
         euler.check_scheduler(manifest.model.scheduler)  # before any session is opened
         backend = backend or manifest.backend
+        if backend != "torch":  # the torch backend picks and checks its own device
+            options["device"] = str(check_device(backend, options.get("device")))
         runners = {
             name: open_runner(engine_dir, name, manifest.components[name], backend, **options)
             for name in manifest.specs()
         }
-        memory = plan_for(engine_dir, manifest, backend, options.get("device", "cpu"), loaded=True)
+        memory = plan_for(engine_dir, manifest, backend, options.get("device") or "cpu", loaded=True)
         return cls(manifest, runners, memory)
 
     def close(self) -> None:
@@ -153,13 +168,14 @@ class SVDPipeline:
         """Frames [F, H, W, 3] in [0, 1], as diffusers returns with output_type='np'."""
         opts = self.resolve(dataclasses.replace(options or GenerationOptions(), **kwargs))
         image = _as_pil(image)
-        timings = Timings()
+        timings = Timings(placement=self.placement)
         start = time.perf_counter()
         image_noise, latents = self.draw_noise(opts, image_noise, latents)
         cfg_on = do_cfg(opts.max_guidance_scale)
         embeds = self.encode_image(image, cfg_on, timings)
         image_latents = self.encode_vae(image, image_noise, opts, cfg_on, timings)
         latents = self.denoise(latents, embeds, image_latents, opts, cfg_on, timings, on_step)
+        check_finite(latents, "unet", "the denoised latents")
         frames = self.decode(latents, opts, timings)
         timings.total = time.perf_counter() - start
         return VideoOutput(frames, timings)
@@ -181,6 +197,8 @@ class SVDPipeline:
                 given = rng.standard_normal(shape, dtype=np.float32)
             elif tuple(given.shape) != shape:
                 raise PipelineError(f"{what} must have shape {list(shape)}, got {list(given.shape)}")
+            else:
+                check_finite_input(given, what)
             arrays.append(np.asarray(given, dtype=np.float32))
         return arrays[0], arrays[1]
 
@@ -232,7 +250,26 @@ class SVDPipeline:
             decoder(z[i : i + opts.decode_chunk_size])
             for i in range(0, len(z), opts.decode_chunk_size)
         ]
-        return postprocess(np.concatenate(chunks))
+        decoded = np.concatenate(chunks)
+        check_finite(decoded, "vae_decoder", "the decoded frames")  # before postprocess clips an inf away
+        return postprocess(decoded)
+
+
+def check_finite(array: np.ndarray, component: str, what: str) -> None:
+    """EngineError naming the component when `array` holds NaN or inf: a broken engine (an fp16
+    overflow, the classic GPU failure) must not be written as a black video."""
+    if not np.isfinite(array).all():
+        bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+        raise EngineError(
+            f"{component}: {what} are not finite ({bad} of {array.size} values NaN or inf); "
+            "nothing was written. An fp16 overflow is the usual cause: check the engines with svd-export check"
+        )
+
+
+def check_finite_input(array: np.ndarray, what: str) -> None:
+    """PipelineError (the request's fault) when a given noise array holds NaN or inf."""
+    if np.issubdtype(np.asarray(array).dtype, np.number) and not np.isfinite(array).all():
+        raise PipelineError(f"{what}: holds NaN or inf values; pass finite noise")
 
 
 def _as_pil(image: Image.Image | np.ndarray) -> Image.Image:

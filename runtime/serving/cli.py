@@ -13,7 +13,7 @@ from svd_trt.cli import one_line_errors
 
 
 def _repository_options(
-    instances, max_queue, threads, queue_timeout, max_steps, max_frames, max_pixels, memory_limit
+    instances, max_queue, threads, queue_timeout, max_steps, max_frames, max_pixels, memory_limit, device
 ):
     from svd_trt.memory import GIB
     from svd_trt.runtime.serving.caps import RequestCaps
@@ -26,6 +26,7 @@ def _repository_options(
         queue_timeout_s=queue_timeout,
         caps=RequestCaps(max_steps, max_frames, max_pixels),
         memory_limit=round(memory_limit * GIB),
+        device=device,
     )
 
 
@@ -79,6 +80,13 @@ def _serving_options(command):
             default=caps.max_pixels,
             show_default=True,
             help="Cap on height x width. Requests over a cap are refused before they run (400); 0: no cap.",
+        ),
+        click.option(
+            "--device",
+            type=click.Choice(["cpu", "cuda"]),
+            default=None,
+            help="Where the engines run; cuda makes the instances Triton GPU instances (instance k on GPU k). "
+            "Default: the engines' own (onnxruntime cpu, tensorrt cuda).",
         ),
         click.option(
             "--memory-limit",

@@ -6,8 +6,9 @@ the engines; `svd` is a light model with the same number of instances that forwa
 request over BLS (triton_front.py), because HTTP and gRPC's unary call cannot reach a decoupled
 model. Both config.pbtxt files are rendered from contract.py by one function; each model.py is
 a two-line shim importing its model from svd_trt.runtime.serving, so the model code ships (and
-is tested) with the package. Instances are KIND_GPU when the engines are TensorRT's: Triton then
-starts `instances` of each model on every visible GPU.
+is tested) with the package. Instances are KIND_GPU when the engines run on a GPU (TensorRT's, or ONNX Runtime's with device
+cuda): Triton then starts `instances` of each model on every visible GPU, and instance k runs
+on CUDA device k.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 
 from svd_trt.errors import UserError
 from svd_trt.manifest import load_manifest
+from svd_trt.runtime.devices import parse_device
 from svd_trt.runtime.serving import contract
 from svd_trt.runtime.serving.caps import RequestCaps
 from svd_trt.runtime.serving.contract import TensorSpec
@@ -37,7 +39,6 @@ MODEL_SHIM = '''\
 
 from svd_trt.runtime.serving.{module} import TritonPythonModel  # noqa: F401
 '''
-GPU_BACKENDS = ("tensorrt",)
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,7 @@ class RepositoryOptions:
     caps: RequestCaps = field(default_factory=RequestCaps)
     memory_limit: int = 0  # bytes the requests in flight may need together; 0 = no limit
     state_dir: Path | None = None  # shared by the instances (state.py); None: one per server in /tmp
+    device: str | None = None  # cpu or cuda; None = the backend's own (runtime/devices.py)
 
 
 class RepositoryError(UserError, ValueError):
@@ -105,8 +107,9 @@ def _quote(text: str) -> str:
     return text.replace("\\", "\\\\").replace('"', '\\"')
 
 
-def instance_kind(backend: str) -> str:
-    return "KIND_GPU" if backend in GPU_BACKENDS else "KIND_CPU"
+def instance_kind(backend: str, device: str | None = None) -> str:
+    """KIND_GPU where the engines run on a GPU (a DeviceError for a device the backend refuses)."""
+    return "KIND_GPU" if parse_device(device, backend).is_cuda else "KIND_CPU"
 
 
 def write_repository(engine_dir: str | Path, out: str | Path, opts: RepositoryOptions | None = None) -> Path:
@@ -121,7 +124,7 @@ def write_repository(engine_dir: str | Path, out: str | Path, opts: RepositoryOp
             "max-queue, threads, queue-timeout, memory-limit and the caps must be >= 0 (0: no limit / automatic)"
         )
     engine_dir = Path(engine_dir).resolve()
-    kind = instance_kind(load_manifest(engine_dir).backend)  # a ManifestError for a bad directory
+    kind = instance_kind(load_manifest(engine_dir).backend, opts.device)  # ManifestError for a bad directory
     out = Path(out)
     if out.exists() and not (out.is_dir() and not any(out.iterdir())):
         raise RepositoryError(f"{out}: exists and is not empty; choose a new directory")

@@ -14,6 +14,8 @@ from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
+from svd_trt.manifest import load_manifest
+from svd_trt.runtime.devices import check_device
 from svd_trt.runtime.serving.repository import RepositoryOptions, write_repository
 from svd_trt.runtime.serving.server import ServeError, ServerConfig, TritonServer, find_triton
 
@@ -53,6 +55,8 @@ def serve(
 ) -> int:
     """Serve `engine_dir` until SIGINT/SIGTERM (then return 0); ServeError if tritonserver fails or exits."""
     find_triton()  # one line naming the install command, before any work
+    # The device, checked here (not in each stub): one line before the server starts.
+    check_device(load_manifest(engine_dir).backend, repository.device)
     with _stop_on_signals(), tempfile.TemporaryDirectory(prefix="svd-trt-serve-") as tmp:
         triton = None
         try:

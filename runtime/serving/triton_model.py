@@ -45,10 +45,9 @@ class TritonPythonModel:
         self.name = args["model_name"]
         self.gpu = int(args["model_instance_device_id"]) if args["model_instance_kind"] == "GPU" else None
         engine_dir = params["engine_dir"]
-        options = {}
-        if self.gpu is not None:
-            select_gpu(self.gpu)
-        elif load_manifest(engine_dir).backend == "onnxruntime":
+        # GPU instance k runs on CUDA device k; the runners make it current on whichever thread calls them.
+        options = {"device": "cpu" if self.gpu is None else f"cuda:{self.gpu}"}
+        if load_manifest(engine_dir).backend == "onnxruntime":
             options["threads"] = _threads(int(params.get("threads", "0")), config)
         self.pipe = SVDPipeline.from_engine_dir(engine_dir, **options)
         # Admission checks memory server-wide before the run; the pipeline's own check would
@@ -58,11 +57,9 @@ class TritonPythonModel:
         self.admission = Admission(root, int(params.get(MEMORY_LIMIT, "0")))
         self.marks = CancelMarks(root)
         self.caps = RequestCaps.from_parameters(params)
-        log.info("%s: opened %s (%s), %s", self.name, engine_dir, options or f"GPU {self.gpu}", self.caps)
+        log.info("%s: opened %s (%s; %s), %s", self.name, engine_dir, options, self.pipe.placement, self.caps)
 
     def execute(self, requests: list) -> None:
-        if self.gpu is not None:
-            select_gpu(self.gpu)  # the CUDA device is per thread; execute may run on another
         for request in requests:
             self._serve(request)
         return None
@@ -129,10 +126,3 @@ def _threads(configured: int, config: dict) -> int:
     instances = sum(int(g.get("count", 1)) for g in config.get("instance_group", [])) or 1
     return max(1, _physical_cores() // instances)
 
-
-def select_gpu(device: int) -> None:
-    """Make CUDA device `device` current on this thread, for TensorRT (Polygraphy's CUDA wrapper)."""
-    from polygraphy import cuda
-
-    wrapper = cuda.wrapper()
-    wrapper.check(wrapper.handle.cudaSetDevice(device))

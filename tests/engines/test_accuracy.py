@@ -224,3 +224,28 @@ def test_check_tensorrt_engines(tiny_snapshot, tmp_path):
     report = load_json(out)
     assert result.exit_code == 0 and report["passed"] and report["versions"]["tensorrt"]
     assert {c["name"]: c["precision"] for c in report["components"]}["unet"] == "fp16"
+
+
+@pytest.mark.parametrize("name", ["svd", "epsilon_karras_discrete", "diffusers_defaults"])
+def test_unet_is_checked_at_its_own_schedules_timesteps(name):
+    """A discrete-timestep snapshot's UNet is fed its 0..999 timesteps, not SVD's 0.25 ln(sigma) range."""
+    from scheduler_configs import scheduler_config
+
+    from svd_trt.engines.accuracy import component_feed
+    from svd_trt.families.svd.config import preset
+    from svd_trt.families.svd.euler import make_schedule
+    from svd_trt.manifest import Manifest
+
+    cfg = dataclasses.replace(preset("tiny"), scheduler=scheduler_config(name))
+    gen = GenerationOptions(num_frames=2, height=32, width=48, num_inference_steps=25, seed=0)
+    manifest = Manifest("onnxruntime", cfg, {})
+    schedule = make_schedule(cfg.scheduler, 25).timesteps
+    spec = component_specs(cfg)["unet"]
+    feeds = [component_feed(spec, manifest, dataclasses.replace(gen, seed=s)) for s in range(8)]
+    drawn = np.concatenate([f["timestep"] for f in feeds])
+    assert drawn.dtype == np.float32 and set(drawn.tolist()) <= set(schedule.tolist())
+    assert len(set(drawn.tolist())) > 4  # spread over the schedule, not one value
+    if name == "svd":
+        assert -1.6 < drawn.min() and drawn.max() < 1.7  # 0.25 ln(sigma), sigma in [0.002, 700]
+    else:
+        assert drawn.max() > 100  # discrete timesteps: what such a UNet is trained on

@@ -108,14 +108,20 @@ def test_tensorrt_builds_from_these_very_files(tiny_snapshot, tiny_trt_onnx, tmp
         assert path.read_bytes() == (tiny_trt_onnx / f"{name}.onnx").read_bytes()
 
 
-def test_check_on_the_cpu_passes_with_fp16_rows_and_reports_peaks(small_snapshot, small_trt_onnx, tmp_path):
+def test_check_on_the_cpu_passes_with_fp16_rows_and_reports_peaks(tiny_snapshot, tiny_trt_onnx, tmp_path):
+    """The tiny model: its fp16 UNet holds the fp16 row (3e-2) with a wide margin at every timestep
+    (a random tiny checkpoint, t from -1.55 to 1.64: max abs 1.9e-3..2.2e-3, diffusers' own fp16
+    3.1e-3..4.1e-3). Not the small random model: there the fp16 UNet's max abs error against fp32
+    swings between 0.004 and 0.10 across those timesteps, and diffusers' own fp16 UNet's between
+    0.019 and 0.075 (measured), so the row would decide by the timesteps drawn (check draws them
+    from the snapshot's schedule: engines/accuracy.py component_feed)."""
     engines = tmp_path / "engines"
-    shutil.copytree(small_trt_onnx, engines)
+    shutil.copytree(tiny_trt_onnx, engines)
     out = tmp_path / "report"
     result = CliRunner().invoke(
         svd_export,
         [
-            *("check", "--engines", str(engines), "--model", str(small_snapshot), "--backend", "onnxruntime"),
+            *("check", "--engines", str(engines), "--model", str(tiny_snapshot), "--backend", "onnxruntime"),
             *("--num-frames", "3", "--height", "64", "--width", "64", "--device", "cpu", "--report", str(out)),
         ],
     )

@@ -440,3 +440,79 @@ def test_pipeline_close_frees_the_others_when_one_close_fails(fake_trt, tmp_path
     with pytest.raises(RuntimeError, match="driver gone"):
         pipe.close()
     assert fake_trt.cuda.memory == {} and fake_trt.cuda.streams == {}
+
+
+# --- the GPU the runner runs on (Triton's GPU instance k: CUDA device k) --------------------------
+
+A100 = Platform(PLATFORM.tensorrt_version, "NVIDIA A100-SXM4-80GB", "8.0")  # FakeLibcuda's GPU 1
+
+
+def test_platform_check_reads_the_gpu_the_runner_runs_on(fake_trt, tmp_path):
+    runner = TrtEngineRunner(tmp_path / "fake.engine", name="fake", entry=fake_entry(A100), device=1)
+    assert runner.placement == f"tensorrt {PLATFORM.tensorrt_version} on GPU 1 (NVIDIA A100-SXM4-80GB)"
+    out = runner.run({"x": np.ones((2, 3)), "t": np.full(2, 2.0)})
+    np.testing.assert_array_equal(out["y"], np.full((2, 3), 2.0, np.float16))
+    runner.close()
+    with pytest.raises(TrtError) as e:  # the same engine on GPU 0, an H100
+        TrtEngineRunner(tmp_path / "fake.engine", name="fake", entry=fake_entry(A100), device=0)
+    assert "built for NVIDIA A100-SXM4-80GB (compute capability 8.0) but this GPU is NVIDIA H100" in str(
+        e.value
+    )
+    assert "(CUDA device 0)" in str(e.value) and len(fake_trt.loaded) == 1  # the second never loaded
+
+
+def test_a_gpu_that_is_not_there_is_one_line(fake_trt):
+    with pytest.raises(
+        TrtError, match=r"cuDeviceGet\(device 2\) returned CUresult 101 \(CUDA_ERROR_INVALID_DEVICE\)$"
+    ):
+        trt_runner.current_platform(2)
+    with pytest.raises(
+        TrtError, match=r"^cannot make CUDA device 2 current: cudaSetDevice returned cudaError 101$"
+    ):
+        trt_runner.use_device(2)
+
+
+def test_runner_makes_its_device_current_on_every_calling_thread(fake_trt, tmp_path):
+    """Loaded on GPU 1; run and closed from threads whose current device is 0 (Triton may call a model
+    from another thread than the one that initialized it)."""
+    import threading
+
+    runner = TrtEngineRunner(tmp_path / "fake.engine", name="fake", entry=fake_entry(A100), device=1)
+    results = {}
+
+    def in_thread(fn) -> None:
+        def call():
+            try:
+                results[fn.__name__] = fn()
+            except BaseException as e:  # noqa: BLE001  (reported by the assertion below)
+                results[fn.__name__] = e
+
+        t = threading.Thread(target=call)
+        t.start()
+        t.join()
+
+    def run():
+        assert fake_trt.cuda.current == 0  # a new thread starts on device 0
+        return runner.run({"x": np.ones((1, 3)), "t": np.full(1, 3.0)})["y"]
+
+    def close():
+        runner.close()
+        return fake_trt.cuda.memory
+
+    in_thread(run)
+    in_thread(close)
+    np.testing.assert_array_equal(results["run"], np.full((1, 3), 3.0, np.float16))
+    assert results["close"] == {}
+    assert fake_trt.cuda.wrapper.handle.set_calls.count(1) == 3  # load, run, close: each on device 1
+
+
+def test_fake_refuses_an_execution_from_another_device(fake_trt, tmp_path):
+    """The fake is honest about devices: the session alone (no runner setting the device) fails."""
+    runner = TrtEngineRunner(tmp_path / "fake.engine", name="fake", entry=fake_entry(A100), device=1)
+    fake_trt.cuda.set_device(0)
+    with pytest.raises(
+        FakeCudaError, match="execute_async_v3 of a context on device 1 with device 0 current"
+    ):
+        runner.session.run({"x": np.ones((1, 3)), "t": np.ones(1)})
+    fake_trt.cuda.set_device(1)
+    runner.close()

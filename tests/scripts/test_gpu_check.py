@@ -87,8 +87,14 @@ def test_cpu_smoke_run_writes_every_table_with_numbers(tmp_path):
     section = _section(docs.read_text())
     t = tables(section)
     status = {r["part"]: r["status"] for r in t["part"]}
-    for name in ("setup", "checkpoint", "e2e", "unet-decode", "tests", "onnx-export", "onnx-check"):
+    for name in ("setup", "checkpoint", "e2e", "unet-decode", "onnx-export", "onnx-check"):
         assert status.get(name) == "ok", status
+    # what a CPU cannot run is "not run: why", never "ok", and does not fail the run
+    assert status["tests"].startswith("not run: all ") and "tests skipped (" in status["tests"], status
+    assert status["tensorrt"].startswith("not run: TensorRT is not importable here ("), status
+    tail = proc.stdout.strip().splitlines()[-8:]
+    assert "failed: none" in tail and any(line.startswith("not run: tests: all ") for line in tail), tail
+    assert any(line.startswith("passed: ") and " e2e" in line and " tests" not in line for line in tail), tail
 
     # 1. end to end: fp32 on the CPU, so the frames agree within FRAME_MAX_ABS["fp32"] = 1e-3
     m = re.search(rf"ours-torch ({NUMBER}) \(tolerance 0\.001\)\. PSNR: ours-torch ({NUMBER}) dB", section)
@@ -140,12 +146,51 @@ def test_cpu_smoke_run_writes_every_table_with_numbers(tmp_path):
     assert runs[0] == runs[1]
 
 
+def _junit(path: Path, cases: list[str]) -> Path:
+    path.write_text(f'<testsuites><testsuite name="pytest">{"".join(cases)}</testsuite></testsuites>')
+    return path
+
+
+PASS = '<testcase classname="t" name="a"/>'
+SKIP = '<testcase classname="t" name="{}"><skipped message="{}"/></testcase>'
+FAIL = '<testcase classname="t" name="f"><failure message="boom"/></testcase>'
+
+
+def test_tests_part_is_ok_only_where_a_test_ran(tmp_path):
+    """All skipped (no TensorRT, no CUDA): "not run"; some skipped: ok with what did not run; all run or
+    a failure: the part's own status (pytest's exit code) stands."""
+    no_trt = SKIP.format("b", "tensorrt is not importable here")
+    xml = tmp_path / "gpu_tests.xml"
+    _junit(xml, [no_trt, SKIP.format("c", "no CUDA GPU"), SKIP.format("d", "no CUDA GPU")])
+    assert gpu_check_report.tests_outcome(xml) == (
+        "not run: all 3 tests skipped (no CUDA GPU; tensorrt is not importable here)"
+    )
+    _junit(xml, [PASS, no_trt])
+    assert gpu_check_report.tests_outcome(xml) == (
+        "ok: 1 passed; not run: 1 skipped (tensorrt is not importable here)"
+    )
+    assert gpu_check_report.tests_outcome(_junit(xml, [PASS])) is None
+    assert gpu_check_report.tests_outcome(_junit(xml, [FAIL, no_trt])) is None
+    assert gpu_check_report.tests_outcome(_junit(xml, [])) == "not run: no test selected"
+    assert gpu_check_report.tests_outcome(tmp_path / "missing.xml") is None
+
+    (tmp_path / "parts.tsv").write_text("setup\t-\t9\tok\ntests\t120\t3.0\tok\n")
+    _junit(xml, [no_trt])
+    assert gpu_check_report.main(["--work", str(tmp_path), "--tests-outcome"]) == 0
+    assert (tmp_path / "parts.tsv").read_text() == (
+        "setup\t-\t9\tok\ntests\t120\t3.0\tnot run: all 1 tests skipped (tensorrt is not importable here)\n"
+    )
+
+
 def test_report_of_a_run_whose_parts_failed(tmp_path):
     """Missing outputs say so; frames beyond tolerance withhold the e2e times (bench.py's rule);
     a skipped ONNX check gives its reason; failed tests show as FAILED with their message."""
     work = tmp_path / "work"
     work.mkdir()
-    (work / "parts.tsv").write_text("setup\t-\t9\tok\nunet-decode\t150\t150.1\ttimed out after 150 s\n")
+    (work / "parts.tsv").write_text(
+        "setup\t-\t9\tok\nunet-decode\t150\t150.1\ttimed out after 150 s\n"
+        "tensorrt\t0\t0\tnot run: TensorRT is not importable here (No module named 'tensorrt')\n"
+    )
     case = {"size": "full", "frames": 25, "height": 576, "width": 1024, "steps": 25, "chunk": 8}
     e2e = {
         "case": {**case, "device": "cuda", "dtype": "fp16"},
@@ -170,7 +215,9 @@ def test_report_of_a_run_whose_parts_failed(tmp_path):
     section = _section(text)
     assert text.startswith("# Doc\n\nbefore\n\n") and text.endswith("\n\nafter\n")
     t = tables(section)
-    assert {r["part"]: r["status"] for r in t["part"]}["unet-decode"] == "timed out after 150 s"
+    parts = {r["part"]: r["status"] for r in t["part"]}
+    assert parts["unet-decode"] == "timed out after 150 s"
+    assert parts["tensorrt"] == "not run: TensorRT is not importable here (No module named 'tensorrt')"
     assert "DISAGREE" in section and "ours-torch max abs 0.25" in section and "21.50 dB" in section
     assert "9.876" not in section  # no time from a run whose frames disagree
     assert section.count("Not produced") == 1  # bench_gpu.json is missing

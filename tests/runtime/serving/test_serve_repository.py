@@ -10,6 +10,7 @@ from click.testing import CliRunner
 
 from svd_trt.engines.cli import main as svd_export
 from svd_trt.runtime.cli import main as svd_trt
+from svd_trt.runtime.devices import DeviceError
 from svd_trt.runtime.serving import contract, server
 from svd_trt.runtime.serving.caps import RequestCaps
 from svd_trt.runtime.serving.repository import RepositoryError, RepositoryOptions, write_repository
@@ -68,6 +69,37 @@ def test_tensorrt_engines_get_gpu_instances(tiny_engines, tmp_path):
     repo = write_repository(engines, tmp_path / "repo", RepositoryOptions(instances=2))
     config = parse_config((repo / "svd" / "config.pbtxt").read_text())
     assert [(g.count, g.kind) for g in config.instance_group] == [(2, config.instance_group[0].KIND_GPU)]
+
+
+def test_onnxruntime_on_cuda_gets_gpu_instances_and_tensorrt_never_cpu(tiny_engines, tmp_path):
+    """ONNX Runtime's CUDA instances are Triton GPU instances like TensorRT's (instance k on GPU k)."""
+    repo = write_repository(tiny_engines, tmp_path / "repo", RepositoryOptions(instances=2, device="cuda"))
+    config = parse_config((repo / "svd" / "config.pbtxt").read_text())
+    assert [(g.count, g.kind) for g in config.instance_group] == [(2, config.instance_group[0].KIND_GPU)]
+    engines = tmp_path / "engines-trt"
+    shutil.copytree(tiny_engines, engines)
+    manifest = json.loads((engines / "manifest.json").read_text())
+    (engines / "manifest.json").write_text(json.dumps({**manifest, "backend": "tensorrt"}))
+    with pytest.raises(DeviceError, match="^TensorRT engines run on a CUDA GPU only"):
+        write_repository(engines, tmp_path / "r2", RepositoryOptions(device="cpu"))
+
+
+def test_serve_on_cuda_without_the_cuda_provider_is_one_line_before_the_server(tiny_engines, monkeypatch):
+    """onnxruntime (the CPU build) here: refused before tritonserver starts or any stub loads."""
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("onnxruntime here has the CUDA provider")
+    from svd_trt.runtime.serving import serve
+
+    monkeypatch.setattr(serve, "find_triton", lambda: "tritonserver")  # found; never started
+    started = []
+    monkeypatch.setattr(server.TritonServer, "start", lambda self: started.append(self))
+    result = CliRunner().invoke(svd_trt, ["serve", "--engines", str(tiny_engines), "--device", "cuda"])
+    assert result.exit_code == 2, result.output
+    (line,) = result.output.strip().splitlines()
+    assert line.startswith("Error: --device cuda: ONNX Runtime has no CUDA execution provider here (onnxruntime ")
+    assert started == []
 
 
 def test_refuses_what_it_cannot_write(tiny_engines, tmp_path):
