@@ -77,7 +77,7 @@ def calibrate(
 ) -> None:
     """Record the UNet inputs of real pipeline runs into OUT (INT8 calibration data)."""
     from svd_trt.calibration.capture import capture_calibration
-    from svd_trt.options import GenerationOptions
+    from svd_trt.families.svd.options import GenerationOptions
 
     start = time.perf_counter()
     out_dir = Path(out)

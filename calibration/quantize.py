@@ -35,13 +35,13 @@ import onnxruntime
 from svd_trt.calibration.dataset import INDEX_NAME, load_index, load_sample, select
 from svd_trt.errors import UserError
 from svd_trt.manifest import (
-    FLOAT_UNET,
     ComponentEntry,
     Manifest,
     ManifestError,
     cache_key,
     data_file,
     entry_problems,
+    float_twin,
     load_manifest,
     sha256_file,
 )
@@ -49,6 +49,9 @@ from svd_trt.output_dir import carry, kill_point, writing
 from svd_trt.spec import FP8_NEEDS, QUANTIZED_PRECISIONS
 
 log = logging.getLogger(__name__)
+
+# calibration/ quantizes SVD's UNet (svd_trt/families/svd: quantizable); the float one stays beside it.
+FLOAT_UNET = float_twin("unet")
 
 OP_TYPES = ("Conv", "MatMul", "Gemm")
 METHODS = ("minmax", "percentile", "entropy")

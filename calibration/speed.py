@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from svd_trt.manifest import FLOAT_UNET, ComponentEntry, load_manifest
+from svd_trt.calibration.quantize import FLOAT_UNET
+from svd_trt.manifest import ComponentEntry, load_manifest
 from svd_trt.runtime.runners import OrtRunner
 
 

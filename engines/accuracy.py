@@ -34,18 +34,14 @@ from polygraphy.logger import G_LOGGER
 from svd_trt.engines.activations import ActivationPeak, fp16_activation_peak
 from svd_trt.engines.report import ComponentResult, EndToEndResult, OutputResult, Report
 from svd_trt.errors import UserError, engine_failure
-from svd_trt.families.svd import euler
-from svd_trt.manifest import FLOAT_UNET, ComponentEntry, Manifest, load_manifest
+from svd_trt.family import family_named
+from svd_trt.manifest import ComponentEntry, Manifest, float_twin, load_manifest, spec_name
 from svd_trt.memory import plan_for
-from svd_trt.options import CHECK_DEFAULTS, GenerationOptions, request_shape, resolve
 from svd_trt.runtime.runners import Runner, open_runner
-from svd_trt.spec import E2E_MIN_PSNR, QUANT_MIN_PSNR, ComponentSpec, component_specs, sizes_for
+from svd_trt.spec import E2E_MIN_PSNR, QUANT_MIN_PSNR, ComponentSpec
 from svd_trt.spec import QUANTIZED_PRECISIONS as QUANTIZED
 
 log = logging.getLogger(__name__)
-
-DEFAULT_IMAGE = Path(__file__).resolve().parents[1] / "runtime" / "assets" / "coffee.jpg"
-
 
 class CheckError(UserError, ValueError):
     """A check that cannot run as asked (a usage error): the message is one line."""
@@ -57,12 +53,12 @@ class CheckOptions:
 
     engine_dir: Path
     snapshot: Path
-    generation: GenerationOptions = GenerationOptions(**CHECK_DEFAULTS)
+    generation: Any = None  # the family's options; None = its defaults with its check_defaults
     backend: str | None = None  # default: the one the directory was built for
     device: str = "auto"  # the torch reference: cuda when available, else cpu
     end_to_end: bool = False
-    image: Path = DEFAULT_IMAGE
-    calibration: Path | None = None  # quantized UNet: the data it was calibrated on (held-out part)
+    inputs: dict[str, Any] = dataclasses.field(default_factory=dict)  # end to end; none = the family's
+    calibration: Path | None = None  # a quantized component: the data it was calibrated on (held-out part)
     quantized_runs: int = 1  # quantized section: held-out pipeline runs compared end to end
 
 
@@ -135,17 +131,17 @@ def versions() -> dict[str, str | None]:
     return found
 
 
-def component_sizes(manifest: Manifest, gen: GenerationOptions, spec: ComponentSpec) -> dict[str, int]:
-    """Sizes as the pipeline calls the component: its usual batch, its frame axis from the request."""
-    frames = getattr(gen, spec.frames)
-    return sizes_for(manifest.model, spec.batch.opt, frames, gen.height, gen.width)
+def component_sizes(manifest: Manifest, gen: Any, spec: ComponentSpec) -> dict[str, int]:
+    """Sizes as the pipeline calls the component: its usual batch, the request's sizes."""
+    family = family_named(manifest.family)
+    return family.sizes(manifest.model, spec, family.request_values(gen), spec.batch.opt)
 
 
-def component_feed(spec: ComponentSpec, manifest: Manifest, gen: GenerationOptions) -> dict[str, np.ndarray]:
+def component_feed(spec: ComponentSpec, manifest: Manifest, gen: Any) -> dict[str, np.ndarray]:
     """The seeded inputs one component is checked on: sizes as the pipeline calls it, timesteps drawn
-    from the snapshot's own schedule at the requested step count (a discrete-timestep scheduler's
-    UNet is fed its 0..999 timesteps, a continuous one 0.25 ln(sigma))."""
-    timesteps = euler.make_schedule(manifest.model.scheduler, gen.num_inference_steps).timesteps
+    from the snapshot's own schedule at the requested step count (SVD: a discrete-timestep
+    scheduler's UNet is fed its 0..999 timesteps, a continuous one 0.25 ln(sigma))."""
+    timesteps = family_named(manifest.family).schedule_timesteps(manifest.model, gen)
     sizes = component_sizes(manifest, gen, spec)
     return spec.sample_inputs(sizes, np.random.default_rng(gen.seed), timesteps=timesteps)
 
@@ -160,7 +156,7 @@ def check_component(
 ) -> ComponentResult:
     """Run the engine and the fp32 port on one seeded feed; compare with Polygraphy.
 
-    `name` is the manifest's name when it differs from the spec's (`unet_float`)."""
+    `name` is the manifest's name when it differs from the spec's (a quantized one's `<name>_float`)."""
     from svd_trt.export.torch_backend import torch_runner
 
     name = name or spec.name
@@ -251,19 +247,21 @@ def _output_result(name: str, ours: np.ndarray, ref: np.ndarray, match: Any) -> 
 
 
 def run_end_to_end(opts: CheckOptions, manifest: Manifest, backend: str) -> EndToEndResult:
-    """The pipeline through the engines vs through the fp32 port: same image, noise and latents."""
+    """The pipeline through the engines vs through the fp32 port: same inputs and random draws."""
     from svd_trt.calibration.report import psnr
     from svd_trt.export.torch_backend import torch_runners
-    from svd_trt.families.svd.pipeline import SVDPipeline
-    from svd_trt.runtime.image_preprocess import load_image
+    from svd_trt.runtime.engine_pipeline import open_pipeline
+    from svd_trt.runtime.inputs import load_inputs
 
-    image = load_image(opts.image)
+    family = family_named(manifest.family)
+    raw = {**family.check_inputs(), **opts.inputs}
+    inputs = load_inputs(family, raw)
     gen = opts.generation
-    with SVDPipeline.from_engine_dir(opts.engine_dir, backend) as engines:  # one model set at a time
-        noise, latents = engines.draw_noise(gen, None, None)  # both pipelines get these arrays
-        ours = engines(image, gen, latents=latents, image_noise=noise)
-    reference = SVDPipeline(manifest, torch_runners(opts.snapshot, manifest.model, opts.device))
-    ref = reference(image, gen, latents=latents, image_noise=noise)
+    with open_pipeline(opts.engine_dir, backend) as engines:  # one model set at a time
+        draws = engines.draw(gen, inputs)  # both pipelines get these arrays
+        ours = engines.generate(inputs, gen, draws)
+    reference = family.pipeline_class()(manifest, torch_runners(opts.snapshot, manifest.model, opts.device))
+    ref = reference.generate(inputs, gen, draws)
     diff = np.abs(ours.frames.astype(np.float64) - ref.frames)
     db = psnr(ours.frames, ref.frames)  # frames in [0, 1]: peak 1; inf when identical
     return EndToEndResult(
@@ -271,8 +269,8 @@ def run_end_to_end(opts: CheckOptions, manifest: Manifest, backend: str) -> EndT
         height=gen.height,
         width=gen.width,
         steps=gen.num_inference_steps,
-        decode_chunk_size=gen.decode_chunk_size,
-        image=str(opts.image),
+        decode_chunk_size=getattr(gen, "decode_chunk_size", None),
+        image=", ".join(f"{k}={Path(v).name if k == 'image' else v!r}" for k, v in raw.items()),
         shape=list(ours.frames.shape),
         max_abs=_finite(float(diff.max())),
         mean_abs=_finite(float(diff.mean())),
@@ -288,26 +286,31 @@ def resolve_options(opts: CheckOptions, manifest: Manifest) -> CheckOptions:
     """Fill the model's defaults; reject what cannot run, each with one line."""
     # The engines' run is the one infer would make (the same refusal, before anything runs); the
     # fp16 activation pass keeps every tensor alive and is not in the estimate (docs/memory.md).
+    family = family_named(manifest.family)
     memory = plan_for(opts.engine_dir, manifest, opts.backend or manifest.backend)
-    gen = resolve(opts.generation, manifest.model, manifest.limits)
-    memory.check(manifest.model, request_shape(gen))
+    generation = opts.generation or family.options(**family.check_defaults)
+    gen = family.resolve(generation, manifest.model, manifest.limits)
+    memory.check(manifest.model, gen)
     opts = dataclasses.replace(opts, generation=gen, device=resolve_device(opts.device))
     quantized = [n for n, e in manifest.components.items() if e.precision in QUANTIZED]
     if quantized and opts.calibration is None:
         raise CheckError(
             f"{quantized[0]} is {manifest.components[quantized[0]].precision}: pass --calibration DIR "
-            "(the data it was calibrated on; its held-out runs score it against the float UNet)"
+            "(the data it was calibrated on; its held-out runs score it against the float one)"
         )
-    if quantized and FLOAT_UNET not in manifest.components:
-        raise CheckError(f"{opts.engine_dir}: quantized UNet without its float one ({FLOAT_UNET})")
+    if quantized and float_twin(quantized[0]) not in manifest.components:
+        raise CheckError(
+            f"{opts.engine_dir}: quantized {quantized[0]} without its float one ({float_twin(quantized[0])})"
+        )
     if opts.end_to_end:
         missing = sorted({c.precision for c in manifest.components.values()} - set(E2E_MIN_PSNR))
         if missing:
             raise CheckError(
                 f"no end-to-end PSNR bound for {missing[0]} (E2E_MIN_PSNR in svd_trt/spec.py)"
             )
-        if not Path(opts.image).is_file():
-            raise CheckError(f"{opts.image}: no such image")
+        for name, value in opts.inputs.items():
+            if name == "image" and not Path(value).is_file():
+                raise CheckError(f"{value}: no such image")
     return opts
 
 
@@ -315,19 +318,17 @@ def check_engines(
     options: CheckOptions, on_component: Callable[[ComponentResult], None] | None = None
 ) -> Report:
     """Every component of the engine directory against the port; optionally end to end."""
-    from svd_trt.export.checkpoint import read_config
-
     manifest = load_manifest(options.engine_dir)
-    if read_config(options.snapshot) != manifest.model:
+    if family_named(manifest.family).read_config(options.snapshot) != manifest.model:
         raise CheckError(
             f"{options.snapshot}: not the model {options.engine_dir} was built from (configs differ)"
         )
     opts = resolve_options(options, manifest)
     backend = opts.backend or manifest.backend
-    specs = component_specs(manifest.model)
+    specs = manifest.specs()
     checked = {name: e for name, e in manifest.components.items() if e.precision not in QUANTIZED}
     for name, entry in checked.items():
-        specs[_spec_name(name)].tolerance_at(entry.precision)  # every row exists before anything runs
+        specs[spec_name(name)].tolerance_at(entry.precision)  # every row exists before anything runs
     gen = opts.generation
     report = Report(
         backend=backend,
@@ -336,13 +337,13 @@ def check_engines(
         num_frames=gen.num_frames,
         height=gen.height,
         width=gen.width,
-        decode_chunk_size=gen.decode_chunk_size,
+        decode_chunk_size=getattr(gen, "decode_chunk_size", None),
         seed=gen.seed,
         reference=f"torch port, fp32, {opts.device}",
         versions=versions(),
     )
     for name, entry in checked.items():
-        result = check_component(specs[_spec_name(name)], entry, opts, manifest, backend, name)
+        result = check_component(specs[spec_name(name)], entry, opts, manifest, backend, name)
         log.info("%s: %s", name, "passed" if result.passed else "FAILED")
         report.components.append(result)
         if on_component:
@@ -352,10 +353,6 @@ def check_engines(
     if opts.end_to_end:
         report.end_to_end = run_end_to_end(opts, manifest, backend)
     return report
-
-
-def _spec_name(name: str) -> str:
-    return "unet" if name == FLOAT_UNET else name
 
 
 def check_quantized(opts: CheckOptions, backend: str) -> dict[str, Any]:

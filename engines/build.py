@@ -2,8 +2,8 @@
 
 ONNX Runtime: the ONNX files themselves are the engines (fp32 for the CPU; an int8 UNet is
 quantized from its fp32 export in the same stage, before the directory is swapped in).
-TensorRT: engines/tensorrt_build.py. Both record the request sizes the directory serves
-(engines/profiles.served_limits) in its manifest.
+TensorRT: engines/tensorrt_build.py. Both record the request sizes the directory serves (the
+family's served_limits) in its manifest. The snapshot's model_index.json names its family.
 """
 
 from __future__ import annotations
@@ -12,16 +12,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from svd_trt.engines.profiles import ProfileRequest, served_limits
 from svd_trt.errors import UserError
+from svd_trt.family import Family, family_of_snapshot
+from svd_trt.limits import Request
 from svd_trt.manifest import Manifest
-from svd_trt.spec import (
-    ENGINE_BACKENDS,
-    FLOAT_PRECISIONS,
-    QUANTIZED_PRECISIONS,
-    ComponentSpec,
-    component_specs,
-)
+from svd_trt.spec import ENGINE_BACKENDS, FLOAT_PRECISIONS, QUANTIZED_PRECISIONS, ComponentSpec
 
 OnComponent = Callable[[str, str, float], None]
 
@@ -35,41 +30,43 @@ class BuildOptions:
     """Everything `build-engines` takes besides MODEL and OUT."""
 
     backend: str = "onnxruntime"
-    request: ProfileRequest = field(default_factory=ProfileRequest)
+    request: Request = field(default_factory=dict)  # the family's limit names -> range
     precisions: dict[str, str] = field(default_factory=dict)  # overrides of each spec's precision
     variant: str | None = "auto"
-    calibration: Path | None = None  # int8 / fp8 UNet: the directory svd-export calibrate wrote
+    calibration: Path | None = None  # an int8 / fp8 component: the directory svd-export calibrate wrote
     timing_cache: Path | None = None  # TensorRT: default one per TensorRT + GPU in the user cache dir
     onnx_dir: Path | None = None  # TensorRT: where its ONNX files go; default OUT-onnx beside OUT
     force: bool = False  # replace an engine directory of ours whose manifest cannot be read
 
     @property
     def quantized(self) -> str | None:
-        """The UNet's int8 / fp8, or None for a float UNet."""
-        unet = self.precisions.get("unet")
-        return unet if unet in QUANTIZED_PRECISIONS else None
+        """The int8 / fp8 asked for (of the family's quantizable component), or None."""
+        return next((p for p in self.precisions.values() if p in QUANTIZED_PRECISIONS), None)
 
-    def check(self) -> None:
+    def check(self, family: Family) -> None:
         """BuildError (one line) for options that contradict each other, before any work."""
+        for name, precision in self.precisions.items():
+            if precision in QUANTIZED_PRECISIONS and name != family.quantizable:
+                what = f"{family.quantizable} only" if family.quantizable else "none of its components"
+                raise BuildError(f"--precision {name}={precision}: {family.title} quantizes {what}")
         if self.calibration is not None and self.quantized is None:
-            raise BuildError("--calibration applies to --unet-precision int8 or fp8 only")
+            raise BuildError("--calibration applies to an int8 or fp8 precision only")
         if self.quantized and self.calibration is None:
-            raise BuildError(f"--unet-precision {self.quantized} needs --calibration DIR (svd-export calibrate)")
+            raise BuildError(f"{self.quantized} needs --calibration DIR (svd-export calibrate)")
 
 
 def component_precisions(
-    specs: dict[str, ComponentSpec], overrides: dict[str, str], backend: str
+    specs: dict[str, ComponentSpec], overrides: dict[str, str], backend: str, quantizable: str | None = None
 ) -> dict[str, str]:
     """Each spec's precision on the backend, with the user's overrides checked."""
     for name, precision in overrides.items():
         if name not in specs:
             raise BuildError(f"--precision {name}={precision}: unknown component; choose {', '.join(specs)}")
-        if precision in QUANTIZED_PRECISIONS and name == "unet":
+        if precision in QUANTIZED_PRECISIONS and name == quantizable:
             continue
         if precision not in FLOAT_PRECISIONS:
-            raise BuildError(
-                f"--precision {name}={precision}: engines here are fp32 or fp16 (int8 / fp8 for the UNet only)"
-            )
+            only = f" (int8 / fp8 for {quantizable} only)" if quantizable else ""
+            raise BuildError(f"--precision {name}={precision}: engines here are fp32 or fp16{only}")
     return {**{name: spec.precision_on(backend) for name, spec in specs.items()}, **overrides}
 
 
@@ -85,23 +82,23 @@ def export_onnx(
 ) -> Manifest:
     """The ONNX files made for `target` (for TensorRT: exactly what its engines build from, an int8 /
     fp8 UNet included: `calibration` is the directory svd-export calibrate wrote)."""
-    from svd_trt.export.checkpoint import read_config
     from svd_trt.export.onnx_export import build_onnx_dir
 
     if target not in ENGINE_BACKENDS:
         raise BuildError(f"unknown target {target!r}: choose {' or '.join(ENGINE_BACKENDS)}")
+    family = family_of_snapshot(snapshot)
     options = BuildOptions(target, precisions=dict(precisions or {}), calibration=calibration)
-    options.check()
+    options.check(family)
     if options.quantized and target != "tensorrt":
         raise BuildError(
-            f"--unet-precision {options.quantized}: export-onnx quantizes for --target tensorrt; "
-            "the ONNX Runtime engine directory is build-engines' (--unet-precision int8 --calibration DIR)"
+            f"{options.quantized}: export-onnx quantizes for --target tensorrt; "
+            "the ONNX Runtime engine directory is build-engines' (--precision ...=int8 --calibration DIR)"
         )
-    cfg = read_config(snapshot)
-    chosen = component_precisions(component_specs(cfg), options.precisions, target)
+    cfg = family.read_config(snapshot)
+    chosen = component_precisions(family.component_specs(cfg), options.precisions, target, family.quantizable)
     finish, protect = (None, ())
     if options.quantized:
-        chosen["unet"] = "fp32"  # Model Optimizer quantizes the fp32 graph (tensorrt_quantize_step)
+        chosen[family.quantizable] = "fp32"  # Model Optimizer quantizes the fp32 graph (tensorrt_quantize_step)
         finish, protect = tensorrt_quantize_step(
             cfg, snapshot, options.calibration, options.quantized, variant, on_component
         )
@@ -147,13 +144,14 @@ def build_onnxruntime_dir(
     """ONNX files for ONNX Runtime; an int8 UNet is quantized from its fp32 export in the same stage."""
     from svd_trt.calibration.dataset import load_index
     from svd_trt.calibration.quantize import ort_quantizer, quant_options, quantize_step
-    from svd_trt.export.checkpoint import read_config
     from svd_trt.export.onnx_export import build_onnx_dir
 
-    options.check()
-    cfg = read_config(snapshot)
-    limits = served_limits(cfg, options.request, bounded=False)
-    precisions = component_precisions(component_specs(cfg), options.precisions, "onnxruntime")
+    family = family_of_snapshot(snapshot)
+    options.check(family)
+    cfg = family.read_config(snapshot)
+    limits = family.served_limits(cfg, options.request, bounded=False)
+    specs = family.component_specs(cfg)
+    precisions = component_precisions(specs, options.precisions, "onnxruntime", family.quantizable)
     finish, protect = None, ()
     if options.quantized:
         opts = quant_options(options.quantized)  # fp8: a one-line QuantizeError before the export
@@ -161,7 +159,7 @@ def build_onnxruntime_dir(
         load_index(calib)  # not calibration data: one line before the export
         finish = quantize_step(calib, ort_quantizer(calib, opts), on_component)
         protect = (calib,)
-        precisions["unet"] = "fp32"  # Q/DQ nodes go into the fp32 graph
+        precisions[family.quantizable] = "fp32"  # Q/DQ nodes go into the fp32 graph
     return build_onnx_dir(
         snapshot, out, "onnxruntime", precisions, options.variant, on_component, limits, options.force,
         finish=finish, protect=protect,

@@ -12,8 +12,14 @@ from pathlib import Path
 
 import click
 
-from svd_trt.cli import EXIT_FAILED, generation_options, one_line_errors, pop_generation
-from svd_trt.options import CHECK_DEFAULTS
+from svd_trt.cli import (
+    EXIT_FAILED,
+    generation_options,
+    input_options,
+    one_line_errors,
+    pop_generation,
+    pop_inputs,
+)
 from svd_trt.spec import ENGINE_BACKENDS
 
 
@@ -28,9 +34,8 @@ from svd_trt.spec import ENGINE_BACKENDS
     default=None,
     help="Runtime for the engines. [default: the directory's]",
 )
-@generation_options(
-    "num_frames", "height", "width", "decode_chunk_size", "seed", "num_inference_steps", **CHECK_DEFAULTS
-)
+@generation_options()
+@input_options
 @click.option(
     "--device",
     default="auto",
@@ -49,42 +54,41 @@ from svd_trt.spec import ENGINE_BACKENDS
     "--end-to-end", is_flag=True, help="Also run the whole pipeline through both and compare frames."
 )
 @click.option(
-    "--image",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="End to end: input image. [default: coffee.jpg]",
-)
-@click.option(
     "--calibration",
     type=click.Path(file_okay=False),
     default=None,
-    help="Quantized UNet: the calibration directory it was built from (its held-out runs are scored).",
+    help="A quantized component: the calibration directory it was built from (its held-out runs are scored).",
 )
 @click.option(
     "--quantized-runs",
     type=click.IntRange(1),
     default=1,
     show_default=True,
-    help="Quantized UNet: held-out runs compared end to end with the float UNet.",
+    help="A quantized component: held-out runs compared end to end with the float one.",
 )
 @one_line_errors
 def check(
     engine_dir: str,
     snapshot: str,
     report_dir: str | None,
-    image: str | None,
     calibration: str | None,
     **fields,
 ) -> None:
-    """Compare every engine of ENGINES with the torch port of MODEL in fp32 (Polygraphy)."""
-    from svd_trt.engines.accuracy import DEFAULT_IMAGE, CheckOptions, check_engines
-    from svd_trt.engines.report import write_report
+    """Compare every engine of ENGINES with the torch port of MODEL in fp32 (Polygraphy).
 
+    Generation options default to the family's check defaults (seed 0, 3 steps); --end-to-end's
+    inputs default to the family's (a shipped photograph, a fixed prompt)."""
+    from svd_trt.engines.accuracy import CheckOptions, check_engines
+    from svd_trt.engines.report import write_report
+    from svd_trt.family import family_named
+    from svd_trt.manifest import load_manifest
+
+    family = family_named(load_manifest(engine_dir).family)
     options = CheckOptions(
         engine_dir=Path(engine_dir),
         snapshot=Path(snapshot),
-        generation=pop_generation(fields),
-        image=Path(image or DEFAULT_IMAGE),
+        generation=pop_generation(fields, family, family.check_defaults),
+        inputs=pop_inputs(fields, family, required=False),
         calibration=Path(calibration) if calibration else None,
         **fields,
     )

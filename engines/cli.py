@@ -14,13 +14,9 @@ from pathlib import Path
 import click
 
 from svd_trt.cli import EXIT_FAILED, fail, one_line_errors
-from svd_trt.spec import (
-    DEFAULT_HEIGHT,
-    DEFAULT_WIDTH,
-    ENGINE_BACKENDS,
-    FLOAT_PRECISIONS,
-    QUANTIZED_PRECISIONS,
-)
+from svd_trt.family import all_families, family_named
+from svd_trt.options import flag
+from svd_trt.spec import ENGINE_BACKENDS, FLOAT_PRECISIONS, QUANTIZED_PRECISIONS
 
 log = logging.getLogger("svd_trt")
 
@@ -34,7 +30,8 @@ def _parse_precisions(items: tuple[str, ...]) -> dict[str, str]:
         name, sep, precision = item.partition("=")
         if not sep or precision not in PRECISIONS:
             raise click.BadParameter(
-                f"{item!r}: expected COMPONENT=fp32|fp16 (unet also int8|fp8)", param_hint="--precision"
+                f"{item!r}: expected COMPONENT=fp32|fp16 (int8|fp8 where the family quantizes it)",
+                param_hint="--precision",
             )
         out[name] = precision
     return out
@@ -43,7 +40,7 @@ def _parse_precisions(items: tuple[str, ...]) -> dict[str, str]:
 @click.group()
 @click.option("-v", "--verbose", is_flag=True, help="Log at INFO level.")
 def main(verbose: bool) -> None:
-    """svd-export: Stable Video Diffusion checkpoints to ONNX Runtime / TensorRT engines."""
+    """svd-export: video diffusion checkpoints (SVD, LTX-Video) to ONNX Runtime / TensorRT engines."""
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s"
     )
@@ -51,23 +48,33 @@ def main(verbose: bool) -> None:
 
 @main.command("make-checkpoint")
 @click.option(
-    "--size", type=click.Choice(["tiny", "small", "full", "full-14"]), default="small", show_default=True
+    "--family",
+    type=click.Choice([f.name for f in all_families()]),
+    default=all_families()[0].name,
+    show_default=True,
+    help="Which model family's snapshot to write.",
+)
+@click.option(
+    "--size",
+    type=click.Choice(sorted({p for f in all_families() for p in f.presets})),
+    default="small",
+    show_default=True,
+    help="; ".join(f"{f.name}: {', '.join(f.presets)}" for f in all_families()),
 )
 @click.option("--out", required=True, type=click.Path(), help="Snapshot directory to write.")
 @click.option("--variant", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True)
-@click.option("--num-frames", type=int, default=None, help="The UNet's default frame count.")
+@click.option("--num-frames", type=int, default=None, help="The denoiser's default frame count (where it has one).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @one_line_errors
-def make_checkpoint(size: str, out: str, variant: str, num_frames: int | None, seed: int) -> None:
-    """Write a random-weight SVD snapshot (Hugging Face layout) of a named size."""
-    from svd_trt.families.svd.config import preset
-    from svd_trt.families.svd.port.random_checkpoint import write_random_checkpoint
-
+def make_checkpoint(family: str, size: str, out: str, variant: str, num_frames: int | None, seed: int) -> None:
+    """Write a random-weight snapshot (Hugging Face layout) of a named size."""
+    chosen = family_named(family)
+    if size not in chosen.presets:
+        fail(f"--size {size}: {chosen.title} has {', '.join(chosen.presets)}")
+    extra = {"num_frames": num_frames} if num_frames is not None else {}
     start = time.perf_counter()
-    path = write_random_checkpoint(
-        out, preset(size, num_frames), None if variant == "fp32" else variant, seed
-    )
-    click.echo(f"wrote {size} random checkpoint to {path} in {time.perf_counter() - start:.1f} s")
+    path = chosen.write_random_checkpoint(out, size, None if variant == "fp32" else variant, seed, **extra)
+    click.echo(f"wrote {size} random {chosen.title} checkpoint to {path} in {time.perf_counter() - start:.1f} s")
 
 
 class _Progress:
@@ -113,7 +120,7 @@ VARIANT = click.option(
 
 @main.command("export-onnx")
 @click.option(
-    "--model", "snapshot", required=True, type=click.Path(), help="diffusers SVD snapshot directory."
+    "--model", "snapshot", required=True, type=click.Path(), help="diffusers snapshot directory (SVD, LTX-Video)."
 )
 @click.option("--out", required=True, type=click.Path(), help="ONNX directory to write.")
 @click.option(
@@ -172,14 +179,28 @@ def export_onnx_command(
 
 
 def _range(text: str | None, option: str) -> tuple[int, int] | None:
-    from svd_trt.engines.profiles import parse_range
+    from svd_trt.limits import parse_range
 
     return parse_range(text, option) if text is not None else None
 
 
+def served_size_options(command):
+    """--num-frames, --height, ... : every family's limit names (the sizes an engine directory serves)."""
+    names = list(dict.fromkeys(n for f in all_families() for n in f.limit_names))
+    for name in reversed(names):
+        command = click.option(
+            flag(name),
+            name,
+            default=None,
+            help=f"{name.replace('_', ' ').capitalize()} the engines serve, N or MIN:MAX. "
+            "[default: TensorRT the model's default; ONNX Runtime any]",
+        )(command)
+    return command
+
+
 @main.command("build-engines")
 @click.option(
-    "--model", "snapshot", required=True, type=click.Path(), help="diffusers SVD snapshot directory."
+    "--model", "snapshot", required=True, type=click.Path(), help="diffusers snapshot directory (SVD, LTX-Video)."
 )
 @click.option("--out", required=True, type=click.Path(), help="Engine directory to write.")
 @click.option(
@@ -192,7 +213,7 @@ def _range(text: str | None, option: str) -> tuple[int, int] | None:
     "--unet-precision",
     type=click.Choice(PRECISIONS),
     default=None,
-    help="The UNet's precision (same as --precision unet=...); int8 / fp8 need --calibration. "
+    help="A UNet's precision (same as --precision unet=...); int8 / fp8 need --calibration. "
     "[default: the spec's for the backend: fp32 for onnxruntime, fp16 for tensorrt]",
 )
 @click.option(
@@ -202,27 +223,7 @@ def _range(text: str | None, option: str) -> tuple[int, int] | None:
     help="int8 / fp8 UNet: calibration directory from `svd-export calibrate`.",
 )
 @VARIANT
-@click.option(
-    "--num-frames",
-    default=None,
-    help="Frames the engines serve, N or MIN:MAX. [default: TensorRT the model's count; ONNX Runtime any]",
-)
-@click.option(
-    "--height",
-    default=None,
-    help=f"Pixel heights served, N or MIN:MAX. [default: TensorRT {DEFAULT_HEIGHT}; ONNX Runtime any]",
-)
-@click.option(
-    "--width",
-    default=None,
-    help=f"Pixel widths served, N or MIN:MAX. [default: TensorRT {DEFAULT_WIDTH}; ONNX Runtime any]",
-)
-@click.option(
-    "--decode-chunk-size",
-    type=int,
-    default=None,
-    help="Largest decode chunk served. [default: the largest frame count]",
-)
+@served_size_options
 @click.option(
     "--timing-cache",
     type=click.Path(dir_okay=False),
@@ -239,25 +240,19 @@ def build_engines(
     unet_precision: str | None,
     calibration: str | None,
     variant: str | None,
-    num_frames: str | None,
-    height: str | None,
-    width: str | None,
-    decode_chunk_size: int | None,
     timing_cache: str | None,
     force: bool,
+    **sizes: str | None,
 ):
     """Export every component of MODEL and build the engines into OUT."""
     from svd_trt.engines.build import BuildOptions, build_engines
-    from svd_trt.engines.profiles import ProfileRequest
 
     if backend != "tensorrt" and timing_cache is not None:
         fail("--timing-cache applies to --backend tensorrt only")
     parsed = _parse_precisions(precisions)
     if unet_precision:
         parsed["unet"] = unet_precision
-    request = ProfileRequest(
-        _range(num_frames, "--num-frames"), _range(height, "--height"), _range(width, "--width"), decode_chunk_size
-    )
+    request = {name: _range(value, flag(name)) for name, value in sizes.items() if value is not None}
     options = BuildOptions(
         backend,
         request,

@@ -23,15 +23,14 @@ from svd_trt.engines.build import (
     component_precisions,
     tensorrt_quantize_step,
 )
-from svd_trt.engines.profiles import Profile, component_profiles, served_limits
+from svd_trt.engines.profiles import Profile, component_profiles
 from svd_trt.engines.trt_cache import default_timing_cache, engine_key, previous_engines, reusable
-from svd_trt.export.checkpoint import read_config
 from svd_trt.export.onnx_export import build_onnx_dir
+from svd_trt.family import family_of_snapshot
 from svd_trt.manifest import ComponentEntry, Manifest
 from svd_trt.output_dir import carry, writing
 from svd_trt.runtime.trt_runner import Platform, current_platform
-from svd_trt.spec import FP8_MIN_CAPABILITY, FP8_NEEDS, ComponentSpec, component_specs
-from svd_trt.spec import QUANTIZED_PRECISIONS as QUANTIZED
+from svd_trt.spec import FP8_MIN_CAPABILITY, FP8_NEEDS, ComponentSpec
 
 log = logging.getLogger(__name__)
 
@@ -109,27 +108,28 @@ def build_tensorrt_dir(
 ) -> Manifest:
     """Export ONNX (GPU precisions), build or reuse one engine per component, write OUT atomically."""
     snapshot, out, options = Path(snapshot), Path(out), options or BuildOptions("tensorrt")
-    options.check()
-    cfg = read_config(snapshot)
-    specs = component_specs(cfg)
-    limits = served_limits(cfg, options.request, bounded=True)  # range errors before any slow work
-    profiles = component_profiles(cfg, limits)
-    precisions = component_precisions(specs, options.precisions, "tensorrt")
-    quantized = precisions["unet"] in QUANTIZED
+    family = family_of_snapshot(snapshot)
+    options.check(family)
+    cfg = family.read_config(snapshot)
+    specs = family.component_specs(cfg)
+    limits = family.served_limits(cfg, options.request, bounded=True)  # range errors before any slow work
+    profiles = component_profiles(family, cfg, limits)
+    precisions = component_precisions(specs, options.precisions, "tensorrt", family.quantizable)
+    quantized = options.quantized
     platform = current_platform()  # TrtError without TensorRT or a GPU
-    if precisions["unet"] == "fp8" and _capability(platform) < FP8_MIN_CAPABILITY:
+    if quantized == "fp8" and _capability(platform) < FP8_MIN_CAPABILITY:
         raise BuildError(f"fp8 needs {FP8_NEEDS}; {platform.gpu} is {platform.compute_capability}")
     onnx_dir = options.onnx_dir or onnx_dir_for(out)
     finish, protect = (None, ())
     if quantized:
         finish, protect = tensorrt_quantize_step(
-            cfg, snapshot, options.calibration, precisions["unet"], options.variant, on_component
+            cfg, snapshot, options.calibration, quantized, options.variant, on_component
         )
     onnx = build_onnx_dir(
         snapshot,
         onnx_dir,
         "tensorrt",
-        {**precisions, "unet": "fp32"} if quantized else precisions,  # Q/DQ go into the fp32 graph
+        {**precisions, family.quantizable: "fp32"} if quantized else precisions,  # Q/DQ go into the fp32 graph
         variant=options.variant,
         on_component=_tagged(on_component),
         force=options.force,
@@ -142,7 +142,17 @@ def build_tensorrt_dir(
     with writing(out, protect=[snapshot, onnx_dir], force=options.force) as stage:
         ctx = _Context(out, stage, previous_engines(out), platform, timing_cache)
         entries = _build_all(ctx, specs, onnx_dir, onnx.components, profiles, on_component)
-        manifest = Manifest("tensorrt", cfg, entries, source=str(snapshot.resolve()), limits=limits)
+        for asset in onnx.assets:  # what the runtime reads besides the engines (a tokenizer)
+            carry(onnx_dir, [asset], stage)
+        manifest = Manifest(
+            "tensorrt",
+            family.name,
+            cfg,
+            entries,
+            source=str(snapshot.resolve()),
+            limits=limits,
+            assets=dict(onnx.assets),
+        )
         manifest.save(stage)
     return manifest
 

@@ -1,4 +1,4 @@
-"""Export the port's four components to ONNX with dynamic axes, into a self-contained directory.
+"""Export a family's port components to ONNX with dynamic axes, into a self-contained directory.
 
 Graph choices (why): the legacy TorchScript exporter at opset 17, because it takes
 `dynamic_axes` directly and writes nn.GroupNorm as Reshape -> InstanceNormalization
@@ -10,7 +10,7 @@ runs on the path.
 
 A component is reused from the directory being replaced when its key matches: the snapshot's
 weights, precision, target (attention form), opset, torch and onnx versions, the spec's I/O, and
-EXPORT_VERSION, the version of this export code itself.
+EXPORT_VERSION (this shared export code) and the family's export_version (its port).
 """
 
 from __future__ import annotations
@@ -32,23 +32,23 @@ import torch
 from onnx import external_data_helper
 from torch import nn
 
-from svd_trt.export.checkpoint import COMPONENTS, component_module, find_weights, load_component, read_config
+from svd_trt.export.checkpoint import component_module
 from svd_trt.export.layers import onnx_attention
-from svd_trt.families.svd.config import SVDConfig
-from svd_trt.families.svd.euler import check_scheduler
+from svd_trt.family import Family, family_of_snapshot
 from svd_trt.manifest import (
-    FLOAT_UNET,
     ComponentEntry,
     Manifest,
     ManifestError,
     cache_key,
     data_file,
     entry_problems,
+    file_record,
     files_digest,
     load_manifest,
+    spec_name,
 )
 from svd_trt.output_dir import carry, kill_point, writing
-from svd_trt.spec import ComponentSpec, Span, component_specs
+from svd_trt.spec import ComponentSpec, Span
 
 log = logging.getLogger(__name__)
 
@@ -59,16 +59,9 @@ ONNX_PROTO_LIMIT = 2**31 - 1
 # from them. tests/export/test_export_version.py fails when EXPORT_SOURCES change without a bump.
 # 1: the first versioned export (fp32 islands, standard or contrib attention, target in the key).
 EXPORT_VERSION = 1
-# The modules whose code decides the graphs (the port, its loader and this exporter), relative to
-# the source tree's root: the pinned fingerprint covers them.
-EXPORT_SOURCES = (
-    "export/onnx_export.py",
-    "families/svd/port/layers.py",
-    "families/svd/port/unet.py",
-    "families/svd/port/vae.py",
-    "families/svd/port/clip.py",
-    "export/checkpoint.py",
-)
+# The shared modules whose code decides the graphs, relative to the source tree's root; each
+# family's port_sources() (its port and loader) are versioned by its own export_version.
+EXPORT_SOURCES = ("export/onnx_export.py", "export/layers.py", "export/checkpoint.py")
 # A step run in the same stage after the export, before the manifest is written (quantization):
 # (stage, the directory being replaced, the exported manifest) -> the final manifest.
 Finish = Callable[[Path, Path, Manifest], Manifest]
@@ -98,18 +91,13 @@ def default_precisions(backend: str, specs: dict[str, ComponentSpec]) -> dict[st
     return {name: spec.precision_on(backend) for name, spec in specs.items()}
 
 
-def trace_sizes(cfg: SVDConfig) -> dict[str, int]:
-    """The shape the exporter traces at: B, F > 1 and h != w so no axis is taken for a constant."""
-    down = 2 ** (len(cfg.unet.block_out_channels) - 1)
-    h, w = 2 * down, 3 * down
-    s = cfg.vae.scale_factor
-    return {"B": 2, "F": 3, "h": h, "w": w, "H": h * s, "W": w * s}
-
-
-def component_key(weights_hash: str, spec: ComponentSpec, precision: str, opts: ExportOptions) -> str:
+def component_key(
+    family: Family, weights_hash: str, spec: ComponentSpec, precision: str, opts: ExportOptions
+) -> str:
     """What an exported graph depends on; a graph whose key differs is exported again."""
     io = ComponentEntry.describe(spec, spec.onnx_file, precision, "")
     payload = {
+        "family": [family.name, family.export_version],
         "weights": weights_hash,
         "component": spec.name,
         "precision": precision,
@@ -224,10 +212,9 @@ def _reusable(out: Path) -> dict[str, ComponentEntry]:
         components = dict(load_manifest(out, check_sizes=False).components)
     except ManifestError:
         return {}
-    # A quantized directory keeps its float UNet beside the quantized one.
-    if FLOAT_UNET in components:
-        components["unet"] = components.pop(FLOAT_UNET)
-    return components
+    # A quantized directory keeps its float component beside the quantized one (`<name>_float`).
+    floats = {spec_name(n): e for n, e in components.items() if spec_name(n) != n}
+    return {**components, **floats}
 
 
 def build_onnx_dir(
@@ -255,15 +242,23 @@ def build_onnx_dir(
     none = any size.
     """
     snapshot, out = Path(snapshot), Path(out)
-    cfg = read_config(snapshot)
-    check_scheduler(cfg.scheduler)  # a snapshot the runtime cannot sample is refused before any export
-    specs = component_specs(cfg)
+    family = family_of_snapshot(snapshot)
+    cfg = family.read_config(snapshot)  # a snapshot the runtime cannot run is refused before any export
+    specs = family.component_specs(cfg)
     opts = ExportOptions({**default_precisions(target, specs), **(precisions or {})}, variant=variant, target=target)
     with writing(out, protect=[snapshot, *protect], force=force) as stage:
         old = _reusable(out)
-        entries = _export_all(snapshot, cfg, specs, opts, out, old, stage, on_component)
+        entries = _export_all(family, snapshot, cfg, specs, opts, out, old, stage, on_component)
+        assets = {name: file_record(stage / name) for name in family.write_assets(snapshot, stage)}
         manifest = Manifest(
-            "onnxruntime", cfg, entries, source=str(snapshot.resolve()), limits=limits or {}, target=target
+            "onnxruntime",
+            family.name,
+            cfg,
+            entries,
+            source=str(snapshot.resolve()),
+            limits=limits or {},
+            target=target,
+            assets=assets,
         )
         if finish is not None:
             manifest = finish(stage, out, manifest)
@@ -271,26 +266,24 @@ def build_onnx_dir(
     return manifest
 
 
-def _export_all(snapshot, cfg, specs, opts, out, old, stage, on_component) -> dict[str, ComponentEntry]:
-    hashes = {
-        folder: files_digest(find_weights(snapshot / folder, comp.weights_stem, opts.variant))
-        for folder, comp in COMPONENTS.items()
-    }
+def _export_all(family, snapshot, cfg, specs, opts, out, old, stage, on_component) -> dict[str, ComponentEntry]:
+    sources = dict.fromkeys(spec.source for spec in specs.values())
+    hashes = {source: files_digest(family.weight_files(snapshot, source, opts.variant)) for source in sources}
     entries = {}
     loaded: dict[tuple[str, str], nn.Module] = {}
     last_user = {spec.source: n for n, spec in specs.items()}  # free each checkpoint after its last use
     for name, spec in specs.items():
         precision = opts.precision(name)
-        key = component_key(hashes[spec.source], spec, precision, opts)
+        key = component_key(family, hashes[spec.source], spec, precision, opts)
         start = time.perf_counter()
         if name in old and old[name].key == key and not entry_problems(out, name, old[name], full=True):
             carry(out, old[name].file_names(out), stage)
             entries[name] = old[name]
             status = "reused"
         else:
-            module = _module_for(snapshot, cfg, spec, precision, opts.variant, loaded)
+            module = _module_for(family, snapshot, cfg, spec, precision, opts.variant, loaded)
             with onnx_attention(opts.attention):
-                export_onnx(module, spec, stage / spec.onnx_file, precision, trace_sizes(cfg), opts.opset)
+                export_onnx(module, spec, stage / spec.onnx_file, precision, family.trace_sizes(cfg), opts.opset)
             entries[name] = ComponentEntry.describe(spec, spec.onnx_file, precision, key).recorded(stage)
             status = "exported"
         if last_user[spec.source] == name:
@@ -308,15 +301,16 @@ def export_component(
 ) -> Path:
     """One component of `snapshot` as build_onnx_dir exports it for `target` at `precision`, to `path`."""
     snapshot = Path(snapshot)
-    cfg = read_config(snapshot)
-    spec = component_specs(cfg)[name]
-    module = _module_for(snapshot, cfg, spec, precision, variant, {})
+    family = family_of_snapshot(snapshot)
+    cfg = family.read_config(snapshot)
+    spec = family.component_specs(cfg)[name]
+    module = _module_for(family, snapshot, cfg, spec, precision, variant, {})
     with onnx_attention(ExportOptions(target=target).attention):
-        return export_onnx(module, spec, path, precision, trace_sizes(cfg))
+        return export_onnx(module, spec, path, precision, family.trace_sizes(cfg))
 
 
-def _module_for(snapshot, cfg, spec: ComponentSpec, precision, variant, loaded) -> nn.Module:
+def _module_for(family, snapshot, cfg, spec: ComponentSpec, precision, variant, loaded) -> nn.Module:
     dtype = torch.float16 if precision == "fp16" else torch.float32
     if (spec.source, precision) not in loaded:
-        loaded[(spec.source, precision)] = load_component(snapshot, spec.source, cfg, dtype=dtype, variant=variant)
+        loaded[(spec.source, precision)] = family.load_component(snapshot, spec.source, cfg, dtype, variant)
     return component_module(loaded[(spec.source, precision)], spec)

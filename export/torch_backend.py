@@ -36,18 +36,15 @@ import logging
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from svd_trt.export.checkpoint import component_module, load_component, read_config
-from svd_trt.export.layers import attention
-from svd_trt.families.svd.config import SVDConfig
-from svd_trt.families.svd.port.layers import Attention, ImageSelfAttention
+from svd_trt.export.checkpoint import component_module
+from svd_trt.family import Family, family_named, family_of_snapshot
 from svd_trt.manifest import ManifestError, load_manifest
-from svd_trt.spec import component_specs
 
 log = logging.getLogger(__name__)
 
@@ -119,15 +116,18 @@ class TorchRunner:
 def torch_runner(
     snapshot: str | Path,
     name: str,
-    cfg: SVDConfig | None = None,
+    cfg: Any = None,
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
-    vae: nn.Module | None = None,
+    loaded: nn.Module | None = None,
+    family: Family | None = None,
 ) -> TorchRunner:
-    """The port runner of one component; pass `vae` to share one loaded VAE between its halves."""
-    cfg = cfg or read_config(snapshot)
-    spec = component_specs(cfg)[name]
-    source = vae if spec.source == "vae" and vae is not None else load_component(snapshot, spec.source, cfg, dtype)
+    """The port runner of one component; pass `loaded` to share one loaded port module between the
+    components it serves (a VAE's encoder and decoder halves)."""
+    family = family or family_of_snapshot(snapshot)
+    cfg = cfg or family.read_config(snapshot)
+    spec = family.component_specs(cfg)[name]
+    source = loaded if loaded is not None else family.load_component(snapshot, spec.source, cfg, dtype)
     module = component_module(source, spec).to(device).eval()
     fixed = {t.name: getattr(torch, t.fixed_dtype) for t in spec.inputs if t.fixed_dtype}
     return TorchRunner(module, spec.input_names, spec.output_names, device, dtype, fixed, name=name)
@@ -135,73 +135,24 @@ def torch_runner(
 
 def torch_runners(
     snapshot: str | Path,
-    cfg: SVDConfig | None = None,
+    cfg: Any = None,
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
+    family: Family | None = None,
 ) -> dict[str, TorchRunner]:
-    """The four component runners of the port, the VAE loaded once for both halves."""
-    cfg = cfg or read_config(snapshot)
-    vae = load_component(snapshot, "vae", cfg, dtype)
-    return {name: torch_runner(snapshot, name, cfg, device, dtype, vae=vae) for name in component_specs(cfg)}
+    """Every component runner of the port, each snapshot folder loaded once (a VAE for both halves)."""
+    family = family or family_of_snapshot(snapshot)
+    cfg = cfg or family.read_config(snapshot)
+    specs = family.component_specs(cfg)
+    loaded = {source: family.load_component(snapshot, source, cfg, dtype) for source in {s.source for s in specs.values()}}
+    return {
+        name: torch_runner(snapshot, name, cfg, device, dtype, loaded[spec.source], family)
+        for name, spec in specs.items()
+    }
 
 
 class TorchBackendError(ManifestError):
     """The torch backend cannot run this engine directory here: one line."""
-
-
-class FastAttention(Attention):
-    """Self-attention with one fused QKV GEMM (same keys, same math); cross-attention as the port's."""
-
-    def fuse(self) -> None:
-        """One [3*inner, C] weight for q, k, v (self-attention: all three read x). Call after loading.
-
-        to_q, to_k and to_v become views of it, so the fused copy costs no memory.
-        """
-        linears = (self.to_q, self.to_k, self.to_v)
-        rows = [lin.weight.shape[0] for lin in linears]
-        with torch.no_grad():
-            weight = torch.cat([lin.weight for lin in linears])
-            bias = torch.cat([lin.bias for lin in linears]) if self.to_q.bias is not None else None
-        for lin, w in zip(linears, weight.split(rows)):
-            lin.weight = nn.Parameter(w, requires_grad=False)
-        if bias is not None:
-            for lin, b in zip(linears, bias.split(rows)):
-                lin.bias = nn.Parameter(b, requires_grad=False)
-        self.register_buffer("qkv_weight", weight, persistent=False)
-        self.register_buffer("qkv_bias", bias, persistent=False)
-
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
-        """x [N, L, C], context [N, S, D] -> [N, L, C]."""
-        if context is not None or getattr(self, "qkv_weight", None) is None:
-            return Attention.forward(self, x, context)
-        q, k, v = F.linear(x, self.qkv_weight, self.qkv_bias).chunk(3, dim=-1)
-        return self.to_out[0](attention(q, k, v, self.heads))
-
-
-class FastImageSelfAttention(FastAttention, ImageSelfAttention):
-    """The VAE's mid-block attention with the fused QKV GEMM."""
-
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
-        """x [N, C, H, W] -> [N, C, H, W]."""
-        h = self.group_norm(x.flatten(2)).transpose(1, 2)
-        h = FastAttention.forward(self, h)
-        return x + h.transpose(1, 2).reshape(x.shape)
-
-
-def speed_up_attention(module: nn.Module) -> int:
-    """Swap every port Attention of `module` for its fast twin in place; returns how many."""
-    n = 0
-    for name, m in module.named_modules():
-        if type(m) is Attention:
-            m.__class__ = FastAttention
-        elif type(m) is ImageSelfAttention:
-            m.__class__ = FastImageSelfAttention
-        else:
-            continue
-        if name.endswith("attn1") or isinstance(m, ImageSelfAttention):  # the port's self-attentions
-            m.fuse()
-        n += 1
-    return n
 
 
 class CudaGraphRunner:
@@ -243,18 +194,19 @@ class CudaGraphRunner:
 
 def fast_runners(
     snapshot: str | Path,
-    cfg: SVDConfig | None = None,
+    cfg: Any = None,
     device: str = "cuda",
     cuda_graphs: bool = True,
     fast_attention: bool = True,
     dtypes: dict[str, torch.dtype] | None = None,
 ) -> dict[str, TorchRunner | CudaGraphRunner]:
-    """The four component runners of the port, set up for speed on `device`."""
-    cfg = cfg or read_config(snapshot)
-    specs = component_specs(cfg)
+    """Every component runner of the port, set up for speed on `device`."""
+    family = family_of_snapshot(snapshot)
+    cfg = cfg or family.read_config(snapshot)
+    specs = family.component_specs(cfg)
     dtypes = {**{name: cuda_dtype(spec) for name, spec in specs.items()}, **(dtypes or {})}
     return {
-        name: _fast(torch_runner(snapshot, name, cfg, device, dtypes[name]), fast_attention, cuda_graphs)
+        name: _fast(torch_runner(snapshot, name, cfg, device, dtypes[name], family=family), family, fast_attention, cuda_graphs)
         for name in specs
     }
 
@@ -264,29 +216,30 @@ def cuda_dtype(spec) -> torch.dtype:
     return torch.float16 if spec.precision_on("torch-cuda") == "fp16" else torch.float32
 
 
-def _fast(runner: TorchRunner, fast_attention: bool = True, cuda_graphs: bool = True):
+def _fast(runner: TorchRunner, family: Family, fast_attention: bool = True, cuda_graphs: bool = True):
     if fast_attention:
-        speed_up_attention(runner.module)
+        family.speed_up(runner.module)
     if runner.device.type != "cuda":
         return runner
     torch.backends.cudnn.benchmark = True  # fixed shapes per run: let cuDNN pick its fastest conv
-    # Graphs only for the UNet: called once per step at one shape. CLIP and the VAE run once
-    # (or per decode chunk, whose tail has its own shape) and are kernel-bound, not launch-bound.
-    return CudaGraphRunner(runner) if cuda_graphs and runner.name == "unet" else runner
+    # Graphs only for the denoiser: called once per step at one shape. The encoders and the VAE
+    # run once (or per decode chunk, whose tail has its own shape) and are kernel-bound.
+    return CudaGraphRunner(runner) if cuda_graphs and runner.name == family.denoiser else runner
 
 
-# One VAE per (snapshot, dtype, device) while a runner holds it: the encoder and decoder halves
-# are opened one by one through the runtime's per-component interface, yet load it once.
-_VAES: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+# One port module per (snapshot, folder, dtype, device) while a runner holds it: a VAE's encoder
+# and decoder halves are opened one by one through the runtime's per-component interface, yet
+# load it once.
+_SHARED: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 
 
-def _vae(snapshot: str, cfg: SVDConfig, dtype: torch.dtype, device: torch.device) -> nn.Module:
-    key = (snapshot, dtype, str(device))
-    vae = _VAES.get(key)
-    if vae is None:
-        vae = load_component(snapshot, "vae", cfg, dtype).to(device)
-        _VAES[key] = vae
-    return vae
+def _shared(family: Family, snapshot: str, source: str, cfg: Any, dtype: torch.dtype, device: torch.device):
+    key = (snapshot, source, dtype, str(device))
+    module = _SHARED.get(key)
+    if module is None:
+        module = family.load_component(snapshot, source, cfg, dtype).to(device)
+        _SHARED[key] = module
+    return module
 
 
 def _device(device: str | None) -> torch.device:
@@ -317,15 +270,17 @@ def open_torch_runner(
     if not str(source) or not (source / "model_index.json").is_file():
         raise TorchBackendError(
             f"{engine_dir}: the snapshot it was exported from ({str(source)!r}) is gone; "
-            "pass snapshot=PATH to SVDPipeline.from_engine_dir, or re-export"
+            "pass snapshot=PATH to the pipeline's from_engine_dir, or re-export"
         )
-    if snapshot is not None and read_config(source) != manifest.model:
+    family = family_named(manifest.family)
+    if snapshot is not None and family.read_config(source) != manifest.model:
         raise TorchBackendError(f"{source}: not the model {engine_dir} was built from (configs differ)")
     dev = _device(device)
     fast = dev.type == "cuda" if fast is None else fast
     spec = manifest.specs()[name]
     dtype = cuda_dtype(spec) if fast and dev.type == "cuda" else torch.float32
-    vae = _vae(str(source), manifest.model, dtype, dev) if spec.source == "vae" else None
-    runner = torch_runner(source, name, manifest.model, dev, dtype, vae=vae)
+    shared = sum(s.source == spec.source for s in manifest.specs().values()) > 1
+    loaded = _shared(family, str(source), spec.source, manifest.model, dtype, dev) if shared else None
+    runner = torch_runner(source, name, manifest.model, dev, dtype, loaded, family)
     log.info("torch backend: %s from %s on %s in %s%s", name, source, dev, dtype, " (fast)" if fast else "")
-    return _fast(runner, cuda_graphs=cuda_graphs) if fast else runner
+    return _fast(runner, family, cuda_graphs=cuda_graphs) if fast else runner

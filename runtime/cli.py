@@ -11,7 +11,15 @@ import logging
 
 import click
 
-from svd_trt.cli import generation_options, one_line_errors, pop_generation
+from svd_trt.cli import (
+    draw_options,
+    generation_options,
+    input_options,
+    one_line_errors,
+    pop_draws,
+    pop_generation,
+    pop_inputs,
+)
 from svd_trt.runtime.devices import DEVICES
 from svd_trt.runtime.runners import BACKENDS
 
@@ -21,7 +29,7 @@ log = logging.getLogger("svd_trt")
 @click.group()
 @click.option("-v", "--verbose", is_flag=True, help="Log at INFO level.")
 def main(verbose: bool) -> None:
-    """svd-trt: run Stable Video Diffusion engines."""
+    """svd-trt: run video diffusion engines (SVD, LTX-Video)."""
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s"
     )
@@ -29,7 +37,7 @@ def main(verbose: bool) -> None:
 
 @main.command()
 @click.option("--engines", "engine_dir", required=True, type=click.Path(), help="Engine directory.")
-@click.option("--image", required=True, type=click.Path(), help="Conditioning image.")
+@input_options
 @click.option("--out", required=True, type=click.Path(), help=".mp4, .gif, .npy or a directory of PNGs.")
 @generation_options()
 @click.option(
@@ -47,29 +55,25 @@ def main(verbose: bool) -> None:
     "if torch sees one). onnxruntime cuda needs onnxruntime-gpu; its providers are checked, never a "
     "silent CPU run.",
 )
-@click.option(
-    "--latents", "latents_path", type=click.Path(), default=None, help="Initial noise [1,F,C,h,w] .npy."
-)
-@click.option(
-    "--image-noise", "noise_path", type=click.Path(), default=None, help="Noise-aug draw [1,3,H,W] .npy."
-)
-@click.option("--output-fps", type=float, default=None, help="Frame rate of the file; default --fps.")
+@draw_options
+@click.option("--output-fps", type=float, default=None, help="Frame rate of the file; default the conditioning one.")
 @click.option("--contact-sheet", type=click.Path(), default=None, help="Also write a PNG grid of the frames.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @one_line_errors
-def infer(
-    engine_dir, image, out, latents_path, noise_path, output_fps, contact_sheet, backend, device, progress, **kw
-):
-    """Render a video from IMAGE with the engines in ENGINES."""
+def infer(engine_dir, out, output_fps, contact_sheet, backend, device, progress, **kw):
+    """Render a video with the engines in ENGINES: from --image (SVD), from --prompt (LTX-Video, with
+    --image for image to video). Options the engines' family does not take are refused."""
+    from svd_trt.family import family_named
+    from svd_trt.manifest import load_manifest
     from svd_trt.runtime.infer import infer_to_file
 
+    family = family_named(load_manifest(engine_dir).family)
     result = infer_to_file(
         engine_dir=engine_dir,
-        image=image,
         out=out,
-        options=pop_generation(kw),
-        latents=latents_path,
-        image_noise=noise_path,
+        inputs=pop_inputs(kw, family),
+        options=pop_generation(kw, family),
+        draws=pop_draws(kw, family),
         output_fps=output_fps,
         contact_sheet=contact_sheet,
         backend=backend,

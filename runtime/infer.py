@@ -1,22 +1,25 @@
-"""Engine directory + image file -> video file; the library function behind `svd-trt infer`."""
+"""Engine directory + inputs (an image, a prompt) -> video file; the library function behind `svd-trt infer`."""
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from svd_trt.errors import UserError
-from svd_trt.families.svd.pipeline import SVDPipeline, Timings, VideoOutput, check_finite_input
+from svd_trt.family import VideoOutput, family_named
 from svd_trt.manifest import load_manifest
 from svd_trt.memory import plan_for
-from svd_trt.options import GenerationOptions, request_shape, resolve
 from svd_trt.runtime.devices import check_device
-from svd_trt.runtime.image_preprocess import load_image
+from svd_trt.runtime.engine_pipeline import open_pipeline
+from svd_trt.runtime.inputs import input_paths, load_inputs
 from svd_trt.runtime.outputs import Outputs, check_outputs, describe, write_failure
+from svd_trt.runtime.timings import Timings
 from svd_trt.runtime.video import contact_sheet as write_contact_sheet
 from svd_trt.runtime.video import save_frames
 
@@ -39,11 +42,10 @@ class InferResult:
 
 def infer_to_file(
     engine_dir: str | Path,
-    image: str | Path,
     out: str | Path,
-    options: GenerationOptions | None = None,
-    latents: ArrayInput = None,
-    image_noise: ArrayInput = None,
+    inputs: Mapping[str, Any],
+    options: Any = None,
+    draws: Mapping[str, ArrayInput] | None = None,
     output_fps: float | None = None,
     contact_sheet: str | Path | None = None,
     backend: str | None = None,
@@ -52,33 +54,35 @@ def infer_to_file(
 ) -> InferResult:
     """Run one generation and write `out` (and the contact sheet); only complete files are left.
 
-    Everything that can be checked is checked before any component runs: the output paths
-    (form, no input overwritten, writable, encodable: runtime/outputs.py), the options against
-    the model, the sizes the engines serve and the memory available (svd_trt/options.py), the
-    arrays and the image. What can only fail while writing (a full disk) is one line too.
-    `device`: cpu, cuda or cuda:N (default: the backend's own); refused before anything else
-    where the backend cannot run there (onnxruntime without its CUDA provider).
+    `inputs`: the family's conditioning inputs by name (an image's path, a prompt); `options`: the
+    family's generation options (None: its defaults); `draws`: random draws given as arrays or .npy
+    files, by name (svd_trt/family.py DrawSpec). Everything that can be checked is checked before
+    any component runs: the output paths (form, no input overwritten, writable, encodable:
+    runtime/outputs.py), the options against the model, the sizes the engines serve and the
+    memory available, the arrays and the image. What can only fail while writing (a full disk) is
+    one line too. `device`: cpu, cuda or cuda:N (default: the backend's own); refused before
+    anything else where the backend cannot run there (onnxruntime without its CUDA provider).
     """
     outputs = Outputs.of(out, contact_sheet)
     manifest = load_manifest(engine_dir)
+    family = family_named(manifest.family)
     backend = backend or manifest.backend
     if backend != "torch":  # the torch backend picks and checks its own device
         device = str(check_device(backend, device))
     memory = plan_for(engine_dir, manifest, backend, device or "cpu")
-    opts = resolve(options or GenerationOptions(), manifest.model, manifest.limits)
-    memory.check(manifest.model, request_shape(opts))
-    fps = output_fps if output_fps is not None else opts.fps
-    inputs = {"--image": Path(image), "--engines": Path(engine_dir)}
+    opts = family.resolve(options or family.options(), manifest.model, manifest.limits)
+    memory.check(manifest.model, opts)
+    fps = output_fps if output_fps is not None else family.output_fps(opts)
+    files = {"--engines": Path(engine_dir), **input_paths(family, inputs)}
     arrays = {}
-    for flag, given in (("--latents", latents), ("--image-noise", image_noise)):
+    for name, given in (draws or {}).items():
+        flag = "--" + name.replace("_", "-")
         if isinstance(given, (str, os.PathLike)):
-            inputs[flag] = Path(given)
-        arrays[flag] = _load_array(given, flag)
-    check_outputs(outputs, inputs, opts.num_frames, fps, opts.height, opts.width)
-    pil = load_image(image)
-    result = _render(
-        engine_dir, backend, device, pil, opts, arrays["--latents"], arrays["--image-noise"], progress
-    )
+            files[flag] = Path(given)
+        arrays[name] = _load_array(given, flag)
+    check_outputs(outputs, files, opts.num_frames, fps, opts.height, opts.width)
+    loaded = load_inputs(family, inputs)
+    result = _render(engine_dir, backend, device, loaded, opts, arrays, progress)
     return _write(result, outputs, fps)
 
 
@@ -94,19 +98,19 @@ def _load_array(given: ArrayInput, flag: str) -> np.ndarray | None:
         raise InferError(f"{flag} {given}: no such file") from None
     except (OSError, ValueError) as e:
         raise InferError(f"{flag} {given}: cannot read it as .npy ({describe(e)})") from None
-    check_finite_input(array, f"{flag} {given}")
     return array
 
 
-def _render(engine_dir, backend, device, pil, opts, latents, image_noise, progress) -> VideoOutput:
+def _render(engine_dir, backend, device, inputs, opts, draws, progress) -> VideoOutput:
     """Open the engines, run, and close them: their memory is freed before the frames are written.
 
     A backend failing at run time is an EngineError naming the component (the pipeline's runner
     calls, svd_trt.errors.engine_failure): one line, exit 2, nothing written.
     """
     where = {"device": device} if device else {}
-    with SVDPipeline.from_engine_dir(engine_dir, backend=backend, **where) as pipe:
-        return _run(pipe, pil, opts, latents, image_noise, progress)
+    with open_pipeline(engine_dir, backend=backend, **where) as pipe:
+        drawn = pipe.draw(opts, inputs, draws)  # a given array of the wrong shape: one line
+        return _run(pipe, inputs, opts, drawn, progress)
 
 
 def _write(result: VideoOutput, outputs: Outputs, fps: float) -> InferResult:
@@ -122,9 +126,9 @@ def _write(result: VideoOutput, outputs: Outputs, fps: float) -> InferResult:
     return InferResult(written, sheet, result.timings)
 
 
-def _run(pipe, pil, opts, latents, image_noise, progress):
+def _run(pipe, inputs, opts, draws, progress):
     if not progress:
-        return pipe(pil, opts, latents=latents, image_noise=image_noise)
+        return pipe.generate(inputs, opts, draws)
     from tqdm import tqdm
 
     def advance(i: int, n: int) -> None:
@@ -132,4 +136,4 @@ def _run(pipe, pil, opts, latents, image_noise, progress):
         bar.update(1)
 
     with tqdm(total=opts.num_inference_steps, desc="denoising", unit="step") as bar:
-        return pipe(pil, opts, latents=latents, image_noise=image_noise, on_step=advance)
+        return pipe.generate(inputs, opts, draws, on_step=advance)

@@ -183,7 +183,7 @@ class OursContender:
             self.pipe = SVDPipeline(*_torch_parts(snapshot, case))
 
     def __call__(self, image, latents: np.ndarray, steps: int, noise: np.ndarray) -> tuple[np.ndarray, dict]:
-        from svd_trt.options import GenerationOptions
+        from svd_trt.families.svd.options import GenerationOptions
 
         c = self.case
         opts = GenerationOptions(
@@ -206,7 +206,7 @@ class OursContender:
 
 def _torch_parts(snapshot: Path, case: Case):
     """(manifest, runners) of the torch backend: the fast path on CUDA, the plain fp32 port on CPU."""
-    from svd_trt.export.checkpoint import read_config
+    from svd_trt.families.svd.port.checkpoint import read_config
     from svd_trt.manifest import Manifest
 
     cfg = read_config(snapshot)
@@ -218,7 +218,7 @@ def _torch_parts(snapshot: Path, case: Case):
         from svd_trt.export.torch_backend import torch_runners
 
         runners = torch_runners(snapshot, cfg)
-    return Manifest("torch", cfg, {}, source=str(snapshot)), runners
+    return Manifest("torch", "svd", cfg, {}, source=str(snapshot)), runners
 
 
 def run_child(args: argparse.Namespace) -> None:
@@ -296,7 +296,8 @@ def _decoder(contender: str, snapshot: Path, engines: Path | None, case: Case):
 
     dtype = torch.float16 if case.dtype == "fp16" else torch.float32
     if contender == "ours-torch":
-        from svd_trt.export.torch_backend import speed_up_attention, torch_runner
+        from svd_trt.export.torch_backend import torch_runner
+        from svd_trt.families.svd.port.fast_attention import speed_up_attention
 
         runner = torch_runner(snapshot, "vae_decoder", device=case.device, dtype=dtype)
         if case.device.startswith("cuda"):

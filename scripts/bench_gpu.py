@@ -39,7 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import flops  # noqa: E402  (the sibling script; scripts/ is not a package)
 
 from svd_trt.families.svd.config import SVDConfig, preset  # noqa: E402
-from svd_trt.spec import DEFAULT_HEIGHT, DEFAULT_WIDTH  # noqa: E402
+from svd_trt.families.svd.spec import DEFAULT_HEIGHT
+from svd_trt.spec import DEFAULT_WIDTH  # noqa: E402
 
 log = logging.getLogger("bench_gpu")
 SPEC_PEAK = 989e12  # H100 SXM dense fp16 tensor-core spec (no sparsity)
@@ -118,7 +119,8 @@ def unet_inputs(cfg: SVDConfig, frames: int, h: int, w: int, device, dtype) -> l
 def bench_unet(snapshot: Path, cfg: SVDConfig, args: argparse.Namespace, b: Bench, peak: float) -> list[dict]:
     from diffusers import UNetSpatioTemporalConditionModel
 
-    from svd_trt.export.torch_backend import CudaGraphRunner, speed_up_attention, strict_fp32, torch_runner
+    from svd_trt.export.torch_backend import CudaGraphRunner, strict_fp32, torch_runner
+    from svd_trt.families.svd.port.fast_attention import speed_up_attention
 
     dtype, s = DTYPES[args.dtype], cfg.vae.scale_factor
     inputs = {f: unet_inputs(cfg, f, args.height, args.width, b.device, dtype) for f in args.frames}
@@ -200,7 +202,8 @@ def bench_decode(snapshot: Path, cfg: SVDConfig, args: argparse.Namespace, b: Be
     """All max(frames) latents decoded chunk by chunk in --dtype: seconds and peak memory above the weights."""
     from diffusers import AutoencoderKLTemporalDecoder
 
-    from svd_trt.export.torch_backend import speed_up_attention, torch_runner
+    from svd_trt.export.torch_backend import torch_runner
+    from svd_trt.families.svd.port.fast_attention import speed_up_attention
 
     dtype, s, frames = DTYPES[args.dtype], cfg.vae.scale_factor, max(args.frames)
     g = torch.Generator().manual_seed(1)

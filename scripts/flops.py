@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 
 from svd_trt.families.svd.config import CLIPConfig, SVDConfig, UNetConfig, VAEConfig
-from svd_trt.spec import DEFAULT_HEIGHT, DEFAULT_WIDTH
+from svd_trt.families.svd.spec import DEFAULT_HEIGHT, DEFAULT_WIDTH
 
 VARIANTS = ("diffusers", "port")
 

@@ -17,12 +17,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from svd_trt.export.checkpoint import load_component, parameter_count
+from svd_trt.export.checkpoint import parameter_count
 from svd_trt.export.onnx_export import build_onnx_dir
 from svd_trt.families.svd.config import preset
+from svd_trt.families.svd.port.checkpoint import load_component
 from svd_trt.families.svd.port.random_checkpoint import write_random_checkpoint
+from svd_trt.families.svd.spec import component_specs
 from svd_trt.runtime.runners import OrtRunner
-from svd_trt.spec import component_specs
 
 
 def _timed(fn, *args, **kwargs):

@@ -27,7 +27,7 @@ import numpy as np
 
 from svd_trt.calibration.dataset import FORMAT_VERSION, INDEX_NAME
 from svd_trt.families.svd.config import SVDConfig, preset
-from svd_trt.spec import DEFAULT_HEIGHT, DEFAULT_WIDTH
+from svd_trt.families.svd.spec import DEFAULT_HEIGHT, DEFAULT_WIDTH
 
 log = logging.getLogger("modelopt_memory")
 

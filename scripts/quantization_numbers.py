@@ -30,9 +30,9 @@ from svd_trt.export.onnx_export import build_onnx_dir
 from svd_trt.families.svd.config import preset
 from svd_trt.families.svd.pipeline import GenerationOptions, SVDPipeline
 from svd_trt.families.svd.port.random_checkpoint import write_random_checkpoint
+from svd_trt.families.svd.spec import sizes_for
 from svd_trt.manifest import load_manifest
 from svd_trt.runtime.image_preprocess import load_image
-from svd_trt.spec import sizes_for
 
 log = logging.getLogger("quantization_numbers")
 

@@ -1,8 +1,9 @@
 """What every command shares: generation options declared once, and one error handler.
 
-`generation_options` turns GenerationOptions' fields (svd_trt/options.py: names, defaults, help)
-into click options, so `svd-trt infer`, `svd-export check` and `svd-export calibrate` spell them
-identically; a command may change a default (check: seed 0, 3 steps). `one_line_errors` is
+`generation_options` turns the families' generation fields (families/<name>/options.py: names,
+defaults, help) into click options, so `svd-trt infer`, `svd-export check` and `svd-export
+calibrate` spell them identically; the engine directory's family decides which apply and their
+defaults (`pop_generation`); a command may change a default (check: seed 0, 3 steps). `one_line_errors` is
 the handler of all of them: an expected failure (`UserError`, a backend's exception that
 svd_trt.errors.engine_failure recognizes, or a module of the [export] extra missing from a
 runtime-only install) prints `Error: <one line>` and exits 2, Ctrl-C exits 130 without a
@@ -11,16 +12,18 @@ traceback; a backend's traceback is logged (shown with -v).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import click
 
 from svd_trt.errors import UserError, engine_failure
-from svd_trt.options import FIELDS, GenerationOptions, flag
+from svd_trt.family import all_families
+from svd_trt.options import flag
 
 log = logging.getLogger(__name__)
 
@@ -79,32 +82,125 @@ def one_line_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def _click_type(name: str) -> type:
-    return float if FIELDS[name].type.startswith("float") else int
+def _union_fields(families: Sequence[Any]) -> dict[str, list[tuple[Any, dataclasses.Field]]]:
+    """Option name -> [(family, field)] over the families' options dataclasses, in declaration order."""
+    fields: dict[str, list[tuple[Any, dataclasses.Field]]] = {}
+    for family in families:
+        for f in dataclasses.fields(family.options):
+            fields.setdefault(f.name, []).append((family, f))
+    return fields
 
 
-def generation_options(*names: str, **defaults: Any) -> Callable[[Callable], Callable]:
-    """click options for these GenerationOptions fields (all when none named); `defaults` override."""
-    chosen = names or tuple(FIELDS)
+def _click_type(f: dataclasses.Field) -> type:
+    text = str(f.type)
+    return bool if text.startswith("bool") else float if text.startswith("float") else int
+
+
+def _default_text(owners: list[tuple[Any, dataclasses.Field]], defaults: dict[str, Any]) -> str:
+    """[default: 25] where the families agree, else [default: SVD 25, LTX-Video 50]."""
+    values = [(family, defaults.get(f.name, f.default)) for family, f in owners]
+    if all(v is None for _, v in values):
+        return ""
+    if len({repr(v) for _, v in values}) == 1:
+        return f" [default: {values[0][1]}]"
+    return " [default: " + ", ".join(f"{fam.title} {v}" for fam, v in values if v is not None) + "]"
+
+
+def generation_options(*names: str, families: Sequence[Any] | None = None, **defaults: Any) -> Callable:
+    """click options for the generation fields of `families` (default: every family; only `names`
+    when given). Each defaults to None, meaning the engines' family's own default (or `defaults`,
+    a command's own, such as check's seed 0); pop_generation builds that family's options."""
+    fields = _union_fields(families if families is not None else all_families())
+    chosen = names or tuple(fields)
 
     def decorate(command: Callable) -> Callable:
         for name in reversed(chosen):
-            f = FIELDS[name]
-            default = defaults.get(name, f.default)
+            owners = fields[name]
+            f = owners[0][1]
+            kind = _click_type(f)
+            spelling = f"{flag(name)}/--no-{flag(name)[2:]}" if kind is bool else flag(name)
+            only = "" if len(owners) == len(all_families()) else f" ({', '.join(fam.title for fam, _ in owners)})"
             command = click.option(
-                flag(name),
+                spelling,
                 *ALIASES.get(name, ()),
                 name,
-                type=_click_type(name),
-                default=default,
-                show_default=default is not None,
-                help=f.metadata["help"],
+                type=None if kind is bool else kind,
+                default=None,
+                help=f.metadata["help"] + only + _default_text(owners, defaults),
             )(command)
         return command
 
     return decorate
 
 
-def pop_generation(kwargs: dict[str, Any]) -> GenerationOptions:
-    """Take the generation fields out of a command's keyword arguments."""
-    return GenerationOptions(**{name: kwargs.pop(name) for name in list(kwargs) if name in FIELDS})
+def pop_generation(kwargs: dict[str, Any], family: Any, defaults: dict[str, Any] | None = None) -> Any:
+    """Take every generation field out of a command's keyword arguments and build `family`'s options:
+    the values given, then `defaults` (a command's own), then the family's. A given option the
+    family does not take is a UserError (one line)."""
+    names = set(_union_fields(all_families()))
+    given = {name: kwargs.pop(name) for name in list(kwargs) if name in names}
+    given = {name: value for name, value in given.items() if value is not None}
+    own = {f.name for f in dataclasses.fields(family.options)}
+    foreign = sorted(set(given) - own)
+    if foreign:
+        raise UserError(f"{flag(foreign[0])} does not apply to {family.title} engines")
+    values = {k: v for k, v in (defaults or {}).items() if k in own}
+    return family.options(**{**values, **given})
+
+
+def input_options(command: Callable) -> Callable:
+    """--image, --prompt, ...: every family's conditioning inputs (svd_trt/family.py InputSpec)."""
+    specs: dict[str, list[Any]] = {}
+    for family in all_families():
+        for spec in family.inputs:
+            specs.setdefault(spec.name, []).append((family, spec))
+    for name, owners in reversed(specs.items()):
+        spec = owners[0][1]
+        needs = ", ".join(f"{fam.title}: {'required' if s.required else 'optional'}" for fam, s in owners)
+        command = click.option(
+            flag(name),
+            name,
+            type=click.Path(dir_okay=False) if spec.kind == "image" else str,
+            default=None,
+            help=f"{spec.help} ({needs})",
+        )(command)
+    return command
+
+
+def pop_inputs(kwargs: dict[str, Any], family: Any, required: bool = True) -> dict[str, Any]:
+    """Take every conditioning input out of a command's keyword arguments: `family`'s given ones.
+    A required one missing (when `required`) or one the family does not take is a UserError."""
+    names = {spec.name for fam in all_families() for spec in fam.inputs}
+    given = {name: kwargs.pop(name) for name in list(kwargs) if name in names}
+    given = {name: value for name, value in given.items() if value is not None}
+    own = {spec.name: spec for spec in family.inputs}
+    foreign = sorted(set(given) - set(own))
+    if foreign:
+        raise UserError(f"{flag(foreign[0])} does not apply to {family.title} engines")
+    missing = [name for name, spec in own.items() if spec.required and name not in given]
+    if required and missing:
+        raise UserError(f"{family.title} engines need {flag(missing[0])}")
+    return given
+
+
+def draw_options(command: Callable) -> Callable:
+    """--latents, --image-noise, ...: every family's random draws a user may give as .npy files."""
+    specs: dict[str, list[Any]] = {}
+    for family in all_families():
+        for spec in family.draws:
+            specs.setdefault(spec.name, []).append((family, spec))
+    for name, owners in reversed(specs.items()):
+        helps = "; ".join(f"{fam.title}: {s.help}" for fam, s in owners)
+        command = click.option(flag(name), name, type=click.Path(dir_okay=False), default=None, help=helps)(command)
+    return command
+
+
+def pop_draws(kwargs: dict[str, Any], family: Any) -> dict[str, Any]:
+    """Take every draw option out of a command's keyword arguments: `family`'s given ones (files)."""
+    names = {spec.name for fam in all_families() for spec in fam.draws}
+    given = {name: kwargs.pop(name) for name in list(kwargs) if name in names}
+    given = {name: value for name, value in given.items() if value is not None}
+    foreign = sorted(set(given) - {spec.name for spec in family.draws})
+    if foreign:
+        raise UserError(f"{flag(foreign[0])} does not apply to {family.title} engines")
+    return given

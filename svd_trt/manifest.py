@@ -1,10 +1,11 @@
 """The engine directory's manifest: everything the runtime needs, nothing from the snapshot.
 
-`manifest.json` holds the model config (scheduler, VAE scaling factor, default frame
-count, latent channels, CLIP constants), the request sizes the directory serves (`limits`:
-frames, height, width, decode chunk; TensorRT profiles are built from them), and per
-component its file, precision, cache key and I/O (names, symbolic dims, dtypes). Written
-last by export and engine builds, so a directory without it is incomplete by definition.
+`manifest.json` holds the model family and its config (everything the runtime needs of the
+snapshot: scheduler, VAE constants, ...), the request sizes the directory serves (`limits`, by the
+family's option names; TensorRT profiles are built from them), per component its file, precision,
+cache key and I/O (names, symbolic dims, dtypes), and the other files the runtime reads (`assets`,
+e.g. a tokenizer). Written last by export and engine builds, so a directory without it is
+incomplete by definition.
 """
 
 from __future__ import annotations
@@ -19,16 +20,24 @@ from typing import Any
 
 from svd_trt import __version__
 from svd_trt.errors import UserError
-from svd_trt.families.svd.config import SVDConfig
-from svd_trt.spec import ComponentSpec, Span, component_specs
+from svd_trt.family import FamilyError, family_named
+from svd_trt.spec import ComponentSpec, Span
 
 MANIFEST_NAME = "manifest.json"
-FORMAT_VERSION = 2
-# A quantized directory (calibration/quantize.py): `unet` is the int8 / fp8 Q/DQ file and
-# FLOAT_UNET the float UNet it was quantized from, kept for comparisons and re-quantizing.
-FLOAT_UNET = "unet_float"
-# The request sizes a directory serves, by GenerationOptions field name.
-LIMIT_NAMES = ("num_frames", "height", "width", "decode_chunk_size")
+FORMAT_VERSION = 3  # 3: the family and the assets
+# A quantized directory (calibration/quantize.py): the component is the int8 / fp8 Q/DQ file and
+# `<name>_float` the float one it was quantized from, kept for comparisons and re-quantizing.
+FLOAT_SUFFIX = "_float"
+
+
+def float_twin(name: str) -> str:
+    """The manifest name of a quantized component's float original."""
+    return name + FLOAT_SUFFIX
+
+
+def spec_name(name: str) -> str:
+    """The component (spec) a manifest entry is of: `unet_float` is the UNet's."""
+    return name.removesuffix(FLOAT_SUFFIX)
 
 
 class ManifestError(UserError):
@@ -108,17 +117,19 @@ def file_record(path: Path) -> dict[str, Any]:
 
 
 def entry_problems(root: Path, name: str, entry: ComponentEntry, full: bool = False) -> list[str]:
-    """Why component `name`'s files in `root` are not the ones the manifest recorded (one line each).
+    """Why component `name`'s files in `root` are not the ones the manifest recorded (one line each)."""
+    return record_problems(root, f"component {name}", entry.files or {entry.file: None}, full)
 
-    Sizes are cheap and checked on every load; `full` also compares the sha256 of every byte.
-    """
+
+def record_problems(root: Path, owner: str, records: dict[str, dict[str, Any] | None], full: bool = False) -> list[str]:
+    """Why files in `root` are not the ones recorded (name -> {size, sha256}, or None: only that it
+    exists), one line each. Sizes are cheap and checked on every load; `full` also compares the
+    sha256 of every byte."""
     problems = []
-    names = list(entry.files) or [entry.file]
-    for file in names:
+    for file, record in records.items():
         path = root / file
-        record = entry.files.get(file)
         if not path.is_file():
-            problems.append(f"{path}: missing file of component {name}")
+            problems.append(f"{path}: missing file of {owner}")
         elif record is not None and path.stat().st_size != record["size"]:
             size = path.stat().st_size
             problems.append(
@@ -128,6 +139,14 @@ def entry_problems(root: Path, name: str, entry: ComponentEntry, full: bool = Fa
         elif full and record is not None and sha256_file(path) != record["sha256"]:
             problems.append(f"{path}: contents changed since the build (sha256 differs); rebuild the engines")
     return problems
+
+
+def manifest_problems(root: Path, manifest: Manifest, full: bool = False) -> list[str]:
+    """Every file the manifest records that is missing or differs, components then assets."""
+    problems = []
+    for name, entry in manifest.components.items():
+        problems += entry_problems(root, name, entry, full)
+    return problems + record_problems(root, "the engine directory", manifest.assets, full)
 
 
 def verify(directory: str | Path) -> tuple[list[str], int]:
@@ -141,10 +160,8 @@ def verify(directory: str | Path) -> tuple[list[str], int]:
         if _current_format(root / MANIFEST_NAME):
             return [str(e)], 0
         raise
-    problems = []
-    for name, entry in manifest.components.items():
-        problems += entry_problems(root, name, entry, full=True)
-    return problems, sum(len(e.files) or 1 for e in manifest.components.values())
+    count = sum(len(e.files) or 1 for e in manifest.components.values()) + len(manifest.assets)
+    return manifest_problems(root, manifest, full=True), count
 
 
 def _current_format(path: Path) -> bool:
@@ -164,16 +181,23 @@ class Manifest:
     (strongly typed fp16, standard attention ops), which ONNX Runtime runs here too."""
 
     backend: str
-    model: SVDConfig
+    family: str  # svd_trt.family.family_named: whose config, specs and pipeline
+    model: Any  # the family's config
     components: dict[str, ComponentEntry]
     source: str = ""
-    limits: dict[str, Span] = field(default_factory=dict)  # LIMIT_NAMES -> served range
+    limits: dict[str, Span] = field(default_factory=dict)  # the family's limit_names -> served range
     target: str = ""  # "" = the backend
+    assets: dict[str, dict[str, Any]] = field(default_factory=dict)  # file name -> {size, sha256}
     svd_trt_version: str = __version__
     format_version: int = FORMAT_VERSION
 
     def specs(self) -> dict[str, ComponentSpec]:
-        return component_specs(self.model)
+        return family_named(self.family).component_specs(self.model)
+
+    def owned_files(self, directory: str | Path) -> set[str]:
+        """Every file of the directory this manifest accounts for (itself included)."""
+        components = {n for c in self.components.values() for n in c.file_names(directory)}
+        return {MANIFEST_NAME, *components, *self.assets}
 
     def to_json(self) -> str:
         d = dataclasses.asdict(self)
@@ -192,18 +216,18 @@ class Manifest:
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> Manifest:
-        model = SVDConfig.from_dict(d["model"])
-        comps = {k: ComponentEntry(**v) for k, v in d["components"].items()}
-        limits = {k: Span(**v) for k, v in d.get("limits", {}).items()}
+        family = family_named(d["family"])
         return Manifest(
-            d["backend"],
-            model,
-            comps,
-            d.get("source", ""),
-            limits,
-            d.get("target", ""),
-            d["svd_trt_version"],
-            d["format_version"],
+            backend=d["backend"],
+            family=family.name,
+            model=family.config_from_dict(d["model"]),
+            components={k: ComponentEntry(**v) for k, v in d["components"].items()},
+            source=d.get("source", ""),
+            limits={k: Span(**v) for k, v in d.get("limits", {}).items()},
+            target=d.get("target", ""),
+            assets=dict(d.get("assets", {})),
+            svd_trt_version=d["svd_trt_version"],
+            format_version=d["format_version"],
         )
 
 
@@ -233,11 +257,12 @@ def load_manifest(directory: str | Path, check_sizes: bool = True) -> Manifest:
         manifest = Manifest.from_dict(d)
     except (KeyError, TypeError) as e:
         raise ManifestError(f"{path}: malformed ({type(e).__name__}: {e})") from None
+    except FamilyError as e:
+        raise ManifestError(f"{path}: {e}") from None
     missing = [name for name in manifest.specs() if name not in manifest.components]
     if missing:
         raise ManifestError(f"{path}: lists no {missing[0]} component; rebuild the engines")
-    for name, entry in manifest.components.items():
-        problems = entry_problems(root, name, entry) if check_sizes else []
-        if problems:
-            raise ManifestError(problems[0])
+    problems = manifest_problems(root, manifest) if check_sizes else []
+    if problems:
+        raise ManifestError(problems[0])
     return manifest

@@ -1,120 +1,64 @@
-"""What one generation asks for, declared once: diffusers' __call__ arguments, defaults and checks.
+"""What every family's generation options share: fields with their command-line help, flags, and the
+checks every family runs (positive sizes, finite floats, the size rule, the sizes an engine
+directory serves).
 
-`GenerationOptions` is read by the pipeline, by `svd-trt infer`, `svd-export check` and
-`svd-export calibrate` (their click options are generated from these fields, svd_trt/cli.py)
-and by the Triton request contract. `resolve` is the one validation every entry point runs
-before any component does: positive sizes and fps, the size rule (svd_trt/spec.py), finite
-floats, the sizes the engine directory serves (its manifest's `limits`, from which TensorRT
-profiles are built). `request_shape` is what memory admission (svd_trt/memory.py, which
-imports this module, never the other way) needs of a resolved request. numpy-free.
+Each family declares its own options dataclass (families/<name>/options.py) with `option` fields;
+svd_trt/cli.py turns them into click options and runtime/serving/contract.py into Triton inputs.
+numpy-free.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import field
+from typing import Any
 
 from svd_trt.errors import UserError
-from svd_trt.families.svd.config import SVDConfig
-from svd_trt.spec import DEFAULT_HEIGHT, DEFAULT_WIDTH, Span, size_multiple
+from svd_trt.spec import Span
 
 
 class PipelineError(UserError, ValueError):
     """Bad input to a generation: the message is one line."""
 
 
-def _option(default, help: str, flag: str | None = None):
-    """A field with its command-line help; `flag` overrides the --name derived from the field."""
-    return field(default=default, metadata={"help": help, "flag": flag})
-
-
-@dataclass(frozen=True)
-class GenerationOptions:
-    """diffusers' StableVideoDiffusionPipeline.__call__ arguments and defaults; None = the model's."""
-
-    num_frames: int | None = _option(None, "Frames to generate. [default: the model's]")
-    height: int = _option(DEFAULT_HEIGHT, "Pixel height.")
-    width: int = _option(DEFAULT_WIDTH, "Pixel width.")
-    num_inference_steps: int = _option(25, "Denoising steps.")
-    min_guidance_scale: float = _option(1.0, "Guidance on the first frame.")
-    max_guidance_scale: float = _option(3.0, "Guidance on the last frame (CFG runs when > 1).")
-    fps: int = _option(7, "Conditioning fps (the model sees fps - 1).")
-    motion_bucket_id: int = _option(127, "Motion conditioning: higher moves more.")
-    noise_aug_strength: float = _option(0.02, "Noise added to the conditioning image.")
-    decode_chunk_size: int | None = _option(
-        None, "Frames per VAE decode. [default: all frames, or the engines' largest chunk]"
-    )
-    seed: int | None = _option(None, "Seed of the image noise and the initial latents. [default: random]")
-
-
-# Where `svd-export check` differs from a render: a fixed seed so reports are reproducible, and few
-# steps so the fp32 torch run of --end-to-end stays affordable.
-CHECK_DEFAULTS = {"seed": 0, "num_inference_steps": 3}
-
-FIELDS = {f.name: f for f in dataclasses.fields(GenerationOptions)}
-# fps is also the file's default frame rate: 0 or less cannot be written (and is no frame rate).
-POSITIVE = ("num_frames", "height", "width", "num_inference_steps", "decode_chunk_size", "fps")
-FLOATS = ("min_guidance_scale", "max_guidance_scale", "noise_aug_strength")
+def option(default: Any, help: str) -> Any:
+    """A generation option's dataclass field with its command-line help."""
+    return field(default=default, metadata={"help": help})
 
 
 def flag(name: str) -> str:
-    """The command-line spelling of a field: --num-frames."""
-    return FIELDS[name].metadata.get("flag") or "--" + name.replace("_", "-")
+    """The command-line spelling of an option field: --num-frames."""
+    return "--" + name.replace("_", "-")
 
 
-def do_cfg(max_guidance_scale: float) -> bool:
-    """CFG runs iff max_guidance_scale > 1 (the pipeline's `guidance_scale > 1` with guidance_scale = max)."""
-    return max_guidance_scale > 1
+def fields_of(options: type) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(options)}
 
 
-@dataclass(frozen=True)
-class RequestShape:
-    """The sizes a resolved request runs at: what memory admission needs of it."""
-
-    batch: int  # the UNet's: 2 (unconditional + conditional) when CFG runs
-    frames: int
-    height: int
-    width: int
-    decode_chunk: int
-
-
-def request_shape(opts: GenerationOptions) -> RequestShape:
-    """The shape of a resolved request (num_frames and decode_chunk_size filled)."""
-    batch = 2 if do_cfg(opts.max_guidance_scale) else 1
-    return RequestShape(batch, opts.num_frames, opts.height, opts.width, opts.decode_chunk_size)
-
-
-def resolve(
-    opts: GenerationOptions, cfg: SVDConfig, limits: Mapping[str, Span] | None = None
-) -> GenerationOptions:
-    """Fill the model's defaults and refuse, in one line, anything the engines cannot run."""
-    limits = limits or {}
-    num_frames = opts.num_frames if opts.num_frames is not None else cfg.unet.num_frames
-    chunk = opts.decode_chunk_size
-    if chunk is None:
-        served = limits.get("decode_chunk_size")
-        chunk = num_frames if served is None or served.max is None else min(num_frames, served.max)
-    opts = dataclasses.replace(opts, num_frames=num_frames, decode_chunk_size=chunk)
-    for name in POSITIVE:
+def check_common(
+    opts: Any,
+    positive: Iterable[str],
+    floats: Iterable[str],
+    size_unit: int,
+    limits: Mapping[str, Span] | None = None,
+) -> None:
+    """PipelineError (one line) for a non-positive size or count, a non-finite float, a height or width
+    off the size rule, or a value outside the sizes the engine directory serves (`limits`)."""
+    for name in positive:
         if getattr(opts, name) <= 0:
             raise PipelineError(f"{flag(name)} must be positive, got {getattr(opts, name)}")
-    for name in FLOATS:
-        if not math.isfinite(getattr(opts, name)):
-            raise PipelineError(f"{flag(name)} must be a finite number, got {getattr(opts, name)}")
-    if opts.noise_aug_strength < 0:
-        raise PipelineError(f"{flag('noise_aug_strength')} must be >= 0, got {opts.noise_aug_strength}")
-    unit = size_multiple(cfg)
-    if opts.height % unit or opts.width % unit:
-        raise PipelineError(
-            f"height and width must be multiples of {unit}, got {opts.height}x{opts.width}"
-        )
-    for name, span in limits.items():
+    for name in floats:
+        value = getattr(opts, name)
+        if value is not None and not math.isfinite(value):
+            raise PipelineError(f"{flag(name)} must be a finite number, got {value}")
+    if opts.height % size_unit or opts.width % size_unit:
+        raise PipelineError(f"height and width must be multiples of {size_unit}, got {opts.height}x{opts.width}")
+    for name, span in (limits or {}).items():
         value = getattr(opts, name)
         if not span.contains(value):
             raise PipelineError(
                 f"{flag(name)} {value} is outside the {span.text()} these engines serve; "
                 f"rebuild them with a {flag(name)} range that covers it"
             )
-    return opts

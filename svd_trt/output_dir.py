@@ -83,7 +83,7 @@ def check_target(out: Path, protect: Sequence[Path] = (), force: bool = False) -
 
 def owned_names(manifest, directory: Path) -> set[str]:
     """Every name a directory with this manifest may hold."""
-    return {MANIFEST_NAME, REPORT_DIR} | {n for c in manifest.components.values() for n in c.file_names(directory)}
+    return {REPORT_DIR} | manifest.owned_files(directory)
 
 
 def _ours(out: Path) -> bool:

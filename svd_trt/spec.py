@@ -11,14 +11,12 @@ numpy only: the runtime imports this.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
 from svd_trt.errors import UserError
-from svd_trt.families.svd.config import SVDConfig
 
 Dim = str | int
 
@@ -35,13 +33,6 @@ QUANTIZED_PRECISIONS = ("int8", "fp8")  # the UNet only: Q/DQ graphs from calibr
 # Runtime has no FP8 kernels on the CPU).
 FP8_MIN_CAPABILITY = (8, 9)
 FP8_NEEDS = f"TensorRT on a GPU of compute capability >= {'.'.join(map(str, FP8_MIN_CAPABILITY))} (Ada, Hopper)"
-
-# diffusers' StableVideoDiffusionPipeline.__call__ defaults (SVD's training resolution).
-DEFAULT_HEIGHT = 576
-DEFAULT_WIDTH = 1024
-# diffusers' check_inputs: "`height` and `width` have to be divisible by 8".
-DIFFUSERS_SIZE_MULTIPLE = 8
-
 
 class SpecError(UserError, ValueError):
     """A request the specs do not cover (unknown component, precision or target): one line."""
@@ -82,11 +73,9 @@ class TensorSpec:
 
     name: str
     dims: tuple[Dim, ...]
-    # how sample inputs are drawn: normal, signed_unit, timestep, time_ids, token_ids (below `high`),
-    # text_mask (1s then 0s per row), flow_timestep (0..1000), decode_timestep (0..0.1)
-    dist: str = "normal"
+    # how sample inputs are drawn: "normal", "signed_unit", or a family's Draw (svd_trt/spec.py: draw)
+    dist: str | Draw = "normal"
     fixed_dtype: str | None = None
-    high: int | None = None  # token_ids: the vocabulary size
 
     def shape(self, sizes: Mapping[str, int]) -> tuple[int, ...]:
         return tuple(d if isinstance(d, int) else int(sizes[d]) for d in self.dims)
@@ -130,7 +119,7 @@ class ComponentSpec:
 
     def tolerance_at(self, precision: str) -> Tolerance:
         if precision not in self.tolerance:
-            raise SpecError(f"no accuracy tolerance for {self.name} at {precision} (svd_trt/spec.py)")
+            raise SpecError(f"no accuracy tolerance for {self.name} at {precision} (its family's spec.py)")
         return self.tolerance[precision]
 
     def dynamic_axes(self) -> dict[str, dict[int, str]]:
@@ -156,62 +145,30 @@ class ComponentSpec:
         }
 
 
+# A family's own distribution: (shape, rng, timesteps) -> values; `timesteps` are the snapshot's
+# schedule where `check` passes them, else None.
+Draw = Callable[[tuple[int, ...], np.random.Generator, "np.ndarray | None"], np.ndarray]
+
+
 def draw(
     t: TensorSpec, shape: tuple[int, ...], rng: np.random.Generator, timesteps: np.ndarray | None = None
 ) -> np.ndarray:
-    """Realistic values: timesteps drawn from `timesteps` (the snapshot's own schedule, as `check`
-    passes it), else 0.25*ln(sigma) over SVD's default sigma range; time ids as used; LTX's token ids,
-    padded text masks (at least one real token), flow-match and decode timesteps."""
-    if t.dist == "token_ids":
-        return rng.integers(0, t.high, shape)
-    if t.dist == "text_mask":
-        lengths = rng.integers(1, shape[-1] + 1, shape[:-1] + (1,))
-        return (np.arange(shape[-1]) < lengths).astype(np.float64)
-    if t.dist == "flow_timestep":
-        if timesteps is not None:
-            return rng.choice(np.asarray(timesteps, dtype=np.float64), shape)
-        return rng.uniform(0.0, 1000.0, shape)
-    if t.dist == "decode_timestep":
-        return rng.uniform(0.0, 0.1, shape)
+    """Values in the range the pipeline feeds: standard normal, uniform in [-1, 1] (`signed_unit`),
+    or the family's own distribution (a callable `dist`)."""
+    if callable(t.dist):
+        return t.dist(shape, rng, timesteps)
     if t.dist == "signed_unit":
         return rng.uniform(-1.0, 1.0, shape)
-    if t.dist == "timestep":
-        if timesteps is not None:
-            return rng.choice(np.asarray(timesteps, dtype=np.float64), shape)
-        return 0.25 * np.log(rng.uniform(0.002, 700.0, shape))
-    if t.dist == "time_ids":
-        fps_id = rng.integers(3, 30, shape[:-1] + (1,))
-        motion = rng.integers(1, 255, shape[:-1] + (1,))
-        aug = rng.uniform(0.0, 0.1, shape[:-1] + (1,))
-        return np.concatenate([fps_id, motion, aug], axis=-1)
+    if t.dist != "normal":
+        raise SpecError(f"{t.name}: unknown sample distribution {t.dist!r}")
     return rng.standard_normal(shape)
 
 
-# Precision per target. fp16 where the GPU has it safe; the VAE encoder stays fp32 everywhere
-# (diffusers' force_upcast: its fp16 latents overflow with trained weights). The VAE decoder is
-# fp32 in TensorRT (Stability's TensorRT model card) but fp16 in the torch CUDA backend, because
-# that backend is the like-for-like contender of diffusers' fp16 pipeline, which decodes in fp16.
-# The CPU targets run fp32: ONNX Runtime's CPU kernels are fp32, fp16 there only adds casts.
-def _precision(gpu: str, torch_cuda: str | None = None) -> dict[str, str]:
-    return {"onnxruntime": "fp32", "tensorrt": gpu, "torch-cuda": torch_cuda or gpu, "torch-cpu": "fp32"}
-
-
-# Tolerance rows, engine vs the fp32 port; atol in the output's own units. Scales of the real
-# model's outputs: image_embeds ~O(1), latent (unscaled) std ~5.5 = 1 / 0.18215, noise_pred ~unit
-# std, frames in about [-1, 1] (1e-3 there is 1/8 of an 8-bit level after postprocessing).
-# - fp32 (ONNX Runtime, TensorRT strict fp32 without TF32): only op order, fusions and conv
-#   algorithms differ, ~1e-6 of the output scale on the small model (measured: <= 5e-6 absolute
-#   on O(1) outputs), ~1e-5..1e-4 expected through the real model's depth. 1e-3 of the scale
-#   leaves that margin and still catches a wrong weight or a wrong norm epsilon (~1e-2).
-# - fp16: unit roundoff 2^-11 = 4.9e-4 per rounding, the inputs alone already rounded; through
-#   32 CLIP layers or the UNet's ~40 resblocks/attentions the worst element of millions lands
-#   at ~1e-2 of the scale. Polygraphy's default 1e-5 would fail every fp16 engine; 2e-2..3e-2
-#   (x5.5 for the unscaled latent) pass rounding noise. The price: a subtle corruption below
-#   ~3e-2 passes an fp16 check; check an fp32 build for that.
-# Quantized UNets (int8/fp8) have no row: they are scored against the float UNet kept beside
-# them, end to end (QUANT_MIN_PSNR).
-def _tolerance(fp32: Tolerance, fp16: Tolerance) -> dict[str, Tolerance]:
-    return {"fp32": fp32, "fp16": fp16}
+def draw_from(timesteps: np.ndarray | None, rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray | None:
+    """Timesteps drawn from a schedule's (None where `check` passed none)."""
+    if timesteps is None:
+        return None
+    return rng.choice(np.asarray(timesteps, dtype=np.float64), shape)
 
 
 # End to end, frames in [0, 1], by the lowest precision among the engines. fp32: per-call
@@ -230,74 +187,3 @@ QUANT_MIN_PSNR = 20.0
 # 3e-2 (8 levels) still means the same video. Used by the parity tests and the benchmarks.
 FRAME_MAX_ABS = {"fp32": 1e-3, "fp16": 3e-2}
 E2E_MIN_PSNR = {"fp32": 50.0, "fp16": 30.0, **dict.fromkeys(QUANTIZED_PRECISIONS, QUANT_MIN_PSNR)}
-
-
-def component_specs(cfg: SVDConfig) -> dict[str, ComponentSpec]:
-    """The four components' specs for one model config, in the order the pipeline runs them."""
-    lat = cfg.vae.latent_channels
-    clip = cfg.clip
-    return {
-        "image_encoder": ComponentSpec(
-            "image_encoder",
-            source="image_encoder",
-            method=None,
-            inputs=(TensorSpec("pixel_values", ("B", 3, clip.image_size, clip.image_size)),),
-            outputs=(TensorSpec("image_embeds", ("B", clip.projection_dim)),),
-            batch=Span(1, 1, 2),
-            frames="num_frames",
-            precision=_precision("fp16"),
-            tolerance=_tolerance(Tolerance(1e-3, 1e-3), Tolerance(2e-2, 2e-2)),
-        ),
-        "vae_encoder": ComponentSpec(
-            "vae_encoder",
-            source="vae",
-            method="encode",
-            inputs=(TensorSpec("image", ("B", 3, "H", "W"), dist="signed_unit"),),
-            outputs=(TensorSpec("latent", ("B", lat, "h", "w")),),
-            batch=Span(1, 1, 2),
-            frames="num_frames",
-            precision=_precision("fp32"),
-            # the unscaled latent is ~5.5x the others' scale: atol scales with it
-            tolerance=_tolerance(Tolerance(5e-3, 1e-3), Tolerance(1e-1, 2e-2)),
-        ),
-        "unet": ComponentSpec(
-            "unet",
-            source="unet",
-            method=None,
-            inputs=(
-                TensorSpec("sample", ("B", "F", cfg.unet.in_channels, "h", "w")),
-                TensorSpec("timestep", ("B",), dist="timestep", fixed_dtype="float32"),
-                TensorSpec("encoder_hidden_states", ("B", 1, clip.projection_dim)),
-                # fp32 in every precision: it feeds fp32 sinusoids (noise-aug strength 0.02 is not an fp16 value)
-                TensorSpec("added_time_ids", ("B", cfg.unet.num_time_ids), dist="time_ids", fixed_dtype="float32"),
-            ),
-            outputs=(TensorSpec("noise_pred", ("B", "F", cfg.unet.out_channels, "h", "w")),),
-            # batch 2 = cond + uncond (CFG on), the common case; 1 still runs when guidance is off
-            batch=Span(1, 2, 2),
-            frames="num_frames",
-            precision=_precision("fp16"),
-            tolerance=_tolerance(Tolerance(1e-3, 1e-3), Tolerance(3e-2, 3e-2)),
-        ),
-        "vae_decoder": ComponentSpec(
-            "vae_decoder",
-            source="vae",
-            method="decode",
-            inputs=(TensorSpec("latents", ("F", lat, "h", "w")),),
-            outputs=(TensorSpec("frames", ("F", 3, "H", "W")),),
-            batch=Span(1, 1, 1),  # no batch axis: frames are its leading dim
-            frames="decode_chunk_size",
-            precision=_precision("fp32", torch_cuda="fp16"),
-            tolerance=_tolerance(Tolerance(1e-3, 1e-3), Tolerance(2e-2, 2e-2)),
-        ),
-    }
-
-
-def size_multiple(cfg: SVDConfig) -> int:
-    """Height and width must be multiples of this: diffusers' 8, and whole latents."""
-    return math.lcm(DIFFUSERS_SIZE_MULTIPLE, cfg.vae.scale_factor)
-
-
-def sizes_for(cfg: SVDConfig, batch: int, frames: int, height: int, width: int) -> dict[str, int]:
-    """Concrete values of the symbolic dims for a pixel size."""
-    s = cfg.vae.scale_factor
-    return {"B": batch, "F": frames, "H": height, "W": width, "h": height // s, "w": width // s}

@@ -265,7 +265,7 @@ def small_calibration(small_engines, tmp_path_factory):
 
     engine_dir, _, _ = small_engines
     out = tmp_path_factory.mktemp("calibration") / "small"
-    from svd_trt.options import GenerationOptions
+    from svd_trt.families.svd.options import GenerationOptions
 
     index = capture_calibration(engine_dir, None, out, GenerationOptions(**CAPTURE), runs=CAPTURE_RUNS, threads=2)
     return out, index

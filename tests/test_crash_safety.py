@@ -35,7 +35,7 @@ QUANTIZE_POINTS = ("quantizing", "swapping")
 def tiny_calibration(tiny_engines, tmp_path_factory) -> Path:
     """UNet inputs of two short runs of the tiny model (the quantizer's data)."""
     from svd_trt.calibration.capture import capture_calibration
-    from svd_trt.options import GenerationOptions
+    from svd_trt.families.svd.options import GenerationOptions
 
     out = tmp_path_factory.mktemp("calibration") / "tiny"
     options = GenerationOptions(num_frames=2, height=32, width=32, num_inference_steps=2, seed=0)

@@ -18,8 +18,8 @@ from PIL import Image
 from svd_trt import memory
 from svd_trt.families.svd import pipeline
 from svd_trt.families.svd.config import preset
+from svd_trt.families.svd.options import GenerationOptions, request_shape, resolve
 from svd_trt.manifest import load_manifest
-from svd_trt.options import GenerationOptions, request_shape, resolve
 from svd_trt.runtime.cli import main
 
 GIB = 2**30
@@ -28,7 +28,7 @@ IMAGE = str(Path(__file__).resolve().parents[1] / "runtime" / "assets" / "coffee
 # A subprocess: RSS before the engines are opened, then the peak (VmHWM) after one call.
 MEASURE = """
 import json, sys
-from svd_trt.options import GenerationOptions
+from svd_trt.families.svd.options import GenerationOptions
 from svd_trt.runtime.image_preprocess import load_image
 from svd_trt.families.svd.pipeline import SVDPipeline
 

@@ -268,6 +268,10 @@ class LTXConfig:
     text_encoder: T5EncoderConfig = field(default_factory=T5EncoderConfig)
     scheduler: FlowMatchSchedulerConfig = field(default_factory=FlowMatchSchedulerConfig)
     tokenizer_max_length: int = DEFAULT_TOKENIZER_MAX_LENGTH
+    # The VAE's latents_mean / latents_std buffers: weights in its safetensors file, not config keys.
+    # The export side reads them (port/checkpoint.read_config); the runtime normalizes with them.
+    latents_mean: tuple[float, ...] | None = None
+    latents_std: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         tc, vae = self.transformer, self.vae
@@ -291,6 +295,8 @@ class LTXConfig:
             text_encoder=T5EncoderConfig.from_dict(d["text_encoder"]),
             scheduler=FlowMatchSchedulerConfig.from_dict(d["scheduler"]),
             tokenizer_max_length=int(d.get("tokenizer_max_length", DEFAULT_TOKENIZER_MAX_LENGTH)),
+            latents_mean=tuplify(d.get("latents_mean")),
+            latents_std=tuplify(d.get("latents_std")),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -300,6 +306,8 @@ class LTXConfig:
             "text_encoder": self.text_encoder.to_dict(),
             "scheduler": self.scheduler.to_dict(),
             "tokenizer_max_length": self.tokenizer_max_length,
+            "latents_mean": listify(self.latents_mean),
+            "latents_std": listify(self.latents_std),
         }
 
     @property

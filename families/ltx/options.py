@@ -49,7 +49,7 @@ LIMIT_NAMES = ("num_frames", "height", "width", "max_sequence_length")
 
 def resolve(opts: LTXOptions, cfg: LTXConfig, limits: Mapping[str, Span] | None = None) -> LTXOptions:
     """Refuse, in one line, anything the engines cannot run (before any component runs)."""
-    check_common(opts, POSITIVE, FLOATS, cfg.spatial_ratio, limits, LTXOptions)
+    check_common(opts, POSITIVE, FLOATS, cfg.spatial_ratio, limits)
     r = cfg.temporal_ratio
     if (opts.num_frames - 1) % r:
         # diffusers would silently return (F' - 1) * r + 1 frames instead

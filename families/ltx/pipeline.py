@@ -11,6 +11,7 @@ noise where the decoder is timestep-conditioned. Only `runners` differ between b
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -25,9 +26,10 @@ from svd_trt.families.ltx.config import LTXConfig
 from svd_trt.families.ltx.image_preprocess import video_pixel_values
 from svd_trt.families.ltx.rope import rope_cos_sin
 from svd_trt.families.ltx.tiled_decode import tiled_decode
-from svd_trt.families.ltx.tokenizer import encode
+from svd_trt.families.ltx.tokenizer import TOKENIZER_FILE, encode, load_tokenizer
+from svd_trt.family import VideoOutput
 from svd_trt.options import PipelineError
-from svd_trt.runtime.runners import Runner
+from svd_trt.runtime.engine_pipeline import EnginePipeline, check_draws, check_finite
 from svd_trt.runtime.timings import Timed, Timings
 
 log = logging.getLogger(__name__)
@@ -41,19 +43,24 @@ def cfg_on(guidance_scale: float) -> bool:
     return guidance_scale > 1.0
 
 
-class LTXVideo:
-    """The pipeline over one set of runners (one engine directory); each `generate` renders one video.
+class LTXVideoPipeline(EnginePipeline):
+    """Built once from an engine directory (its runners and tokenizer.json); each `generate` renders
+    one video. The config carries the VAE's latents mean and std (the build reads them from the
+    snapshot's VAE weights)."""
 
-    `tokenizer`: a `tokenizers.Tokenizer` (the engine directory's tokenizer.json). `cfg` must carry
-    the VAE's latents mean and std (recorded by the build from the snapshot's VAE weights).
-    """
+    @classmethod
+    def check_model(cls, cfg: LTXConfig) -> None:
+        flow_match.check_config(flow_match.FlowMatchConfig.from_mapping(cfg.scheduler.to_dict()))
 
-    def __init__(self, cfg: LTXConfig, runners: Mapping[str, Runner], tokenizer: Any) -> None:
-        self.cfg = cfg
-        self.runners = dict(runners)
-        self.tokenizer = tokenizer
-        self.schedule_cfg = flow_match.FlowMatchConfig.from_mapping(cfg.scheduler.to_dict())
-        flow_match.check_config(self.schedule_cfg)  # refused before any component runs
+    @functools.cached_property
+    def tokenizer(self) -> Any:
+        if TOKENIZER_FILE not in self.assets:
+            raise PipelineError(f"this pipeline was given no {TOKENIZER_FILE} (an LTX engine directory holds one)")
+        return load_tokenizer(self.assets[TOKENIZER_FILE])
+
+    @functools.cached_property
+    def schedule_cfg(self) -> flow_match.FlowMatchConfig:
+        return flow_match.FlowMatchConfig.from_mapping(self.cfg.scheduler.to_dict())
 
     # ------------------------------------------------------------------ geometry and draws
 
@@ -72,16 +79,11 @@ class LTXVideo:
         """The random draws of one run and their shapes, in diffusers' order (families/ltx/latents.py)."""
         return lat.draw_shapes(self.latent_shape(opts), int(with_image), self.cfg.vae.timestep_conditioning)
 
-    def draw(self, opts, with_image: bool, given: Mapping[str, np.ndarray | None] | None = None) -> dict:
+    def draw(self, opts, inputs: Mapping[str, Any] | None = None, given=None) -> dict[str, np.ndarray]:
         """Every draw from one generator seeded with opts.seed; a given array replaces its draw."""
-        shapes = self.draw_shapes(opts, with_image)
+        shapes = self.draw_shapes(opts, (inputs or {}).get("image") is not None)
         given = {k: v for k, v in (given or {}).items() if v is not None}
-        for name, array in given.items():
-            flag = "--" + name.replace("_", "-")
-            if name not in shapes:
-                raise PipelineError(f"{flag} does not apply to this request (it draws {', '.join(shapes)})")
-            if tuple(array.shape) != shapes[name]:
-                raise PipelineError(f"{flag} must have shape {list(shapes[name])}, got {list(array.shape)}")
+        check_draws(given, shapes)
         return lat.draw(np.random.default_rng(opts.seed), shapes, given)
 
     # ------------------------------------------------------------------ the stages, in order
@@ -90,13 +92,13 @@ class LTXVideo:
         """T5 embeddings [B, L, D] and masks [B, L] float32: [negative, positive] when CFG is on."""
         texts = [negative, prompt] if cfg_on(opts.guidance_scale) else [prompt]
         ids, mask = encode(self.tokenizer, texts, opts.max_sequence_length)
-        out = Timed(self.runners["text_encoder"], timings, "T5")(input_ids=ids)
+        out = self._timed("text_encoder", timings, "T5").run(input_ids=ids)
         return out["text_embeds"], mask.astype(F32)
 
     def image_latents(self, image: Image.Image, noise: np.ndarray, opts, timings: Timings) -> np.ndarray:
         """The normalized posterior sample of the image, [1, C, 1, H', W'] (prepare_latents)."""
         pixels = video_pixel_values(image, opts.height, opts.width, self.cfg.spatial_ratio)
-        out = Timed(self.runners["vae_encoder"], timings, "VAE encode")(image=pixels)
+        out = self._timed("vae_encoder", timings, "VAE encode").run(image=pixels)
         sample = lat.posterior_sample(out["latent_mean"], out["latent_std"], noise)
         return lat.normalize(sample, self.cfg.latents_mean, self.cfg.latents_std)
 
@@ -127,7 +129,7 @@ class LTXVideo:
             patch_size_t=tc.patch_size_t,
         )
         masks = None if image_mask is None else np.concatenate([image_mask] * batch)
-        transformer = Timed(self.runners["transformer"], timings, DENOISER)
+        transformer = self._timed("transformer", timings, DENOISER).run
         n = len(schedule.timesteps)
         for i, t in enumerate(schedule.timesteps):
             pred = transformer(
@@ -155,7 +157,7 @@ class LTXVideo:
         z = lat.unpack(x, *self.grid(opts), tc.patch_size, tc.patch_size_t)
         z = lat.denormalize(z, c.latents_mean, c.latents_std, c.vae.scaling_factor)
         z, timestep = lat.decode_inputs(z, noise, opts.decode_timestep, opts.decode_noise_scale)
-        decoder = Timed(self.runners["vae_decoder"], timings, "decode")
+        decoder = self._timed("vae_decoder", timings, "decode").run
 
         def run(latents: np.ndarray, t: np.ndarray | None) -> np.ndarray:
             feed = {"latents": latents} if t is None else {"latents": latents, "timestep": t}
@@ -165,27 +167,31 @@ class LTXVideo:
             video = tiled_decode(run, z, timestep, c.spatial_ratio, c.temporal_ratio)
         else:
             video = run(z, timestep)
+        check_finite(video, "vae_decoder", "the decoded frames")  # before the clip turns an inf into 1
         return lat.frames(video)[0]
 
     # ------------------------------------------------------------------ one generation
 
+    def _timed(self, name: str, timings: Timings, stage: str) -> Timed:
+        return Timed(self.runners[name], self.specs[name], timings, stage)
+
     def generate(
         self,
-        prompt: str,
+        inputs: Mapping[str, Any],
         opts,
-        negative_prompt: str = "",
-        image: Image.Image | None = None,
         draws: Mapping[str, np.ndarray | None] | None = None,
         on_step: Callable[[int, int], None] | None = None,
-    ) -> tuple[np.ndarray, Timings]:
+    ) -> VideoOutput:
         """Frames [F, H, W, 3] in [0, 1] (diffusers' output_type='np', first video) and their timings.
 
-        `opts` must be resolved (svd_trt.families.ltx.options.resolve).
-        """
-        timings = Timings(DENOISER)
+        inputs: "prompt", optional "negative_prompt" and "image" (a PIL image: image to video);
+        draws: given arrays by name (the rest drawn from opts.seed). `opts` is resolved here."""
+        opts = self.resolve(opts)
+        timings = Timings(DENOISER, placement=self.placement)
         start = time.perf_counter()
-        drawn = self.draw(opts, image is not None, draws)
-        embeds, text_mask = self.encode_prompts(prompt, negative_prompt, opts, timings)
+        image = inputs.get("image")
+        drawn = self.draw(opts, inputs, draws)
+        embeds, text_mask = self.encode_prompts(inputs["prompt"], inputs.get("negative_prompt") or "", opts, timings)
         tc = self.cfg.transformer
         image_mask = None
         if image is None:
@@ -194,6 +200,7 @@ class LTXVideo:
             init = self.image_latents(image, drawn["encoder_noise"], opts, timings)
             x, image_mask = lat.image_to_video_latents(init, drawn["latents"], tc.patch_size, tc.patch_size_t)
         x = self.denoise(x, embeds, text_mask, image_mask, opts, timings, on_step)
+        check_finite(x, "transformer", "the denoised latents")
         frames = self.decode(x, drawn.get("decode_noise"), opts, timings)
         timings.total = time.perf_counter() - start
-        return frames, timings
+        return VideoOutput(frames, timings)

@@ -7,10 +7,39 @@ the contract between the port (families/ltx/port) and the numpy runtime (LTX_CON
 
 from __future__ import annotations
 
-from svd_trt.families.ltx.config import LTXConfig
-from svd_trt.spec import TARGETS, ComponentSpec, Span, TensorSpec, Tolerance
+import functools
 
-CFG_BATCH = Span(1, 2, 2)  # guidance on: [negative, positive] in one call; off: 1
+import numpy as np
+
+from svd_trt.families.ltx.config import LTXConfig
+from svd_trt.limits import RangeError, Request, check_pair, span
+from svd_trt.spec import TARGETS, ComponentSpec, Span, TensorSpec, Tolerance, draw_from
+
+CFG_BATCH = Span(1, 2, 2)
+# diffusers' LTXPipeline.__call__ defaults: the sizes TensorRT profiles are tuned for by default.
+DEFAULT_FRAMES, DEFAULT_HEIGHT, DEFAULT_WIDTH, DEFAULT_TEXT = 161, 512, 704, 128  # guidance on: [negative, positive] in one call; off: 1
+
+
+def token_ids(vocab_size: int, shape: tuple[int, ...], rng: np.random.Generator, timesteps=None) -> np.ndarray:
+    """T5 token ids anywhere in the vocabulary."""
+    return rng.integers(0, vocab_size, shape)
+
+
+def text_mask(shape: tuple[int, ...], rng: np.random.Generator, timesteps=None) -> np.ndarray:
+    """Padded prompts: 1s then 0s per row, at least one real token."""
+    lengths = rng.integers(1, shape[-1] + 1, shape[:-1] + (1,))
+    return (np.arange(shape[-1]) < lengths).astype(np.float64)
+
+
+def flow_timestep(shape: tuple[int, ...], rng: np.random.Generator, timesteps: np.ndarray | None) -> np.ndarray:
+    """The transformer's timesteps: the schedule's where given, else anywhere in [0, 1000]."""
+    drawn = draw_from(timesteps, rng, shape)
+    return drawn if drawn is not None else rng.uniform(0.0, 1000.0, shape)
+
+
+def decode_timestep(shape: tuple[int, ...], rng: np.random.Generator, timesteps=None) -> np.ndarray:
+    """A timestep-conditioned decoder's timestep: LTX's configs use 0 .. 0.05."""
+    return rng.uniform(0.0, 0.1, shape)
 
 
 def _precision(gpu: str) -> dict[str, str]:
@@ -45,7 +74,7 @@ def component_specs(cfg: LTXConfig) -> dict[str, ComponentSpec]:
     video_dims = ("B", 3, "F", "H", "W")
     decoder_inputs = (TensorSpec("latents", latent_dims),)
     if cfg.vae.timestep_conditioning:
-        decoder_inputs += (TensorSpec("timestep", ("B",), dist="decode_timestep", fixed_dtype="float32"),)
+        decoder_inputs += (TensorSpec("timestep", ("B",), dist=decode_timestep, fixed_dtype="float32"),)
     f32 = "float32"
     return {
         "text_encoder": ComponentSpec(
@@ -53,9 +82,7 @@ def component_specs(cfg: LTXConfig) -> dict[str, ComponentSpec]:
             source="text_encoder",
             method=None,
             inputs=(
-                TensorSpec(
-                    "input_ids", ("B", "L"), dist="token_ids", fixed_dtype="int64", high=t5.vocab_size
-                ),
+                TensorSpec("input_ids", ("B", "L"), dist=functools.partial(token_ids, t5.vocab_size), fixed_dtype="int64"),
             ),
             outputs=(TensorSpec("text_embeds", ("B", "L", t5.d_model)),),
             batch=CFG_BATCH,
@@ -71,8 +98,8 @@ def component_specs(cfg: LTXConfig) -> dict[str, ComponentSpec]:
                 TensorSpec("hidden_states", ("B", "S", tc.in_channels)),
                 TensorSpec("encoder_hidden_states", ("B", "L", tc.caption_channels)),
                 # fp32 in every precision: sinusoids of t up to 1000, RoPE angles up to ~1.6e4 rad
-                TensorSpec("timestep", ("B", "S"), dist="flow_timestep", fixed_dtype=f32),
-                TensorSpec("encoder_attention_mask", ("B", "L"), dist="text_mask", fixed_dtype=f32),
+                TensorSpec("timestep", ("B", "S"), dist=flow_timestep, fixed_dtype=f32),
+                TensorSpec("encoder_attention_mask", ("B", "L"), dist=text_mask, fixed_dtype=f32),
                 TensorSpec("rope_cos", ("B", "S", tc.inner_dim), dist="signed_unit", fixed_dtype=f32),
                 TensorSpec("rope_sin", ("B", "S", tc.inner_dim), dist="signed_unit", fixed_dtype=f32),
             ),
@@ -113,12 +140,17 @@ def video_tokens(cfg: LTXConfig, latent_frames: int, latent_height: int, latent_
     return (latent_frames // pt) * (latent_height // p) * (latent_width // p)
 
 
+def latent_grid(cfg: LTXConfig, num_frames: int, height: int, width: int) -> tuple[int, int, int]:
+    """(F', H', W'): F' = (F - 1) // temporal_ratio + 1, H' = H // spatial_ratio (prepare_latents)."""
+    s, r = cfg.spatial_ratio, cfg.temporal_ratio
+    return (num_frames - 1) // r + 1, height // s, width // s
+
+
 def sizes_for(
     cfg: LTXConfig, batch: int, num_frames: int, height: int, width: int, text_len: int
 ) -> dict[str, int]:
     """Concrete values of every symbolic dim for a request (num_frames = k * temporal ratio + 1)."""
-    s, r = cfg.spatial_ratio, cfg.temporal_ratio
-    f, h, w = (num_frames - 1) // r + 1, height // s, width // s
+    f, h, w = latent_grid(cfg, num_frames, height, width)
     return {
         "B": batch,
         "L": text_len,
@@ -135,3 +167,37 @@ def sizes_for(
 def trace_sizes(cfg: LTXConfig) -> dict[str, int]:
     """The shape the exporter traces at: B, f > 1, h != w, L != S, so no axis is taken for another."""
     return sizes_for(cfg, 2, 2 * cfg.temporal_ratio + 1, 2 * cfg.spatial_ratio, 3 * cfg.spatial_ratio, 6)
+
+
+def served_limits(cfg: LTXConfig, request: Request, bounded: bool) -> dict[str, Span]:
+    """Validated spans of the request sizes (LTXOptions names).
+
+    `bounded` (TensorRT: every engine needs a max): an unset range is diffusers' default request
+    (161 frames of 512x704, 128 tokens). Unbounded (ONNX Runtime): any size >= the smallest valid.
+    """
+    s, r = cfg.spatial_ratio, cfg.temporal_ratio
+    frames = _pair(request, "num_frames", (DEFAULT_FRAMES,) * 2 if bounded else (1, None))
+    height = _pair(request, "height", (DEFAULT_HEIGHT,) * 2 if bounded else (s, None))
+    width = _pair(request, "width", (DEFAULT_WIDTH,) * 2 if bounded else (s, None))
+    text = _pair(request, "max_sequence_length", (DEFAULT_TEXT,) * 2 if bounded else (1, None))
+    for option, pair in (("--num-frames", frames), ("--height", height), ("--width", width), ("--max-sequence-length", text)):
+        check_pair(pair, option)
+    for option, (lo, hi) in (("--height", height), ("--width", width)):
+        if lo % s or (hi is not None and hi % s):
+            raise RangeError(f"{option} {lo}:{hi}: this model needs multiples of {s} pixels")
+    lo, hi = frames
+    if (lo - 1) % r or (hi is not None and (hi - 1) % r):
+        raise RangeError(f"--num-frames {lo}:{hi}: this model needs 1 + a multiple of {r} frames")
+    return {
+        "num_frames": span(frames, DEFAULT_FRAMES),  # 161, or a bound of the range: 1 + a multiple of r
+        "height": span(height, DEFAULT_HEIGHT, s),
+        "width": span(width, DEFAULT_WIDTH, s),
+        "max_sequence_length": span(text, DEFAULT_TEXT),
+    }
+
+
+def _pair(request: Request, name: str, default: tuple[int, int | None]) -> tuple[int, int | None]:
+    value = request.get(name)
+    if value is None:
+        return default
+    return (value, value) if isinstance(value, int) else value

@@ -35,6 +35,9 @@ CONTROL, UNIGRAM = 3, 1  # sentencepiece's SentencePiece.Type.CONTROL and Traine
 DEFAULT_SPECIALS = {"pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>"}
 
 
+TOKENIZER_FILE = "tokenizer.json"  # the one file an LTX engine directory holds for the runtime
+
+
 class TokenizerError(UserError, ValueError):
     """A tokenizer folder this runtime cannot use (missing files, not a Unigram T5 tokenizer)."""
 

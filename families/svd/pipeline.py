@@ -8,153 +8,34 @@ at batch 2, chunked decode. Only `runners` differ between backends.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from svd_trt.errors import EngineError, engine_failure
 from svd_trt.families.svd import euler, guidance
 from svd_trt.families.svd.clip_preprocess import clip_pixel_values
-from svd_trt.manifest import Manifest, load_manifest
-from svd_trt.memory import MemoryPlan, plan_for
-from svd_trt.options import GenerationOptions, PipelineError, do_cfg, request_shape, resolve
-from svd_trt.runtime.devices import check_device
+from svd_trt.families.svd.options import GenerationOptions, do_cfg
+from svd_trt.family import VideoOutput
+from svd_trt.options import PipelineError
+from svd_trt.runtime.engine_pipeline import EnginePipeline, check_draws, check_finite
 from svd_trt.runtime.image_preprocess import added_time_ids, postprocess, vae_pixel_values
-from svd_trt.runtime.runners import Runner, open_runner
-from svd_trt.spec import ComponentSpec
+from svd_trt.runtime.timings import Timed, Timings
 
 log = logging.getLogger(__name__)
 
 __all__ = ["GenerationOptions", "PipelineError", "SVDPipeline", "Timings", "VideoOutput"]
 
 
-@dataclass
-class Timings:
-    """Seconds per stage; `overhead` is wall time spent outside component calls; `placement`: where the
-    components ran, as their backends report it (ONNX Runtime: the providers its sessions use)."""
-
-    clip: float = 0.0
-    vae_encode: float = 0.0
-    unet_steps: list[float] = field(default_factory=list)
-    decode: float = 0.0
-    total: float = 0.0
-    placement: str = ""
-
-    @property
-    def unet(self) -> float:
-        return float(sum(self.unet_steps))
-
-    @property
-    def overhead(self) -> float:
-        return self.total - self.clip - self.vae_encode - self.unet - self.decode
-
-    def summary(self) -> str:
-        steps = len(self.unet_steps) or 1
-        return (
-            f"CLIP {self.clip:.3f} s | VAE encode {self.vae_encode:.3f} s | "
-            f"UNet {self.unet:.3f} s ({self.unet / steps:.3f} s/step x {len(self.unet_steps)}) | "
-            f"decode {self.decode:.3f} s | overhead {self.overhead:.3f} s "
-            f"({100 * self.overhead / max(self.total, 1e-9):.2f}%) | total {self.total:.3f} s"
-            + (f" | {self.placement}" if self.placement else "")
-        )
-
-
-@dataclass
-class VideoOutput:
-    frames: np.ndarray  # [F, H, W, 3] float32 in [0, 1]
-    timings: Timings
-
-
-class _Timed:
-    """Calls a runner with its inputs in the spec's order (svd_trt/spec.py names them) and adds the
-    wall time to one Timings field; a backend's failure becomes an EngineError naming the component
-    (svd_trt/errors.py)."""
-
-    def __init__(self, runner: Runner, spec: ComponentSpec, timings: Timings, stage: str) -> None:
-        self.runner, self.spec, self.timings, self.stage = runner, spec, timings, stage
-
-    def __call__(self, *arrays: np.ndarray) -> np.ndarray:
-        inputs = dict(zip(self.spec.input_names, arrays, strict=True))
-        start = time.perf_counter()
-        try:
-            out = self.runner.run(inputs)[self.spec.output_names[0]]
-        except Exception as e:
-            failure = engine_failure(e, component=self.runner.name)
-            if failure is None or failure is e:
-                raise
-            raise failure from e
-        elapsed = time.perf_counter() - start
-        if self.stage == "unet_steps":
-            self.timings.unet_steps.append(elapsed)
-        else:
-            setattr(self.timings, self.stage, getattr(self.timings, self.stage) + elapsed)
-        return np.asarray(out, dtype=np.float32)
-
-
-class SVDPipeline:
+class SVDPipeline(EnginePipeline):
     """Built once from an engine directory; each call renders one video."""
 
-    def __init__(
-        self, manifest: Manifest, runners: dict[str, Runner], memory: MemoryPlan | None = None
-    ) -> None:
-        euler.check_scheduler(manifest.model.scheduler)
-        self.manifest = manifest
-        self.cfg = manifest.model
-        self.specs = manifest.specs()
-        self.runners = runners
-        self.memory = memory  # checked before every call; None: unchecked
-
-    @property
-    def placement(self) -> str:
-        """Where the components run, as their runners report it (one entry per distinct place)."""
-        places = [getattr(r, "placement", type(r).__name__) for r in self.runners.values()]
-        return "; ".join(dict.fromkeys(places))
-
     @classmethod
-    def from_engine_dir(cls, engine_dir: str | Path, backend: str | None = None, **options) -> SVDPipeline:
-        """Open every component of `engine_dir` with `backend` (default: the one it was built for).
-
-        options: `device` (cpu, cuda, cuda:N; default the backend's own), and the backend's own
-        (ONNX Runtime `threads`; torch: see export/torch_backend.py)."""
-        manifest = load_manifest(engine_dir)
-        euler.check_scheduler(manifest.model.scheduler)  # before any session is opened
-        backend = backend or manifest.backend
-        if backend != "torch":  # the torch backend picks and checks its own device
-            options["device"] = str(check_device(backend, options.get("device")))
-        runners = {
-            name: open_runner(engine_dir, name, manifest.components[name], backend, **options)
-            for name in manifest.specs()
-        }
-        memory = plan_for(engine_dir, manifest, backend, options.get("device") or "cpu", loaded=True)
-        return cls(manifest, runners, memory)
-
-    def close(self) -> None:
-        """Free what the runners hold (TensorRT device buffers); closing twice is harmless."""
-        # ExitStack calls every close even when one raises, and then re-raises.
-        with contextlib.ExitStack() as stack:
-            for runner in self.runners.values():
-                if callable(getattr(runner, "close", None)):
-                    stack.callback(runner.close)
-
-    def __enter__(self) -> SVDPipeline:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def resolve(self, opts: GenerationOptions) -> GenerationOptions:
-        """Fill model defaults and reject what the engines cannot run (or memory cannot hold), each with one line."""
-        opts = resolve(opts, self.cfg, self.manifest.limits)
-        if self.memory is not None:
-            self.memory.check(self.cfg, request_shape(opts))
-        return opts
+    def check_model(cls, cfg) -> None:
+        euler.check_scheduler(cfg.scheduler)
 
     def __call__(
         self,
@@ -168,7 +49,7 @@ class SVDPipeline:
         """Frames [F, H, W, 3] in [0, 1], as diffusers returns with output_type='np'."""
         opts = self.resolve(dataclasses.replace(options or GenerationOptions(), **kwargs))
         image = _as_pil(image)
-        timings = Timings(placement=self.placement)
+        timings = Timings("UNet", placement=self.placement)
         start = time.perf_counter()
         image_noise, latents = self.draw_noise(opts, image_noise, latents)
         cfg_on = do_cfg(opts.max_guidance_scale)
@@ -180,8 +61,19 @@ class SVDPipeline:
         timings.total = time.perf_counter() - start
         return VideoOutput(frames, timings)
 
-    def _timed(self, name: str, timings: Timings, stage: str) -> _Timed:
-        return _Timed(self.runners[name], self.specs[name], timings, stage)
+    def generate(self, inputs, opts, draws=None, on_step=None) -> VideoOutput:
+        """The family interface (svd_trt/family.py): inputs {"image": PIL image}; draws by name."""
+        draws = draws or {}
+        return self(inputs["image"], opts, draws.get("latents"), draws.get("image_noise"), on_step)
+
+    def draw(self, opts: GenerationOptions, inputs=None, given=None) -> dict[str, np.ndarray]:
+        """Every draw of one run by name, in diffusers' order; a given array replaces its draw."""
+        given = given or {}
+        image_noise, latents = self.draw_noise(opts, given.get("image_noise"), given.get("latents"))
+        return {"image_noise": image_noise, "latents": latents}
+
+    def _timed(self, name: str, timings: Timings, stage: str) -> Timed:
+        return Timed(self.runners[name], self.specs[name], timings, stage)
 
     def latent_shape(self, opts: GenerationOptions) -> tuple[int, ...]:
         s = self.cfg.vae.scale_factor
@@ -190,22 +82,20 @@ class SVDPipeline:
     def draw_noise(self, opts, image_noise, latents) -> tuple[np.ndarray, np.ndarray]:
         """diffusers' order: the image noise is drawn first, the initial latents second."""
         rng = np.random.default_rng(opts.seed)
-        shapes = {"image noise": (1, 3, opts.height, opts.width), "latents": self.latent_shape(opts)}
+        shapes = {"image_noise": (1, 3, opts.height, opts.width), "latents": self.latent_shape(opts)}
         arrays = []
         for (what, shape), given in zip(shapes.items(), (image_noise, latents)):
             if given is None:
                 given = rng.standard_normal(shape, dtype=np.float32)
-            elif tuple(given.shape) != shape:
-                raise PipelineError(f"{what} must have shape {list(shape)}, got {list(given.shape)}")
             else:
-                check_finite_input(given, what)
+                check_draws({what: given}, {what: shape})
             arrays.append(np.asarray(given, dtype=np.float32))
         return arrays[0], arrays[1]
 
     def encode_image(self, image: Image.Image, cfg_on: bool, timings: Timings) -> np.ndarray:
         """CLIP embedding of the original image, [B, 1, D]; the unconditional one is zeros."""
         pixels = clip_pixel_values(image, self.cfg.feature_extractor, self.cfg.clip.image_size)
-        embeds = self._timed("image_encoder", timings, "clip")(pixels)[:, None]
+        embeds = self._timed("image_encoder", timings, "CLIP")(pixels)[:, None]
         return np.concatenate([np.zeros_like(embeds), embeds]) if cfg_on else embeds
 
     def encode_vae(self, image, noise, opts, cfg_on, timings) -> np.ndarray:
@@ -214,7 +104,7 @@ class SVDPipeline:
             vae_pixel_values(image, opts.height, opts.width, self.cfg.vae.scale_factor)
             + np.float32(opts.noise_aug_strength) * noise
         )
-        latent = self._timed("vae_encoder", timings, "vae_encode")(pixels)
+        latent = self._timed("vae_encoder", timings, "VAE encode")(pixels)
         if cfg_on:
             latent = np.concatenate([np.zeros_like(latent), latent])
         return np.repeat(latent[:, None], opts.num_frames, axis=1)
@@ -226,7 +116,7 @@ class SVDPipeline:
         batch = image_latents.shape[0]
         time_ids = added_time_ids(opts.fps, opts.motion_bucket_id, opts.noise_aug_strength, batch)
         scale = guidance.guidance_scale(opts.min_guidance_scale, opts.max_guidance_scale, opts.num_frames, 1)
-        unet = self._timed("unet", timings, "unet_steps")
+        unet = self._timed("unet", timings, "UNet")
 
         def model(x_in: np.ndarray, t: np.float32) -> np.ndarray:
             """One UNet call for [B, F, C, h, w]: at batch 2B (uncond first) when CFG is on."""
@@ -253,23 +143,6 @@ class SVDPipeline:
         decoded = np.concatenate(chunks)
         check_finite(decoded, "vae_decoder", "the decoded frames")  # before postprocess clips an inf away
         return postprocess(decoded)
-
-
-def check_finite(array: np.ndarray, component: str, what: str) -> None:
-    """EngineError naming the component when `array` holds NaN or inf: a broken engine (an fp16
-    overflow, the classic GPU failure) must not be written as a black video."""
-    if not np.isfinite(array).all():
-        bad = int(array.size - np.count_nonzero(np.isfinite(array)))
-        raise EngineError(
-            f"{component}: {what} are not finite ({bad} of {array.size} values NaN or inf); "
-            "nothing was written. An fp16 overflow is the usual cause: check the engines with svd-export check"
-        )
-
-
-def check_finite_input(array: np.ndarray, what: str) -> None:
-    """PipelineError (the request's fault) when a given noise array holds NaN or inf."""
-    if np.issubdtype(np.asarray(array).dtype, np.number) and not np.isfinite(array).all():
-        raise PipelineError(f"{what}: holds NaN or inf values; pass finite noise")
 
 
 def _as_pil(image: Image.Image | np.ndarray) -> Image.Image:

@@ -30,8 +30,8 @@ from pathlib import Path
 
 from svd_trt.errors import CapacityError
 from svd_trt.families.svd.config import SVDConfig
+from svd_trt.families.svd.options import GenerationOptions, request_shape
 from svd_trt.memory import GIB, Estimate, MemoryPlan, resident_bytes
-from svd_trt.options import GenerationOptions, request_shape
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from svd_trt.errors import UserError
-from svd_trt.options import GenerationOptions
+from svd_trt.families.svd.options import GenerationOptions
 
 SERVE = "svd-trt serve"
 

@@ -13,7 +13,7 @@ import typing
 from dataclasses import dataclass
 
 # The one import of the options dataclass in the serving code.
-from svd_trt.options import GenerationOptions
+from svd_trt.families.svd.options import GenerationOptions
 
 MODEL = "svd"  # one response per request
 STREAM_MODEL = "svd_stream"  # decoupled: progress responses, then the result

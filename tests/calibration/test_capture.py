@@ -17,7 +17,7 @@ from svd_trt.calibration.capture import (
 )
 from svd_trt.calibration.dataset import CalibrationDataError, load_calibration, load_index
 from svd_trt.families.svd import euler
-from svd_trt.options import GenerationOptions
+from svd_trt.families.svd.options import GenerationOptions
 
 
 def test_capture_writes_every_step_with_metadata(small_calibration, small_engines):

@@ -20,9 +20,10 @@ from svd_trt.engines.accuracy import CheckOptions, check_component, resolve_opti
 from svd_trt.engines.check_cli import check
 from svd_trt.export.onnx_export import build_onnx_dir
 from svd_trt.export.torch_backend import torch_runners
+from svd_trt.families.svd.options import GenerationOptions
+from svd_trt.families.svd.spec import component_specs
 from svd_trt.manifest import load_manifest
-from svd_trt.options import GenerationOptions
-from svd_trt.spec import E2E_MIN_PSNR, Tolerance, component_specs
+from svd_trt.spec import E2E_MIN_PSNR, Tolerance
 
 COMPONENTS = ["image_encoder", "vae_encoder", "unet", "vae_decoder"]
 # Inside the UNet, behind a GroupNorm-free residual path: scaled by 1.5 it moves noise_pred by
@@ -238,7 +239,7 @@ def test_unet_is_checked_at_its_own_schedules_timesteps(name):
 
     cfg = dataclasses.replace(preset("tiny"), scheduler=scheduler_config(name))
     gen = GenerationOptions(num_frames=2, height=32, width=48, num_inference_steps=25, seed=0)
-    manifest = Manifest("onnxruntime", cfg, {})
+    manifest = Manifest("onnxruntime", "svd", cfg, {})
     schedule = make_schedule(cfg.scheduler, 25).timesteps
     spec = component_specs(cfg)["unet"]
     feeds = [component_feed(spec, manifest, dataclasses.replace(gen, seed=s)) for s in range(8)]

@@ -10,11 +10,11 @@ from click.testing import CliRunner
 
 from svd_trt.engines import tensorrt_build
 from svd_trt.engines.cli import main
-from svd_trt.export.checkpoint import read_config
 from svd_trt.families.svd.config import preset
+from svd_trt.families.svd.port.checkpoint import read_config
+from svd_trt.families.svd.spec import component_specs
 from svd_trt.manifest import ComponentEntry, Manifest, load_manifest
 from svd_trt.runtime.trt_runner import Platform
-from svd_trt.spec import component_specs
 
 PLATFORM = Platform("10.8.0.43", "NVIDIA H100 80GB HBM3", "9.0")
 
@@ -95,7 +95,7 @@ def fake_onnx_dir(
     for name, spec in component_specs(cfg).items():
         (out / spec.onnx_file).write_bytes(f"{name} {precisions[name]}".encode())
         entries[name] = ComponentEntry.describe(spec, spec.onnx_file, precisions[name], "k").recorded(out)
-    manifest = Manifest(backend, cfg, entries)
+    manifest = Manifest(backend, "svd", cfg, entries)
     manifest.save(out)
     return manifest
 

@@ -13,7 +13,8 @@ from svd_trt.engines.profiles import (
     served_limits,
 )
 from svd_trt.families.svd.config import preset
-from svd_trt.spec import Span, component_specs, size_multiple
+from svd_trt.families.svd.spec import component_specs, size_multiple
+from svd_trt.spec import Span
 
 SMALL = preset("small")  # 8 frames by default
 

@@ -257,7 +257,7 @@ def tiny_calibration(tiny_ckpt, tmp_path_factory):
     """UNet inputs recorded from fp32 ONNX Runtime engines of the same tiny checkpoint."""
     from svd_trt.calibration.capture import capture_calibration
     from svd_trt.export.onnx_export import build_onnx_dir
-    from svd_trt.options import GenerationOptions
+    from svd_trt.families.svd.options import GenerationOptions
 
     root = tmp_path_factory.mktemp("calib")
     build_onnx_dir(tiny_ckpt, root / "engines")
@@ -340,8 +340,8 @@ def test_real_build_runs_and_matches_onnxruntime(tiny_ckpt, tmp_path):
     if not _gpu():
         pytest.skip("no CUDA GPU")
     from svd_trt.export.onnx_export import build_onnx_dir
+    from svd_trt.families.svd.spec import sizes_for
     from svd_trt.runtime.runners import OrtRunner
-    from svd_trt.spec import sizes_for
 
     out = tmp_path / "engines"
     options = BuildOptions("tensorrt", SMALL_REQUEST, timing_cache=tmp_path / "timing.cache")

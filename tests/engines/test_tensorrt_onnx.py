@@ -23,9 +23,9 @@ from svd_trt.engines import tensorrt_build
 from svd_trt.engines.build import BuildOptions, build_engines, export_onnx
 from svd_trt.engines.cli import main as svd_export
 from svd_trt.engines.profiles import ProfileRequest
+from svd_trt.families.svd.options import GenerationOptions
 from svd_trt.families.svd.pipeline import SVDPipeline
 from svd_trt.manifest import load_manifest
-from svd_trt.options import GenerationOptions
 from svd_trt.runtime.trt_runner import Platform
 from svd_trt.spec import E2E_MIN_PSNR, FRAME_MAX_ABS
 

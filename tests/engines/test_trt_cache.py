@@ -82,7 +82,7 @@ def _write_dir(path, backend: str) -> dict[str, ComponentEntry]:
         (path / f"{name}.engine").write_bytes(f"{name} engine".encode())
         entry = ComponentEntry(f"{name}.engine", "fp16", "k1", extra={"profile": PROFILE})
         entries[name] = entry.recorded(path)
-    Manifest(backend, preset("tiny"), entries).save(path)
+    Manifest(backend, "svd", preset("tiny"), entries).save(path)
     return entries
 
 

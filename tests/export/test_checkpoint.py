@@ -11,8 +11,9 @@ import torch
 from conftest import rel_err
 from safetensors.torch import load_file, save_file
 
-from svd_trt.export.checkpoint import CheckpointError, load_component, read_config
+from svd_trt.export.checkpoint import CheckpointError
 from svd_trt.families.svd.config import preset
+from svd_trt.families.svd.port.checkpoint import load_component, read_config
 from svd_trt.families.svd.port.random_checkpoint import write_random_checkpoint
 
 UNET_FILE = "unet/diffusion_pytorch_model.safetensors"

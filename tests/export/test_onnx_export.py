@@ -12,11 +12,12 @@ import torch
 from conftest import FORBIDDEN_OPS, rel_err
 
 from svd_trt.export import onnx_export
-from svd_trt.export.checkpoint import CheckpointError, component_module, load_component, read_config
+from svd_trt.export.checkpoint import CheckpointError, component_module
 from svd_trt.export.onnx_export import build_onnx_dir, trace_sizes
+from svd_trt.families.svd.port.checkpoint import load_component, read_config
+from svd_trt.families.svd.spec import component_specs
 from svd_trt.manifest import load_manifest
 from svd_trt.runtime.runners import OrtRunner
-from svd_trt.spec import component_specs
 
 # fp32 graph vs fp32 eager: only op ordering and ORT's fusions differ, ~1e-6 relative.
 ONNX_TOL = 1e-4

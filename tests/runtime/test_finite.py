@@ -9,8 +9,9 @@ import pytest
 from test_infer_cli import assert_one_line_error, infer
 
 from svd_trt.errors import EngineError
+from svd_trt.families.svd.options import GenerationOptions
 from svd_trt.families.svd.pipeline import SVDPipeline
-from svd_trt.options import GenerationOptions, PipelineError
+from svd_trt.options import PipelineError
 from svd_trt.runtime import runners
 
 SIZE = GenerationOptions(num_frames=2, height=32, width=48, num_inference_steps=2, seed=0)

@@ -12,8 +12,9 @@ from svd_trt.engines import tensorrt_build
 from svd_trt.engines.build import BuildOptions, build_engines
 from svd_trt.engines.profiles import ProfileRequest
 from svd_trt.families.svd import pipeline
+from svd_trt.families.svd.options import GenerationOptions
 from svd_trt.manifest import load_manifest
-from svd_trt.options import GenerationOptions, PipelineError
+from svd_trt.options import PipelineError
 from svd_trt.runtime.cli import main
 from svd_trt.runtime.trt_runner import Platform
 

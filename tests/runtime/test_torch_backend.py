@@ -130,7 +130,7 @@ def test_onnxruntime_path_never_imports_torch(tiny_engines):
 
 def test_fast_attention_is_the_same_math():
     """Fused QKV self-attention and the one-key cross-attention shortcut equal the port's attention."""
-    from svd_trt.export.torch_backend import FastAttention, speed_up_attention
+    from svd_trt.families.svd.port.fast_attention import FastAttention, speed_up_attention
     from svd_trt.families.svd.port.layers import Attention, ImageSelfAttention
 
     torch.manual_seed(0)

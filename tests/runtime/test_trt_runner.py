@@ -154,13 +154,13 @@ def test_manifest_round_trip_with_profile_and_platform(tmp_path):
     profiles = component_profiles(
         cfg, served_limits(cfg, ProfileRequest(num_frames=(2, 6), height=(64, 128), width=(64, 128)), True)
     )
-    specs = Manifest("tensorrt", cfg, {}).specs()
+    specs = Manifest("tensorrt", "svd", cfg, {}).specs()
     entries = {}
     for name, spec in specs.items():
         (tmp_path / f"{name}.engine").write_bytes(b"plan")
         extra = {"profile": profiles[name], "platform": dataclasses.asdict(PLATFORM), "onnx_digest": "ab"}
         entries[name] = ComponentEntry.describe(spec, f"{name}.engine", spec.precision_on("tensorrt"), "k", **extra)
-    Manifest("tensorrt", cfg, entries).save(tmp_path)
+    Manifest("tensorrt", "svd", cfg, entries).save(tmp_path)
     loaded = load_manifest(tmp_path)
     assert loaded.backend == "tensorrt" and loaded.model == cfg
     for name, entry in loaded.components.items():
@@ -418,7 +418,7 @@ def test_pipeline_close_frees_every_runner_and_is_a_context_manager(fake_trt, tm
     names = ("unet", "vae_decoder")
     runners = {n: TrtEngineRunner(tmp_path / "fake.engine", name=n, entry=fake_entry()) for n in names}
     runners["image_encoder"] = types.SimpleNamespace(run=lambda inputs: {})  # a runner without close
-    with SVDPipeline(Manifest("tensorrt", preset("tiny"), {}), runners) as pipe:
+    with SVDPipeline(Manifest("tensorrt", "svd", preset("tiny"), {}), runners) as pipe:
         assert len(fake_trt.cuda.memory) == 6 and len(fake_trt.cuda.streams) == 2
     assert fake_trt.cuda.memory == {} and fake_trt.cuda.streams == {}
     pipe.close()  # twice: harmless
@@ -436,7 +436,7 @@ def test_pipeline_close_frees_the_others_when_one_close_fails(fake_trt, tmp_path
         "image_encoder": types.SimpleNamespace(run=lambda inputs: {}, close=broken_close),
         "unet": TrtEngineRunner(tmp_path / "fake.engine", name="unet", entry=fake_entry()),
     }
-    pipe = SVDPipeline(Manifest("tensorrt", preset("tiny"), {}), runners)
+    pipe = SVDPipeline(Manifest("tensorrt", "svd", preset("tiny"), {}), runners)
     with pytest.raises(RuntimeError, match="driver gone"):
         pipe.close()
     assert fake_trt.cuda.memory == {} and fake_trt.cuda.streams == {}

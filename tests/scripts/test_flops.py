@@ -10,8 +10,9 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from svd_trt.export.checkpoint import MethodModule, build_module
+from svd_trt.export.checkpoint import MethodModule
 from svd_trt.families.svd.config import SVDConfig, preset
+from svd_trt.families.svd.port.checkpoint import build_module
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 import flops  # noqa: E402  (scripts/ is not a package)
@@ -60,7 +61,7 @@ def test_port_counts_equal_torch_at_svd_xt_shapes(meta_xt):
 
 def test_fast_path_count_equals_torch():
     """The fast path (fused QKV GEMM) does the port's products: same count."""
-    from svd_trt.export.torch_backend import speed_up_attention
+    from svd_trt.families.svd.port.fast_attention import speed_up_attention
 
     with torch.device("meta"):
         unet = build_module("unet", XT)

@@ -8,6 +8,7 @@ shared with SVD). Every failure is a one-line CheckpointError naming the file (a
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -59,9 +60,26 @@ def read_config(snapshot: str | Path) -> LTXConfig:
         )
     parts["tokenizer_max_length"] = _tokenizer_max_length(root / "tokenizer" / "tokenizer_config.json")
     try:
-        return LTXConfig.from_dict(parts)
+        cfg = LTXConfig.from_dict(parts)
     except (LTXConfigError, TypeError) as e:
         raise CheckpointError(f"{root}: {e}") from None
+    return dataclasses.replace(cfg, **latents_stats(root, cfg))
+
+
+def latents_stats(root: Path, cfg: LTXConfig, variant: str | None = "auto") -> dict[str, tuple[float, ...]]:
+    """The VAE's latents_mean / latents_std buffers (float32 values), read from its weights."""
+    comp = COMPONENTS["vae"]
+    keys = ("latents_mean", "latents_std")
+    state, source = read_folder(root / comp.folder, comp.weights_stem, variant, only=set(keys))
+    out = {}
+    for key in keys:
+        if key not in state:
+            raise CheckpointError(f"{source}: missing key {key}")
+        values = state[key].float().reshape(-1)
+        if values.numel() != cfg.latent_channels:
+            raise CheckpointError(f"{source}: {key} has {values.numel()} values, the config {cfg.latent_channels}")
+        out[key] = tuple(float(v) for v in values.tolist())
+    return out
 
 
 def _tokenizer_max_length(path: Path) -> int:

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import torch
 
-from svd_trt.export.checkpoint import COMPONENTS, build_module
 from svd_trt.export.snapshot_writer import save_weights, write_json
 from svd_trt.families.svd.config import SVDConfig
+from svd_trt.families.svd.port.checkpoint import COMPONENTS, build_module
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from euler_bounds import linspace_bound, unfused_linspace
 from PIL import Image
 
 from svd_trt.families.svd import guidance
-from svd_trt.options import do_cfg
+from svd_trt.families.svd.options import do_cfg
 
 SIZE = 32  # pixels: tiny VAE's latents are 16 x 16
 

@@ -16,8 +16,8 @@ import pytest
 from scheduler_configs import SCHEDULER_CONFIGS, scheduler_config
 
 from svd_trt.families.svd import euler
+from svd_trt.families.svd.options import GenerationOptions
 from svd_trt.families.svd.pipeline import SVDPipeline
-from svd_trt.options import GenerationOptions
 from svd_trt.runtime.image_preprocess import load_image
 
 pytestmark = pytest.mark.skipif(

@@ -11,8 +11,9 @@ import pytest
 
 from svd_trt.errors import CapacityError
 from svd_trt.families.svd.config import preset
-from svd_trt.memory import InsufficientMemory, MemoryPlan, estimate, resident_bytes
-from svd_trt.options import GenerationOptions, request_shape, resolve
+from svd_trt.families.svd.memory import estimate
+from svd_trt.families.svd.options import GenerationOptions, request_shape, resolve
+from svd_trt.memory import InsufficientMemory, MemoryPlan, resident_bytes
 from svd_trt.runtime.serving.admission import Admission, AdmissionError
 from svd_trt.runtime.serving.caps import CapError, RequestCaps
 from svd_trt.runtime.serving.failures import (

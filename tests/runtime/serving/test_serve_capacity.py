@@ -12,9 +12,10 @@ import pytest
 from conftest import FAILING_COMPONENT, FAILING_HEIGHT
 from serve_helpers import IMAGE_PATH, REQUEST, Stream, cancel_lines, descendants, needs_triton, start_serve
 
+from svd_trt.families.svd.memory import estimate
+from svd_trt.families.svd.options import GenerationOptions, request_shape, resolve
 from svd_trt.manifest import load_manifest
-from svd_trt.memory import estimate, host_available, resident_bytes
-from svd_trt.options import GenerationOptions, request_shape, resolve
+from svd_trt.memory import host_available, resident_bytes
 from svd_trt.runtime.serving.caps import RequestCaps
 from svd_trt.runtime.serving.client import generate, generate_streaming
 

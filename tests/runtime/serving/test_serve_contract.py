@@ -11,7 +11,7 @@ import av
 import numpy as np
 import pytest
 
-from svd_trt.options import GenerationOptions
+from svd_trt.families.svd.options import GenerationOptions
 from svd_trt.runtime.serving import contract
 from svd_trt.runtime.serving.client import request_arrays
 from svd_trt.runtime.serving.request import (

@@ -24,10 +24,11 @@ from serve_helpers import (
     state_dir,
 )
 
+from svd_trt.families.svd.memory import estimate
+from svd_trt.families.svd.options import GenerationOptions, request_shape, resolve
 from svd_trt.families.svd.pipeline import SVDPipeline
 from svd_trt.manifest import load_manifest
-from svd_trt.memory import GIB, estimate
-from svd_trt.options import GenerationOptions, request_shape, resolve
+from svd_trt.memory import GIB
 from svd_trt.runtime.cli import main as svd_trt
 from svd_trt.runtime.image_preprocess import load_image
 from svd_trt.runtime.serving import contract
