@@ -112,6 +112,7 @@ def quantized_report(
     quant_unet = pipe.runners["unet"]
     index = load_index(calib_dir)
     report = {
+        "component": "unet",
         "precision": quant_entry.precision,
         "quantization": quant_entry.extra.get("quantization", {}),
         "sizes": speed.sizes(engine_dir),

@@ -47,12 +47,14 @@ class BuildOptions:
         """BuildError (one line) for options that contradict each other, before any work."""
         for name, precision in self.precisions.items():
             if precision in QUANTIZED_PRECISIONS and name != family.quantizable:
-                what = f"{family.quantizable} only" if family.quantizable else "none of its components"
-                raise BuildError(f"--precision {name}={precision}: {family.title} quantizes {what}")
+                what = f"int8 / fp8 for {family.quantizable} only" if family.quantizable else "no int8 / fp8"
+                raise BuildError(f"--precision {name}={precision}: {family.title} engines are fp32 or fp16 ({what})")
         if self.calibration is not None and self.quantized is None:
             raise BuildError("--calibration applies to an int8 or fp8 precision only")
         if self.quantized and self.calibration is None:
-            raise BuildError(f"{self.quantized} needs --calibration DIR (svd-export calibrate)")
+            raise BuildError(
+                f"--precision {family.quantizable}={self.quantized} needs --calibration DIR (svd-export calibrate)"
+            )
 
 
 def component_precisions(

@@ -104,11 +104,11 @@ def check(
     if report.quantized is not None:
         q = report.quantized
         click.echo(
-            f"quantized unet ({q['precision']}) vs float: {'PASS' if q['passed'] else 'FAIL'} "
+            f"quantized {q.get('component', 'component')} ({q['precision']}) vs float: {'PASS' if q['passed'] else 'FAIL'} "
             f"(worst PSNR {q['worst_psnr_db']:.2f} dB, bound {q['min_psnr_db']:g} dB)"
         )
         if not q["passed"]:
-            failed.append("quantized unet")
+            failed.append(f"quantized {q.get('component', 'component')}")
     if failed:
         click.echo(f"accuracy FAILED ({', '.join(failed)}); report: {md_path}", err=True)
         sys.exit(EXIT_FAILED)

@@ -29,7 +29,7 @@ log = logging.getLogger("svd_trt")
 @click.group()
 @click.option("-v", "--verbose", is_flag=True, help="Log at INFO level.")
 def main(verbose: bool) -> None:
-    """svd-trt: run video diffusion engines (SVD, LTX-Video)."""
+    """svd-trt: run video diffusion engines built by svd-export."""
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s"
     )
@@ -61,8 +61,8 @@ def main(verbose: bool) -> None:
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @one_line_errors
 def infer(engine_dir, out, output_fps, contact_sheet, backend, device, progress, **kw):
-    """Render a video with the engines in ENGINES: from --image (SVD), from --prompt (LTX-Video, with
-    --image for image to video). Options the engines' family does not take are refused."""
+    """Render a video with the engines in ENGINES from the inputs their model family takes (--image,
+    --prompt, ...: see each option's help). Options the family does not take are refused."""
     from svd_trt.family import family_named
     from svd_trt.manifest import load_manifest
     from svd_trt.runtime.infer import infer_to_file

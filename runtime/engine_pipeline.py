@@ -121,5 +121,10 @@ def check_draws(given: Mapping[str, np.ndarray | None], shapes: Mapping[str, tup
             raise PipelineError(f"{flag} does not apply to this request (it draws {', '.join(shapes)})")
         if tuple(array.shape) != tuple(shapes[name]):
             raise PipelineError(f"{flag} must have shape {list(shapes[name])}, got {list(array.shape)}")
-        if np.issubdtype(np.asarray(array).dtype, np.number) and not np.isfinite(array).all():
-            raise PipelineError(f"{flag}: holds NaN or inf values; pass finite noise")
+        check_finite_input(array, flag)
+
+
+def check_finite_input(array: np.ndarray, what: str) -> None:
+    """PipelineError (the request's fault) when a given noise array holds NaN or inf."""
+    if np.issubdtype(np.asarray(array).dtype, np.number) and not np.isfinite(array).all():
+        raise PipelineError(f"{what}: holds NaN or inf values; pass finite noise")

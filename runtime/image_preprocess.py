@@ -100,21 +100,6 @@ def vae_pixel_values(image: Image.Image, height: int, width: int, vae_scale_fact
     return np.ascontiguousarray((F32(2.0) * pixels - F32(1.0)).transpose(2, 0, 1)[None])
 
 
-def added_time_ids(
-    fps: float,
-    motion_bucket_id: float,
-    noise_aug_strength: float,
-    batch: int = 1,
-    dtype: np.dtype = np.float32,
-) -> np.ndarray:
-    """[fps - 1, motion_bucket_id, noise_aug_strength] per row, [B, 3]; SVD was conditioned on fps - 1.
-
-    For CFG pass batch = 2 * B: diffusers concatenates two identical copies.
-    """
-    row = np.array([[fps - 1, motion_bucket_id, noise_aug_strength]], dtype=dtype)
-    return np.repeat(row, batch, axis=0)
-
-
 def postprocess(frames: np.ndarray) -> np.ndarray:
     """VAE output [F, 3, H, W] (about [-1, 1]) -> [F, H, W, 3] float32 in [0, 1]: clip(x * 0.5 + 0.5, 0, 1)."""
     # one copy into the output layout, then in place: the frames are the largest arrays of a run

@@ -16,7 +16,7 @@ from svd_trt.family import VideoOutput, family_named
 from svd_trt.manifest import load_manifest
 from svd_trt.memory import plan_for
 from svd_trt.runtime.devices import check_device
-from svd_trt.runtime.engine_pipeline import open_pipeline
+from svd_trt.runtime.engine_pipeline import check_finite_input, open_pipeline
 from svd_trt.runtime.inputs import input_paths, load_inputs
 from svd_trt.runtime.outputs import Outputs, check_outputs, describe, write_failure
 from svd_trt.runtime.timings import Timings
@@ -98,6 +98,7 @@ def _load_array(given: ArrayInput, flag: str) -> np.ndarray | None:
         raise InferError(f"{flag} {given}: no such file") from None
     except (OSError, ValueError) as e:
         raise InferError(f"{flag} {given}: cannot read it as .npy ({describe(e)})") from None
+    check_finite_input(array, f"{flag} {given}")
     return array
 
 

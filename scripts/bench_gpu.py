@@ -39,8 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import flops  # noqa: E402  (the sibling script; scripts/ is not a package)
 
 from svd_trt.families.svd.config import SVDConfig, preset  # noqa: E402
-from svd_trt.families.svd.spec import DEFAULT_HEIGHT
-from svd_trt.spec import DEFAULT_WIDTH  # noqa: E402
+from svd_trt.families.svd.spec import DEFAULT_HEIGHT, DEFAULT_WIDTH  # noqa: E402
 
 log = logging.getLogger("bench_gpu")
 SPEC_PEAK = 989e12  # H100 SXM dense fp16 tensor-core spec (no sparsity)

@@ -16,10 +16,13 @@ from conftest import size_args
 from PIL import Image
 
 from svd_trt import memory
+from svd_trt.families.svd import memory as svd_memory
 from svd_trt.families.svd import pipeline
 from svd_trt.families.svd.config import preset
-from svd_trt.families.svd.options import GenerationOptions, request_shape, resolve
+from svd_trt.families.svd.family import SVD
+from svd_trt.families.svd.options import GenerationOptions, resolve
 from svd_trt.manifest import load_manifest
+from svd_trt.runtime import engine_pipeline
 from svd_trt.runtime.cli import main
 
 GIB = 2**30
@@ -68,7 +71,7 @@ def test_estimate_is_close_to_the_measured_peak(small_engines):
     )
     peak = json.loads(done.stdout.strip().splitlines()[-1])["peak"]
     plan = memory.plan_for(engine_dir, manifest, "onnxruntime")
-    estimate = plan.estimate(manifest.model, request_shape(resolve(GenerationOptions(**request), manifest.model)))
+    estimate = plan.estimate(manifest.model, resolve(GenerationOptions(**request), manifest.model))
     assert 0.8 <= estimate.total / peak <= 1.25, (estimate, peak)
     assert estimate.widest == "the VAE decoder"  # 8 frames at full resolution: the decoder dominates
 
@@ -82,7 +85,7 @@ def no_runner(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a runner was opened: the memory check came too late")
 
-    monkeypatch.setattr(pipeline, "open_runner", refuse)
+    monkeypatch.setattr(engine_pipeline, "open_runner", refuse)
 
 
 def test_the_issues_4096_request_is_refused_at_once(tiny_engines, tmp_path, monkeypatch, no_runner):
@@ -136,20 +139,20 @@ def test_the_python_api_checks_too(tiny_engines, monkeypatch):
 def test_memory_the_pipeline_already_holds_is_reused(monkeypatch):
     """ONNX Runtime's arenas keep their peak after a call: the same request again needs nothing new."""
     cfg = preset("small")
-    opts = request_shape(resolve(GenerationOptions(height=512, width=512), cfg))
-    need = memory.estimate(cfg, opts).total
+    opts = resolve(GenerationOptions(height=512, width=512), cfg)
+    need = svd_memory.estimate(cfg, opts).total
     monkeypatch.setattr(memory, "resident_bytes", lambda: 1 * GIB + need)  # the arenas of an earlier call
-    plan = memory.MemoryPlan(loaded_rss=1 * GIB, available=lambda: 0)
+    plan = memory.MemoryPlan(SVD, loaded_rss=1 * GIB, available=lambda: 0)
     assert plan.check(cfg, opts) is not None
-    plan = memory.MemoryPlan(loaded_rss=1 * GIB + need // 2, available=lambda: 0)
+    plan = memory.MemoryPlan(SVD, loaded_rss=1 * GIB + need // 2, available=lambda: 0)
     with pytest.raises(memory.InsufficientMemory):
         plan.check(cfg, opts)
 
 
 def test_unknown_availability_is_not_checked():
-    plan = memory.MemoryPlan(available=lambda: None)  # no /proc/meminfo: not Linux
+    plan = memory.MemoryPlan(SVD, available=lambda: None)  # no /proc/meminfo: not Linux
     assert (
-        plan.check(preset("small"), request_shape(resolve(GenerationOptions(height=8192, width=8192), preset("small"))))
+        plan.check(preset("small"), resolve(GenerationOptions(height=8192, width=8192), preset("small")))
         is None
     )
 
@@ -158,17 +161,17 @@ def test_tensorrt_checks_only_the_host_arrays():
     """TensorRT reserves activation memory for the profile when the engines load (static
     allocation): a request inside the profile adds only the pipeline's own arrays."""
     cfg = preset("small")
-    opts = request_shape(resolve(GenerationOptions(height=512, width=512), cfg))
-    est = memory.MemoryPlan("tensorrt", device="cuda", weights=10 * GIB).estimate(cfg, opts)
+    opts = resolve(GenerationOptions(height=512, width=512), cfg)
+    est = memory.MemoryPlan(SVD, "tensorrt", device="cuda", weights=10 * GIB).estimate(cfg, opts)
     assert est.activations == {} and est.weights == 0
-    assert est.total == est.arrays == memory.estimate(cfg, opts).arrays
+    assert est.total == est.arrays == svd_memory.estimate(cfg, opts).arrays
 
 
 def test_standard_attention_counts_the_score_matrices():
     """TensorRT-target graphs run in ONNX Runtime materialise [B*F, heads, L, L] twice (logits, softmax)."""
     cfg = preset("full")
-    opts = request_shape(resolve(GenerationOptions(num_frames=25, decode_chunk_size=8), cfg))
-    fused, standard = memory.estimate(cfg, opts, "fused"), memory.estimate(cfg, opts, "standard")
+    opts = resolve(GenerationOptions(num_frames=25, decode_chunk_size=8), cfg)
+    fused, standard = svd_memory.estimate(cfg, opts, "fused"), svd_memory.estimate(cfg, opts, "standard")
     tokens = (576 // 8) * (1024 // 8)
     scores = 2 * 2 * 25 * 5 * tokens * tokens * 4  # CFG batch 2, 25 frames, 5 heads at level 0
     assert standard.activations["the UNet"] - fused.activations["the UNet"] == scores
@@ -203,7 +206,7 @@ def test_weights_still_to_load_are_counted_before_loading(tiny_engines):
     assert loaded.weights == 0 and loaded.loaded_rss is not None
     assert (
         dataclasses.replace(plan, backend="torch")
-        .estimate(manifest.model, request_shape(resolve(GenerationOptions(), manifest.model)))
+        .estimate(manifest.model, resolve(GenerationOptions(), manifest.model))
         .weights
         == 0
     )
@@ -211,5 +214,8 @@ def test_weights_still_to_load_are_counted_before_loading(tiny_engines):
 
 def test_validation_does_not_import_the_memory_model():
     """options.py validates requests; memory.py admits them and imports options, never the reverse."""
-    code = "import sys, svd_trt.options; assert 'svd_trt.memory' not in sys.modules, 'options imports memory'"
+    code = (
+        "import sys, svd_trt.options, svd_trt.families.svd.options, svd_trt.families.ltx.options; "
+        "assert 'svd_trt.memory' not in sys.modules, 'options imports memory'"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -17,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 from svd_trt.engines.cli import main as svd_export
-from svd_trt.manifest import MANIFEST_NAME, data_file, load_manifest
+from svd_trt.manifest import FORMAT_VERSION, MANIFEST_NAME, data_file, load_manifest
 from svd_trt.output_dir import lock
 from svd_trt.runtime.cli import main as svd_trt
 
@@ -227,7 +227,7 @@ def test_verify_hashes_every_byte(engines):
     [
         (lambda e: (e / "vae_decoder.onnx").unlink(), 1),
         (lambda e: (e / MANIFEST_NAME).write_text("{not json"), 1),
-        (lambda e: (e / MANIFEST_NAME).write_text(json.dumps({"format_version": 2, "backend": "x"})), 1),
+        (lambda e: (e / MANIFEST_NAME).write_text(json.dumps({"format_version": FORMAT_VERSION, "backend": "x"})), 1),
         (lambda e: (e / MANIFEST_NAME).unlink(), 2),  # not an engine directory: nothing to verify
         (lambda e: shutil.rmtree(e), 2),
         (lambda e: (e / MANIFEST_NAME).write_text(json.dumps({"format_version": 1})), 2),  # another version

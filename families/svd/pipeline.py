@@ -22,7 +22,7 @@ from svd_trt.families.svd.options import GenerationOptions, do_cfg
 from svd_trt.family import VideoOutput
 from svd_trt.options import PipelineError
 from svd_trt.runtime.engine_pipeline import EnginePipeline, check_draws, check_finite
-from svd_trt.runtime.image_preprocess import added_time_ids, postprocess, vae_pixel_values
+from svd_trt.runtime.image_preprocess import postprocess, vae_pixel_values
 from svd_trt.runtime.timings import Timed, Timings
 
 log = logging.getLogger(__name__)
@@ -143,6 +143,21 @@ class SVDPipeline(EnginePipeline):
         decoded = np.concatenate(chunks)
         check_finite(decoded, "vae_decoder", "the decoded frames")  # before postprocess clips an inf away
         return postprocess(decoded)
+
+
+def added_time_ids(
+    fps: float,
+    motion_bucket_id: float,
+    noise_aug_strength: float,
+    batch: int = 1,
+    dtype: np.dtype = np.float32,
+) -> np.ndarray:
+    """[fps - 1, motion_bucket_id, noise_aug_strength] per row, [B, 3]; SVD was conditioned on fps - 1.
+
+    For CFG pass batch = 2 * B: diffusers concatenates two identical copies.
+    """
+    row = np.array([[fps - 1, motion_bucket_id, noise_aug_strength]], dtype=dtype)
+    return np.repeat(row, batch, axis=0)
 
 
 def _as_pil(image: Image.Image | np.ndarray) -> Image.Image:

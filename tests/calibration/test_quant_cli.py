@@ -37,9 +37,9 @@ def test_build_engines_int8_on_onnxruntime(small_snapshot, small_engines, small_
 @pytest.mark.parametrize(
     "args, words",
     [
-        (["--unet-precision", "int8"], "--unet-precision int8 needs --calibration DIR"),
+        (["--unet-precision", "int8"], "--precision unet=int8 needs --calibration DIR"),
         (["--unet-precision", "fp8", "--calibration", "."], "fp8 needs TensorRT on a GPU of compute capability >= 8.9"),
-        (["--calibration", "."], "--calibration applies to --unet-precision int8 or fp8 only"),
+        (["--calibration", "."], "--calibration applies to an int8 or fp8 precision only"),
     ],
 )
 def test_build_engines_quantization_errors(small_snapshot, tmp_path, args, words):

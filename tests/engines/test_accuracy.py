@@ -206,7 +206,6 @@ def test_check_tensorrt_engines(tiny_snapshot, tmp_path):
     except (ImportError, OSError) as e:
         pytest.skip(f"tensorrt is not importable here ({type(e).__name__}: {e}); the TensorRT check needs it")
     from svd_trt.engines.build import BuildOptions
-    from svd_trt.engines.profiles import ProfileRequest
     from svd_trt.engines.tensorrt_build import build_tensorrt_dir
     from svd_trt.runtime.trt_runner import TrtError, current_platform
 
@@ -214,7 +213,7 @@ def test_check_tensorrt_engines(tiny_snapshot, tmp_path):
         current_platform()
     except TrtError as e:
         pytest.skip(f"no usable TensorRT + CUDA GPU: {e}")
-    request = ProfileRequest(num_frames=(3, 3), height=(32, 32), width=(48, 48))
+    request = dict(num_frames=(3, 3), height=(32, 32), width=(48, 48))
     engines = tmp_path / "trt"
     build_tensorrt_dir(tiny_snapshot, engines, BuildOptions("tensorrt", request, timing_cache=tmp_path / "cache"))
     out = tmp_path / "report"

@@ -49,7 +49,7 @@ def _one_line_error(result, *words: str) -> None:
         (["--width", "130"], ["--width 130:130", "multiples of 8"]),
         (["--decode-chunk-size", "0"], ["--decode-chunk-size 0", "positive"]),
         (["--precision", "vae_decoder=int8"], ["--precision vae_decoder=int8", "fp32 or fp16"]),
-        (["--unet-precision", "int8"], ["--unet-precision int8 needs --calibration DIR"]),
+        (["--unet-precision", "int8"], ["--precision unet=int8 needs --calibration DIR"]),
         (["--precision", "clip=fp16"], ["unknown component"]),
     ],
 )

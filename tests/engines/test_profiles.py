@@ -4,26 +4,21 @@ from __future__ import annotations
 
 import pytest
 
-from svd_trt.engines.profiles import (
-    LEVELS,
-    ProfileRequest,
-    RangeError,
-    component_profiles,
-    parse_range,
-    served_limits,
-)
+from svd_trt.engines.profiles import LEVELS, component_profiles
 from svd_trt.families.svd.config import preset
-from svd_trt.families.svd.spec import component_specs, size_multiple
+from svd_trt.families.svd.family import SVD
+from svd_trt.families.svd.spec import component_specs, served_limits, size_multiple
+from svd_trt.limits import RangeError, Request, parse_range
 from svd_trt.spec import Span
 
 SMALL = preset("small")  # 8 frames by default
 
 
-def profiles(request: ProfileRequest) -> dict:
-    return component_profiles(SMALL, served_limits(SMALL, request, bounded=True))
+def profiles(request: Request) -> dict:
+    return component_profiles(SVD, SMALL, served_limits(SMALL, request, bounded=True))
 
 
-def spans(request: ProfileRequest) -> dict[str, Span]:
+def spans(request: Request) -> dict[str, Span]:
     return served_limits(SMALL, request, bounded=True)
 
 
@@ -64,17 +59,17 @@ def test_size_multiple_is_diffusers_8_and_whole_latents():
 
 def test_unbounded_limits_for_onnxruntime():
     """No range given: ONNX Runtime serves any size (the graph is fully dynamic)."""
-    limits = served_limits(SMALL, ProfileRequest(), bounded=False)
+    limits = served_limits(SMALL, {}, bounded=False)
     assert limits["num_frames"] == Span(1, 8, None) and limits["decode_chunk_size"] == Span(1, 8, None)
     assert limits["height"] == Span(8, 576, None) and limits["width"] == Span(8, 1024, None)
     assert limits["height"].contains(4096) and not limits["height"].contains(0)
-    given = served_limits(SMALL, ProfileRequest(num_frames=(2, 14)), bounded=False)
+    given = served_limits(SMALL, dict(num_frames=(2, 14)), bounded=False)
     assert given["num_frames"] == Span(2, 8, 14) and given["decode_chunk_size"] == Span(1, 14, 14)
 
 
 def test_small_defaults_concrete_shapes():
     """Default request: the model's 8 frames, 576x1024; UNet batch 1..2 opt 2."""
-    p = profiles(ProfileRequest())
+    p = profiles({})
     assert p["unet"]["sample"] == mmm((1, 8, 8, 72, 128), (2, 8, 8, 72, 128), (2, 8, 8, 72, 128))
     assert p["unet"]["timestep"] == mmm((1,), (2,), (2,))
     assert p["unet"]["encoder_hidden_states"] == mmm((1, 1, 64), (2, 1, 64), (2, 1, 64))
@@ -86,7 +81,7 @@ def test_small_defaults_concrete_shapes():
 
 
 def test_small_ranges_concrete_shapes():
-    request = ProfileRequest(num_frames=(4, 12), height=(256, 576), width=(512, 1024), decode_chunk_size=6)
+    request = dict(num_frames=(4, 12), height=(256, 576), width=(512, 1024), decode_chunk_size=6)
     p = profiles(request)
     assert p["unet"]["sample"] == mmm((1, 4, 8, 32, 64), (2, 8, 8, 72, 128), (2, 12, 8, 72, 128))
     assert p["vae_encoder"]["image"] == mmm((1, 3, 256, 512), (1, 3, 576, 1024), (2, 3, 576, 1024))
@@ -94,7 +89,7 @@ def test_small_ranges_concrete_shapes():
 
 
 def test_every_input_has_an_ordered_profile():
-    request = ProfileRequest(num_frames=(2, 25), height=(128, 1024), width=(128, 1024), decode_chunk_size=8)
+    request = dict(num_frames=(2, 25), height=(128, 1024), width=(128, 1024), decode_chunk_size=8)
     p = profiles(request)
     for name, spec in component_specs(SMALL).items():
         assert set(p[name]) == set(spec.input_names)
@@ -108,29 +103,29 @@ def test_every_input_has_an_ordered_profile():
     ids=["clamp-up", "clamp-down", "inside"],
 )
 def test_frame_opt_is_model_default_clamped(pair, default_opt):
-    assert spans(ProfileRequest(num_frames=pair))["num_frames"].opt == default_opt
+    assert spans(dict(num_frames=pair))["num_frames"].opt == default_opt
 
 
 def test_size_opt_is_576x1024_clamped():
-    limits = spans(ProfileRequest(height=(128, 320), width=(1088, 2048)))
+    limits = spans(dict(height=(128, 320), width=(1088, 2048)))
     assert (limits["height"].opt, limits["width"].opt) == (320, 1088)
 
 
 def test_decode_chunk_defaults_to_max_frames_and_is_capped():
-    chunk = spans(ProfileRequest(num_frames=(4, 12)))["decode_chunk_size"]
+    chunk = spans(dict(num_frames=(4, 12)))["decode_chunk_size"]
     assert (chunk.min, chunk.opt, chunk.max) == (1, 12, 12)
-    capped = spans(ProfileRequest(num_frames=(4, 12), decode_chunk_size=99))["decode_chunk_size"]
+    capped = spans(dict(num_frames=(4, 12), decode_chunk_size=99))["decode_chunk_size"]
     assert capped == chunk
 
 
 @pytest.mark.parametrize(
     "request_, words",
     [
-        (ProfileRequest(height=(100, 576)), "--height 100:576: this model needs multiples of 8"),
-        (ProfileRequest(width=(1024, 1000)), "--width 1024:1000: min 1024 is larger than max 1000"),
-        (ProfileRequest(width=(512, 1002)), "--width 512:1002: this model needs multiples of 8"),
-        (ProfileRequest(num_frames=(0, 4)), "--num-frames 0:4: values must be positive"),
-        (ProfileRequest(decode_chunk_size=0), "--decode-chunk-size 0: must be positive"),
+        (dict(height=(100, 576)), "--height 100:576: this model needs multiples of 8"),
+        (dict(width=(1024, 1000)), "--width 1024:1000: min 1024 is larger than max 1000"),
+        (dict(width=(512, 1002)), "--width 512:1002: this model needs multiples of 8"),
+        (dict(num_frames=(0, 4)), "--num-frames 0:4: values must be positive"),
+        (dict(decode_chunk_size=0), "--decode-chunk-size 0: must be positive"),
     ],
 )
 def test_invalid_requests_are_one_line(request_, words):

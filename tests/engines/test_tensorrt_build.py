@@ -18,10 +18,12 @@ from trt_fakes import PLATFORM, FakeBuilder
 
 from svd_trt.engines import tensorrt_build
 from svd_trt.engines.build import BuildError, BuildOptions
-from svd_trt.engines.profiles import ProfileRequest, component_profiles, served_limits
+from svd_trt.engines.profiles import component_profiles
 from svd_trt.engines.tensorrt_build import build_tensorrt_dir, onnx_dir_for
 from svd_trt.engines.trt_cache import BUILDER_VERSION
 from svd_trt.families.svd.config import preset
+from svd_trt.families.svd.family import SVD
+from svd_trt.families.svd.spec import served_limits
 from svd_trt.manifest import load_manifest
 from svd_trt.runtime import trt_runner
 from svd_trt.runtime.runners import open_runner
@@ -163,7 +165,7 @@ def shared_onnx(tmp_path_factory):
     return tmp_path_factory.mktemp("onnx") / "engines-onnx"
 
 
-SMALL_REQUEST = ProfileRequest(num_frames=(2, 6), height=(64, 128), width=(64, 128))
+SMALL_REQUEST = dict(num_frames=(2, 6), height=(64, 128), width=(64, 128))
 
 
 def _build(ckpt, out, onnx, request=SMALL_REQUEST, **kwargs):
@@ -178,7 +180,7 @@ def test_build_writes_engines_and_manifest(tiny_ckpt, shared_onnx, tmp_path, fak
     out = tmp_path / "engines"
     manifest, statuses = _build(tiny_ckpt, out, shared_onnx)
     cfg = preset("tiny")
-    profiles = component_profiles(cfg, served_limits(cfg, SMALL_REQUEST, bounded=True))
+    profiles = component_profiles(SVD, cfg, served_limits(cfg, SMALL_REQUEST, bounded=True))
     assert sorted(b[0] for b in builder.built) == sorted(profiles)
     assert all(cache == tmp_path / "timing.cache" for *_, cache in builder.built)
     assert {n: s for n, s in statuses.items() if not n.endswith("onnx")} == dict.fromkeys(profiles, "built")
@@ -216,12 +218,12 @@ def test_second_build_reuses_and_a_changed_profile_rebuilds(tiny_ckpt, shared_on
     assert again.built == [] and {statuses[n] for n in ("unet", "vae_decoder")} == {"reused"}
     # More frames: only the components with a frame axis change.
     more = fake_build()
-    _build(tiny_ckpt, out, shared_onnx, dataclasses.replace(SMALL_REQUEST, num_frames=(2, 8)))
+    _build(tiny_ckpt, out, shared_onnx, {**SMALL_REQUEST, "num_frames": (2, 8)})
     assert sorted(b[0] for b in more.built) == ["unet", "vae_decoder"]
     assert load_manifest(out).components["unet"].extra["profile"]["sample"]["max"][1] == 8
     # Another TensorRT: every engine is stale and rebuilt, never reused.
     upgraded = fake_build(platform=dataclasses.replace(PLATFORM, tensorrt_version="10.9.0.34"))
-    _build(tiny_ckpt, out, shared_onnx, dataclasses.replace(SMALL_REQUEST, num_frames=(2, 8)))
+    _build(tiny_ckpt, out, shared_onnx, {**SMALL_REQUEST, "num_frames": (2, 8)})
     assert len(upgraded.built) == 4
 
 
@@ -232,7 +234,7 @@ def test_failed_build_leaves_the_old_directory(tiny_ckpt, shared_onnx, tmp_path,
     before = (out / "manifest.json").read_text()
     fake_build(FakeBuilder(fail_on="unet"))
     with pytest.raises(RuntimeError, match="builder failed"):
-        _build(tiny_ckpt, out, shared_onnx, dataclasses.replace(SMALL_REQUEST, num_frames=(2, 8)))
+        _build(tiny_ckpt, out, shared_onnx, {**SMALL_REQUEST, "num_frames": (2, 8)})
     assert (out / "manifest.json").read_text() == before
     assert [p.name for p in tmp_path.iterdir() if ".partial-" in p.name] == []
 
@@ -312,7 +314,7 @@ def test_fp8_unet_on_hopper_gets_an_fp8_qdq_graph(tiny_ckpt, tiny_calibration, t
 def test_range_and_tensorrt_errors_come_before_any_export(tiny_ckpt, tmp_path, no_tensorrt):
     onnx = tmp_path / "onnx"
     with pytest.raises(ValueError, match="--height 64:102: this model needs multiples of 8"):
-        _build(tiny_ckpt, tmp_path / "e", onnx, dataclasses.replace(SMALL_REQUEST, height=(64, 102)))
+        _build(tiny_ckpt, tmp_path / "e", onnx, {**SMALL_REQUEST, "height": (64, 102)})
     with pytest.raises(TrtError, match="TensorRT is not installed"):
         _build(tiny_ckpt, tmp_path / "e", onnx)
     assert not onnx.exists() and not (tmp_path / "e").exists()

@@ -22,7 +22,6 @@ from svd_trt.calibration.report import psnr
 from svd_trt.engines import tensorrt_build
 from svd_trt.engines.build import BuildOptions, build_engines, export_onnx
 from svd_trt.engines.cli import main as svd_export
-from svd_trt.engines.profiles import ProfileRequest
 from svd_trt.families.svd.options import GenerationOptions
 from svd_trt.families.svd.pipeline import SVDPipeline
 from svd_trt.manifest import load_manifest
@@ -99,7 +98,7 @@ def test_tensorrt_builds_from_these_very_files(tiny_snapshot, tiny_trt_onnx, tmp
         tensorrt_build, "build_engine", lambda onnx_path, engine, *a: built.update({engine.stem: onnx_path})
         or engine.write_bytes(b"plan")
     )
-    request = ProfileRequest((2, 3), (32, 64), (32, 64))
+    request = dict(num_frames=(2, 3), height=(32, 64), width=(32, 64))
     build_engines(tiny_snapshot, tmp_path / "e", BuildOptions("tensorrt", request))
     ours, theirs = load_manifest(tiny_trt_onnx), load_manifest(tmp_path / "e-onnx")
     assert {n: e.key for n, e in ours.components.items()} == {n: e.key for n, e in theirs.components.items()}

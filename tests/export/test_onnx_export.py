@@ -12,10 +12,12 @@ import torch
 from conftest import FORBIDDEN_OPS, rel_err
 
 from svd_trt.export import onnx_export
-from svd_trt.export.checkpoint import CheckpointError, component_module
-from svd_trt.export.onnx_export import build_onnx_dir, trace_sizes
+from svd_trt.export.checkpoint import component_module
+from svd_trt.export.onnx_export import build_onnx_dir
+from svd_trt.families.svd.family import SVD
 from svd_trt.families.svd.port.checkpoint import load_component, read_config
 from svd_trt.families.svd.spec import component_specs
+from svd_trt.family import FamilyError
 from svd_trt.manifest import load_manifest
 from svd_trt.runtime.runners import OrtRunner
 
@@ -48,7 +50,7 @@ def test_components_match_port_at_other_shapes(small_snapshot, small_onnx, sizes
     cfg = manifest.model
     s = cfg.vae.scale_factor
     sizes = {**sizes, "h": sizes["H"] // s, "w": sizes["W"] // s}
-    assert sizes != trace_sizes(cfg)
+    assert sizes != SVD.trace_sizes(cfg)
     for name, spec in component_specs(cfg).items():
         inputs = spec.sample_inputs(sizes, np.random.default_rng(1))
         ours = OrtRunner(out / spec.onnx_file).run(inputs)[spec.output_names[0]]
@@ -132,7 +134,7 @@ def test_interrupted_export_leaves_no_complete_looking_dir(small_snapshot, tmp_p
     assert list(tmp_path.iterdir()) == []
 
 
-def test_not_an_svd_snapshot(tmp_path):
+def test_a_snapshot_of_no_known_family_is_refused(tmp_path):
     (tmp_path / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline"}')
-    with pytest.raises(CheckpointError, match="not an SVD snapshot"):
+    with pytest.raises(FamilyError, match="pipeline 'StableDiffusionPipeline' is none this svd-trt exports"):
         build_onnx_dir(tmp_path, tmp_path / "out")

@@ -58,7 +58,7 @@ def test_infer_writes_nothing_for_a_nan_unet(tiny_engines, tmp_path, monkeypatch
         runner = real(engine_dir, name, entry, backend, **options)
         return Poisoned(runner, np.nan) if name == "unet" else runner
 
-    monkeypatch.setattr("svd_trt.families.svd.pipeline.open_runner", poisoned)
+    monkeypatch.setattr("svd_trt.runtime.engine_pipeline.open_runner", poisoned)
     out = tmp_path / "out" / "v.mp4"
     out.parent.mkdir()
     assert_one_line_error(infer(tiny_engines, out), "unet: the denoised latents are not finite", out)
@@ -67,7 +67,7 @@ def test_infer_writes_nothing_for_a_nan_unet(tiny_engines, tmp_path, monkeypatch
 @pytest.mark.parametrize("flag, shape", [("--latents", (1, 2, 4, 16, 24)), ("--image-noise", (1, 3, 32, 48))])
 def test_a_noise_file_with_nan_is_refused_when_loaded(tiny_engines, tmp_path, monkeypatch, flag, shape):
     opened = []
-    monkeypatch.setattr("svd_trt.families.svd.pipeline.open_runner", lambda *a, **k: opened.append(a))
+    monkeypatch.setattr("svd_trt.runtime.engine_pipeline.open_runner", lambda *a, **k: opened.append(a))
     noise = np.zeros(shape, np.float32)
     noise[0, 0, 0, 0] = np.inf if flag == "--latents" else np.nan
     np.save(tmp_path / "noise.npy", noise)
@@ -81,5 +81,5 @@ def test_a_noise_file_with_nan_is_refused_when_loaded(tiny_engines, tmp_path, mo
 def test_a_nan_array_given_to_the_pipeline_is_the_requests_fault(tiny_engines):
     with SVDPipeline.from_engine_dir(tiny_engines) as pipe:
         latents = np.full(pipe.latent_shape(pipe.resolve(SIZE)), np.nan, np.float32)
-        with pytest.raises(PipelineError, match="^latents: holds NaN or inf values; pass finite noise$"):
+        with pytest.raises(PipelineError, match="^--latents: holds NaN or inf values; pass finite noise$"):
             pipe(np.zeros((32, 48, 3), np.uint8), SIZE, latents=latents)

@@ -12,6 +12,7 @@ from diffusers.utils import load_image as diffusers_load_image
 from diffusers.video_processor import VideoProcessor
 from PIL import Image
 
+from svd_trt.families.svd.pipeline import added_time_ids
 from svd_trt.runtime import image_preprocess as ip
 
 
@@ -100,7 +101,7 @@ def _pipeline_time_ids(fps, motion_bucket_id, noise_aug_strength, batch, cfg):
 @pytest.mark.parametrize("batch, cfg", [(1, False), (1, True), (2, True)])
 def test_added_time_ids_match_pipeline(fps, motion, aug, batch, cfg):
     ref = _pipeline_time_ids(fps, motion, aug, batch, cfg)
-    ours = ip.added_time_ids(fps, motion, aug, batch * (2 if cfg else 1))
+    ours = added_time_ids(fps, motion, aug, batch * (2 if cfg else 1))
     assert ours.dtype == np.float32
     np.testing.assert_array_equal(ours, ref)
 

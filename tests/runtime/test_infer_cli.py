@@ -80,12 +80,12 @@ def test_wrong_shape_arrays(tiny_engines, tmp_path):
     out.parent.mkdir()
     np.save(tmp_path / "lat.npy", np.zeros((1, 2, 4, 8, 8), np.float32))
     assert_one_line_error(
-        infer(tiny_engines, out, "--latents", str(tmp_path / "lat.npy")), "latents must have shape", out
+        infer(tiny_engines, out, "--latents", str(tmp_path / "lat.npy")), "--latents must have shape", out
     )
     np.save(tmp_path / "noise.npy", np.zeros((1, 3, 8, 8), np.float32))
     assert_one_line_error(
         infer(tiny_engines, out, "--image-noise", str(tmp_path / "noise.npy")),
-        "image noise must have shape",
+        "--image-noise must have shape",
         out,
     )
     (tmp_path / "junk.npy").write_text("junk")

@@ -16,7 +16,7 @@ from PIL import Image
 from test_infer_cli import IMAGE, assert_one_line_error, infer
 
 from svd_trt.families.svd import pipeline
-from svd_trt.runtime import video
+from svd_trt.runtime import engine_pipeline, video
 
 
 @pytest.fixture
@@ -26,7 +26,7 @@ def no_runner(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a runner was opened: the check came too late")
 
-    monkeypatch.setattr(pipeline, "open_runner", refuse)
+    monkeypatch.setattr(engine_pipeline, "open_runner", refuse)
 
 
 def unchanged(path: Path, before: bytes) -> bool:

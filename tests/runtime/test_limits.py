@@ -10,15 +10,14 @@ from click.testing import CliRunner
 
 from svd_trt.engines import tensorrt_build
 from svd_trt.engines.build import BuildOptions, build_engines
-from svd_trt.engines.profiles import ProfileRequest
-from svd_trt.families.svd import pipeline
 from svd_trt.families.svd.options import GenerationOptions
 from svd_trt.manifest import load_manifest
 from svd_trt.options import PipelineError
+from svd_trt.runtime import engine_pipeline
 from svd_trt.runtime.cli import main
 from svd_trt.runtime.trt_runner import Platform
 
-SERVED = ProfileRequest(num_frames=(2, 4), height=(32, 64), width=(32, 64), decode_chunk_size=2)
+SERVED = dict(num_frames=(2, 4), height=(32, 64), width=(32, 64), decode_chunk_size=2)
 OK = {"num_frames": 3, "height": 32, "width": 48, "decode_chunk_size": 2, "num_inference_steps": 2}
 OUTSIDE = [
     ({"num_frames": 8}, "--num-frames 8 is outside the 2..4"),
@@ -64,7 +63,7 @@ def test_refused_in_one_line_before_any_component(
 ):
     engines = ort_engines if backend == "ort" else trt_engines
     opened = []
-    monkeypatch.setattr(pipeline, "open_runner", lambda *a, **k: opened.append(a))
+    monkeypatch.setattr(engine_pipeline, "open_runner", lambda *a, **k: opened.append(a))
     args = [f"--{k.replace('_', '-')}={v}" for k, v in {**OK, **change}.items()]
     start = time.perf_counter()
     result = CliRunner().invoke(

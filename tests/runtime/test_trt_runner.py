@@ -27,8 +27,10 @@ from trt_fakes import (
     fake_entry,
 )
 
-from svd_trt.engines.profiles import ProfileRequest, component_profiles, served_limits
+from svd_trt.engines.profiles import component_profiles
 from svd_trt.families.svd.config import preset
+from svd_trt.families.svd.family import SVD
+from svd_trt.families.svd.spec import served_limits
 from svd_trt.manifest import ComponentEntry, Manifest, load_manifest
 from svd_trt.runtime import trt_runner
 from svd_trt.runtime.runners import open_runner
@@ -151,8 +153,7 @@ def test_entry_without_build_record_is_refused():
 
 def test_manifest_round_trip_with_profile_and_platform(tmp_path):
     cfg = preset("tiny")
-    profiles = component_profiles(
-        cfg, served_limits(cfg, ProfileRequest(num_frames=(2, 6), height=(64, 128), width=(64, 128)), True)
+    profiles = component_profiles(SVD, cfg, served_limits(cfg, dict(num_frames=(2, 6), height=(64, 128), width=(64, 128)), True)
     )
     specs = Manifest("tensorrt", "svd", cfg, {}).specs()
     entries = {}
