@@ -33,7 +33,9 @@ class LTXOptions:
     )
     max_sequence_length: int = option(128, "Text tokens (prompts are padded or cut to this).")
     decode_tiling: bool = option(
-        False, "Decode in overlapping spatial / temporal tiles (vae.enable_tiling()): bounded memory, not exact."
+        False,
+        "Decode in overlapping spatial / temporal tiles (diffusers' vae.enable_tiling() with "
+        "use_framewise_decoding, default tile sizes): bounded memory, not exact.",
     )
     seed: int | None = option(None, "Seed of every random draw. [default: random]")
 
