@@ -255,6 +255,7 @@ def run_end_to_end(opts: CheckOptions, manifest: Manifest, backend: str) -> EndT
 
     family = family_named(manifest.family)
     raw = {**family.check_inputs(), **opts.inputs}
+    kinds = {spec.name: spec.kind for spec in family.inputs}  # images are named by their file name
     inputs = load_inputs(family, raw)
     gen = opts.generation
     with open_pipeline(opts.engine_dir, backend) as engines:  # one model set at a time
@@ -274,7 +275,7 @@ def run_end_to_end(opts: CheckOptions, manifest: Manifest, backend: str) -> EndT
         width=gen.width,
         steps=gen.num_inference_steps,
         decode_chunk_size=getattr(gen, "decode_chunk_size", None),
-        image=", ".join(f"{k}={Path(v).name if k == 'image' else v!r}" for k, v in raw.items()),
+        image=", ".join(f"{k}={Path(v).name}" if kinds.get(k) == "image" else f"{k}={v!r}" for k, v in raw.items()),
         shape=list(ours.frames.shape),
         max_abs=_finite(float(diff.max())),
         mean_abs=_finite(float(diff.mean())),
