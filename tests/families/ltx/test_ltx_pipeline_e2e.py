@@ -23,11 +23,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from click.testing import CliRunner
 from diffusers import LTXPipeline
-from ltx_e2e import diffusers_frames, image_of, our_frames, write_snapshot
+from ltx_e2e import diffusers_frames, image_of, our_frames, replayed_draws, write_snapshot
 from ltx_runtime_models import one_torch_thread
 
 from svd_trt.engines.build import BuildOptions, build_engines
+from svd_trt.families.ltx.options import LTXOptions
+from svd_trt.runtime.cli import infer
+from svd_trt.runtime.engine_pipeline import open_pipeline
 
 TOLERANCE = 2e-3  # issue 21; derivation in the module docstring
 FIXED_SHIFT = {"use_dynamic_shifting": False, "shift": 3.0}  # with LTX's shift_terminal 0.1 kept
@@ -66,6 +70,8 @@ CASES = {
     "t2v-4x-dynamic-cfg": ("tiny-dynamic", None, NEGATIVE, {"guidance_scale": 3.0}),
     # 8.3e-7
     "t2v-4x-fixed-nocfg": ("tiny-fixed", None, None, {"guidance_scale": 1.0}),
+    # 8.3e-7; guidance_rescale's stds are reductions (another summation order): ~1 ulp of a std
+    "t2v-4x-dynamic-cfg-rescale": ("tiny-dynamic", None, NEGATIVE, {"guidance_scale": 3.0, "guidance_rescale": 0.7}),
     # 8.9e-7; the image 41x27 for a 64x32 video
     "i2v-4x-dynamic-cfg": ("tiny-dynamic", (41, 27), NEGATIVE, {"guidance_scale": 3.0}),
     # 9.5e-7
@@ -139,4 +145,28 @@ def test_tiled_decode_matches_diffusers_tiled(models):
     assert np.abs(whole - ref).max() > 100 * TOLERANCE  # the tiles ran (they change the result here)
     err = float(np.abs(ours - ref).max())
     print(f"tiled: max abs {err:.3g}")
+    assert err <= TOLERANCE
+
+
+def test_infer_command_with_draws_from_files(models, tmp_path):
+    """`svd-trt infer` as a user runs it: image file, prompts, sizes and options as flags, diffusers'
+    draws as --encoder-noise / --latents / --decode-noise .npy files, --out x.npy. Measured 1.1e-6."""
+    snapshot, engines, inputs, call = _case(models, "i2v-32x8-fixed-nocfg-noise")
+    inputs = {**inputs, "negative_prompt": NEGATIVE, "image": image_of(70, 30)}
+    call = {**call, "guidance_scale": 3.0}
+    ref = diffusers_frames(snapshot, inputs, call)
+    inputs["image"].save(tmp_path / "first.png")
+    args = ["--engines", str(engines), "--out", str(tmp_path / "x.npy"), "--no-progress"]
+    args += ["--prompt", inputs["prompt"], "--negative-prompt", NEGATIVE, "--image", str(tmp_path / "first.png")]
+    args += [f"--{k.replace('_', '-')}={v}" for k, v in call.items()]
+    with open_pipeline(engines) as pipe:
+        draws = replayed_draws(pipe, LTXOptions(**call), with_image=True)
+    for name, array in draws.items():
+        np.save(tmp_path / f"{name}.npy", array)
+        args += [f"--{name.replace('_', '-')}", str(tmp_path / f"{name}.npy")]
+    result = CliRunner().invoke(infer, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    ours = np.load(tmp_path / "x.npy")
+    err = float(np.abs(ours - ref).max())
+    print(f"infer command: max abs {err:.3g}")
     assert err <= TOLERANCE
