@@ -255,12 +255,17 @@ def run_end_to_end(opts: CheckOptions, manifest: Manifest, backend: str) -> EndT
 
     family = family_named(manifest.family)
     raw = {**family.check_inputs(), **opts.inputs}
+    kinds = {spec.name: spec.kind for spec in family.inputs}  # images are named by their file name
     inputs = load_inputs(family, raw)
     gen = opts.generation
     with open_pipeline(opts.engine_dir, backend) as engines:  # one model set at a time
         draws = engines.draw(gen, inputs)  # both pipelines get these arrays
         ours = engines.generate(inputs, gen, draws)
-    reference = family.pipeline_class()(manifest, torch_runners(opts.snapshot, manifest.model, opts.device))
+    # the same assets as the engines' pipeline (LTX's tokenizer.json): only the runners differ
+    assets = {name: Path(opts.engine_dir) / name for name in manifest.assets}
+    reference = family.pipeline_class()(
+        manifest, torch_runners(opts.snapshot, manifest.model, opts.device), assets=assets
+    )
     ref = reference.generate(inputs, gen, draws)
     diff = np.abs(ours.frames.astype(np.float64) - ref.frames)
     db = psnr(ours.frames, ref.frames)  # frames in [0, 1]: peak 1; inf when identical
@@ -270,7 +275,7 @@ def run_end_to_end(opts: CheckOptions, manifest: Manifest, backend: str) -> EndT
         width=gen.width,
         steps=gen.num_inference_steps,
         decode_chunk_size=getattr(gen, "decode_chunk_size", None),
-        image=", ".join(f"{k}={Path(v).name if k == 'image' else v!r}" for k, v in raw.items()),
+        image=", ".join(f"{k}={Path(v).name}" if kinds.get(k) == "image" else f"{k}={v!r}" for k, v in raw.items()),
         shape=list(ours.frames.shape),
         max_abs=_finite(float(diff.max())),
         mean_abs=_finite(float(diff.mean())),
@@ -282,13 +287,24 @@ def run_end_to_end(opts: CheckOptions, manifest: Manifest, backend: str) -> EndT
     )
 
 
+def check_defaults(manifest: Manifest) -> dict[str, Any]:
+    """The family's check defaults, each request size moved into the range the directory serves: a
+    TensorRT directory built for one size is checked at that size, an unbounded one at the small default."""
+    family = family_named(manifest.family)
+    values = dict(family.check_defaults)
+    for name, span in manifest.limits.items():
+        if name in values and values[name] is not None:
+            values[name] = max(span.min, values[name] if span.max is None else min(values[name], span.max))
+    return values
+
+
 def resolve_options(opts: CheckOptions, manifest: Manifest) -> CheckOptions:
     """Fill the model's defaults; reject what cannot run, each with one line."""
     # The engines' run is the one infer would make (the same refusal, before anything runs); the
     # fp16 activation pass keeps every tensor alive and is not in the estimate (docs/memory.md).
     family = family_named(manifest.family)
     memory = plan_for(opts.engine_dir, manifest, opts.backend or manifest.backend)
-    generation = opts.generation or family.options(**family.check_defaults)
+    generation = opts.generation or family.options(**check_defaults(manifest))
     gen = family.resolve(generation, manifest.model, manifest.limits)
     memory.check(manifest.model, gen)
     opts = dataclasses.replace(opts, generation=gen, device=resolve_device(opts.device))

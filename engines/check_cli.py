@@ -76,18 +76,20 @@ def check(
 ) -> None:
     """Compare every engine of ENGINES with the torch port of MODEL in fp32 (Polygraphy).
 
-    Generation options default to the family's check defaults (seed 0, 3 steps); --end-to-end's
+    Generation options default to the family's check defaults (seed 0, 3 steps; a small video where a
+    render's default size is too costly), sizes moved into the range the directory serves; --end-to-end's
     inputs default to the family's (a shipped photograph, a fixed prompt)."""
-    from svd_trt.engines.accuracy import CheckOptions, check_engines
+    from svd_trt.engines.accuracy import CheckOptions, check_defaults, check_engines
     from svd_trt.engines.report import write_report
     from svd_trt.family import family_named
     from svd_trt.manifest import load_manifest
 
-    family = family_named(load_manifest(engine_dir).family)
+    manifest = load_manifest(engine_dir)
+    family = family_named(manifest.family)
     options = CheckOptions(
         engine_dir=Path(engine_dir),
         snapshot=Path(snapshot),
-        generation=pop_generation(fields, family, family.check_defaults),
+        generation=pop_generation(fields, family, check_defaults(manifest)),
         inputs=pop_inputs(fields, family, required=False),
         calibration=Path(calibration) if calibration else None,
         **fields,

@@ -132,7 +132,8 @@ def render_markdown(report: Report) -> str:
         f"- engines: `{report.engine_dir}` ({report.backend})",
         f"- reference: {report.reference}, from `{report.snapshot}`",
         f"- sizes: {report.num_frames} frames, {report.height}x{report.width}, "
-        f"decode chunk {report.decode_chunk_size}, seed {report.seed}",
+        + ("" if report.decode_chunk_size is None else f"decode chunk {report.decode_chunk_size}, ")
+        + f"seed {report.seed}",
         "- versions: " + ", ".join(f"{k} {v or 'not installed'}" for k, v in report.versions.items()),
         "",
         "## Components",
