@@ -33,6 +33,7 @@ from svd_trt.runtime.cli import main as svd_trt
 from svd_trt.runtime.image_preprocess import load_image
 from svd_trt.runtime.serving import contract
 from svd_trt.runtime.serving.client import generate, generate_streaming, http_client
+from svd_trt.runtime.serving.contract import contract_for
 from svd_trt.runtime.video import to_uint8
 
 pytestmark = needs_triton
@@ -113,8 +114,8 @@ def test_health_ready_and_metadata(triton):
         for model in (contract.MODEL, contract.STREAM_MODEL):
             assert client.is_model_ready(model)
             meta = client.get_model_metadata(model)
-            assert [i["name"] for i in meta["inputs"]] == [s.name for s in contract.INPUTS]
-            assert [i["datatype"] for i in meta["inputs"]] == [s.datatype for s in contract.INPUTS]
+            assert {i["name"]: i["datatype"] for i in meta["inputs"]} == contract_for(SVD).datatypes()
+            assert [i["name"] for i in meta["inputs"]] == [s.name for s in contract_for(SVD).inputs]
             assert {o["name"] for o in meta["outputs"]} == {s.name for s in contract.outputs_of(model)}
         config = client.get_model_config(contract.MODEL)
         assert config["max_batch_size"] == 0
