@@ -26,8 +26,8 @@ ASSETS = Path(__file__).resolve().parents[3] / "runtime" / "assets"
 IMAGE_PATH = ASSETS / "coffee.jpg"
 # Small enough for the CI budget, big enough to pass every tiny-model block (as test_infer_cli's).
 REQUEST = {"num_frames": 2, "height": 32, "width": 48, "num_inference_steps": 2}
-# The tiny LTX-Video model (a 4x/4x VAE, temporal ratio 8): 9 frames are two latent frames, 32x48
-# pixels 8x12 latents; two steps, CFG on (guidance 3, the default).
+# The tiny LTX-Video model (a VAE with spatial and temporal ratio 4): 9 frames are three latent
+# frames, 32x48 pixels 8x12 latents; two steps, CFG on (guidance 3, the default).
 LTX_REQUEST = {
     "num_frames": 9,
     "height": 32,
@@ -197,6 +197,29 @@ class Stream:
         """Cancel the request (gRPC stream cancellation) and close the client."""
         self.client.stop_stream(cancel_requests=True)
         self.client.close()
+
+
+def holds_onnxruntime(pid: int) -> bool:
+    """Whether the process has ONNX Runtime loaded (a pipeline's stub)."""
+    try:
+        with open(f"/proc/{pid}/maps") as f:
+            return "libonnxruntime" in f.read()
+    except OSError:
+        return False
+
+
+def infer_peak_rss(engines: Path, tmp_path: Path, inputs: list[str], request: dict) -> int:
+    """Peak RSS of one `svd-trt infer` process on `request` (a wrapper whose only child it is);
+    `inputs`: its input flags (--image FILE, --prompt TEXT)."""
+    args = ["infer", "--engines", str(engines), *inputs, "--out", str(tmp_path / "v.npy")]
+    args += [f"--{k.replace('_', '-')}={v}" for k, v in request.items()] + ["--no-progress"]
+    wrapper = (
+        "import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, capture_output=True); "
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+    )
+    cmd = [sys.executable, "-c", wrapper, sys.executable, "-m", "svd_trt.runtime.cli", *args]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return int(out.split()[-1]) * 1024  # ru_maxrss is in KiB on Linux
 
 
 def cancel_lines(log_text: str) -> list[tuple[int, int]]:

@@ -4,13 +4,21 @@ once, the queue timeout, and cancelled requests that free the instance within a 
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 
 import pytest
 from conftest import FAILING_COMPONENT, FAILING_HEIGHT
-from serve_helpers import IMAGE_PATH, REQUEST, Stream, cancel_lines, descendants, needs_triton, start_serve
+from serve_helpers import (
+    IMAGE_PATH,
+    REQUEST,
+    Stream,
+    cancel_lines,
+    descendants,
+    holds_onnxruntime,
+    infer_peak_rss,
+    needs_triton,
+    start_serve,
+)
 
 from svd_trt.families.svd.family import SVD
 from svd_trt.families.svd.options import GenerationOptions, resolve
@@ -49,27 +57,6 @@ def refusal(call) -> tuple[str, str, float]:
     return e.value.status(), e.value.message(), time.monotonic() - start
 
 
-def holds_onnxruntime(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/maps") as f:
-            return "libonnxruntime" in f.read()
-    except OSError:
-        return False
-
-
-def infer_peak_rss(engines, tmp_path) -> int:
-    """Peak RSS of one `svd-trt infer` process on REQUEST (a wrapper whose only child it is)."""
-    args = ["infer", "--engines", str(engines), "--image", str(IMAGE_PATH), "--out", str(tmp_path / "v.npy")]
-    args += [f"--{k.replace('_', '-')}={v}" for k, v in REQUEST.items()] + ["--no-progress"]
-    wrapper = (
-        "import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, capture_output=True); "
-        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
-    )
-    cmd = [sys.executable, "-c", wrapper, sys.executable, "-m", "svd_trt.runtime.cli", *args]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-    return int(out.split()[-1]) * 1024  # ru_maxrss is in KiB on Linux
-
-
 def test_both_models_share_one_pipeline(server, image, failing_engines, tmp_path):
     assert generate(server.http, image=image, **REQUEST, seed=1)["frames"].shape == (2, 32, 48, 3)
     assert generate_streaming(server.grpc, image=image, **REQUEST, seed=1).outputs["frames"].shape == (
@@ -82,7 +69,7 @@ def test_both_models_share_one_pipeline(server, image, failing_engines, tmp_path
     pipelines = [pid for pid in processes if holds_onnxruntime(pid)]
     assert len(pipelines) == 1, f"{len(pipelines)} processes hold ONNX Runtime sessions; want 1"
     pipeline_rss = processes[pipelines[0]]
-    infer_rss = infer_peak_rss(failing_engines, tmp_path)
+    infer_rss = infer_peak_rss(failing_engines, tmp_path, ["--image", str(IMAGE_PATH)], REQUEST)
     others = {pid: rss for pid, rss in processes.items() if pid not in pipelines}
     print(
         f"server: pipeline stub {pipeline_rss / MIB:.0f} MiB, svd-trt infer peak {infer_rss / MIB:.0f} MiB "
