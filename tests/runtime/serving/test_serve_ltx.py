@@ -153,7 +153,10 @@ def test_both_models_share_one_pipeline(server, engines, tmp_path):
 
 
 def test_mp4_plays_at_the_frame_rate(server):
-    served = generate(server.http, prompt=PROMPT, **LTX_REQUEST, frame_rate=12, seed=1, output_format="mp4")
+    # Every kind of input on the wire: BYTES text (the optional negative prompt too), INT32, INT64,
+    # and a BOOL (decode_tiling: at 32x48 the whole video is one tile, so only its datatype is tested).
+    extra = {"negative_prompt": "blurry", "decode_tiling": True, "frame_rate": 12}
+    served = generate(server.http, prompt=PROMPT, **LTX_REQUEST, **extra, seed=1, output_format="mp4")
     with av.open(io.BytesIO(served["video"][0])) as container:
         assert float(container.streams.video[0].average_rate) == 12.0  # LTX's output fps: frame_rate
         decoded = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
