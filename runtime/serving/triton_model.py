@@ -1,17 +1,17 @@
 """The pipeline model (`generate_stream`): the one Triton model that holds pipelines.
 
 Each instance is its own stub process holding one pipeline of the engines' family
-(runtime/engine_pipeline.py open_pipeline), so requests never share state. It is decoupled: after every denoising step it sends `step`/`total`, then one final
-response with the result. Streaming clients call it directly (gRPC); the plain model
-(triton_front.py) forwards every request to it over BLS, so an instance serves both and a
-server holds one pipeline per instance.
+(runtime/engine_pipeline.py open_pipeline), so requests never share state. It is decoupled:
+after every denoising step it sends `step`/`total`, then one final response with the result.
+Streaming clients call it directly (gRPC); the plain model (triton_front.py) forwards every
+request to it over BLS, so an instance serves both and a server holds one pipeline per instance.
 
 Per request, in order: parse by the family's contract (contract.py, request.py), resolve against
 the engines (the family's `resolve`), the server's caps (caps.py), server-wide memory admission
-(admission.py), then the family's `generate`, with
-cancellation checked between steps (the client's own cancel on a stream; the plain model's mark,
-state.py). An error is one line prefixed with its status (failures.py); an engine failure or a
-bug also goes to the server log with its traceback. The instance keeps serving.
+(admission.py), then the family's `generate`, with cancellation checked between steps (the
+client's own cancel on a stream; the plain model's mark, state.py). An error is one line
+prefixed with its status (failures.py); an engine failure or a bug also goes to the server log
+with its traceback. The instance keeps serving.
 
 Importable only inside Triton's Python backend (triton_python_backend_utils).
 """
