@@ -9,6 +9,10 @@ requests (each process loads the engines: what a CLI-per-video deployment pays).
 Stops the server at the end. Traffic goes to 127.0.0.1 only.
 
     python scripts/load_test.py --engines out/engines-small --clients 1 2 4 --requests 8
+    python scripts/load_test.py --engines out/engines-ltx --prompt "A fox in snow" --num-frames 9
+
+The inputs are the engines' family's: --image (SVD's default: the sample photograph) and/or
+--prompt (LTX-Video).
 """
 
 from __future__ import annotations
@@ -52,13 +56,13 @@ def level_diff(a: np.ndarray, b: np.ndarray) -> int:
 
 
 def run_clients(
-    url: str, image: bytes, request: dict, seeds: list[int], clients: int, expected: dict
+    url: str, inputs: dict, request: dict, seeds: list[int], clients: int, expected: dict
 ) -> dict:
     """`len(seeds)` requests from `clients` threads; latency per request and the worst frame difference."""
 
     def one(seed: int) -> tuple[float, int]:
         start = time.perf_counter()
-        frames = generate(url, image, **request, seed=seed)["frames"]
+        frames = generate(url, **inputs, **request, seed=seed)["frames"]
         return time.perf_counter() - start, level_diff(frames, expected[seed])
 
     start = time.perf_counter()
@@ -77,19 +81,10 @@ def run_clients(
     }
 
 
-def run_cli(engines: Path, image: Path, request: dict, seeds: list[int], expected: dict) -> dict:
-    """`svd-trt infer` processes one after another, one per seed."""
+def run_cli(engines: Path, flags: list[str], request: dict, seeds: list[int], expected: dict) -> dict:
+    """`svd-trt infer` processes one after another, one per seed; `flags`: the input flags."""
     latencies, diffs = [], []
-    cli = [
-        sys.executable,
-        "-m",
-        "svd_trt.runtime.cli",
-        "infer",
-        "--engines",
-        str(engines),
-        "--image",
-        str(image),
-    ]
+    cli = [sys.executable, "-m", "svd_trt.runtime.cli", "infer", "--engines", str(engines), *flags]
     options = [f"--{k.replace('_', '-')}={v}" for k, v in request.items()]
     with tempfile.TemporaryDirectory(prefix="svd-load-") as tmp:
         start = time.perf_counter()
@@ -128,7 +123,10 @@ def table(rows: list[dict]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--engines", type=Path, required=True)
-    parser.add_argument("--image", type=Path, default=ROOT / "runtime" / "assets" / "coffee.jpg")
+    parser.add_argument(
+        "--image", type=Path, help="Conditioning image. [default: coffee.jpg without --prompt]"
+    )
+    parser.add_argument("--prompt", help="Text prompt (LTX-Video).")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--requests", type=int, default=8, help="Requests per client count.")
     parser.add_argument("--instances", type=int, default=2, help="Model instances (pipelines) in the server.")
@@ -143,7 +141,12 @@ def main() -> int:
     request = {"num_frames": args.num_frames, "height": args.height, "width": args.width,
                "num_inference_steps": args.steps}  # fmt: skip
     seeds = list(range(args.requests))
-    image = args.image.read_bytes()
+    image = args.image or (None if args.prompt else ROOT / "runtime" / "assets" / "coffee.jpg")
+    inputs, flags = {}, []
+    if image is not None:
+        inputs["image"], flags = image.read_bytes(), ["--image", str(image)]
+    if args.prompt is not None:
+        inputs["prompt"], flags = args.prompt, [*flags, "--prompt", args.prompt]
     rows = []
     with tempfile.TemporaryDirectory(prefix="svd-load-") as tmp, open(Path(tmp) / "server.log", "wb") as log:
         repo_opts = RepositoryOptions(
@@ -155,12 +158,12 @@ def main() -> int:
         with TritonServer(config, workdir=Path(tmp), log_file=log) as server:
             server.start()
             url = f"{LOOPBACK}:{ports['http_port']}"
-            expected = {s: generate(url, image, **request, seed=s)["frames"] for s in seeds}
+            expected = {s: generate(url, **inputs, **request, seed=s)["frames"] for s in seeds}
             for clients in args.clients:
-                rows.append(run_clients(url, image, request, seeds, clients, expected))
+                rows.append(run_clients(url, inputs, request, seeds, clients, expected))
                 print(table(rows[-1:]).splitlines()[-1], flush=True)
     if not args.no_cli:
-        rows.append(run_cli(args.engines, args.image, request, seeds, expected))
+        rows.append(run_cli(args.engines, flags, request, seeds, expected))
     print(f"\n{os.cpu_count()} CPUs, instances {args.instances}, request {request}\n")
     print(table(rows))
     if args.json:

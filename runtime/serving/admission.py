@@ -27,10 +27,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from svd_trt.errors import CapacityError
-from svd_trt.families.svd.config import SVDConfig
-from svd_trt.families.svd.options import GenerationOptions, request_shape
 from svd_trt.memory import GIB, Estimate, MemoryPlan, resident_bytes
 
 log = logging.getLogger(__name__)
@@ -85,13 +84,15 @@ class Admission:
         return out
 
     @contextmanager
-    def admit(self, plan: MemoryPlan, cfg: SVDConfig, opts: GenerationOptions) -> Iterator[Estimate]:
-        """Hold a place for the request while the block runs; CapacityError (one line) if there is none."""
+    def admit(self, plan: MemoryPlan, cfg: Any, opts: Any) -> Iterator[Estimate]:
+        """Hold a place for the request while the block runs; CapacityError (one line) if there is none.
+
+        `cfg`: the engines' model config; `opts`: the family's resolved options (the plan's family
+        estimates them)."""
         own = self.dir / f"{os.getpid()}.json"
         with self._locked():
             others = self.in_flight()
-            shape = request_shape(opts)
-            est = plan.estimate(cfg, shape)
+            est = plan.estimate(cfg, opts)
             held = sum(e.bytes for e in others)
             if self.limit and est.total + held > self.limit:
                 raise AdmissionError(
@@ -99,7 +100,7 @@ class Admission:
                     f"in flight hold about {held / GIB:.2f} GiB of this server's {self.limit / GIB:.2f} GiB "
                     "(svd-trt serve --memory-limit); retry later"
                 )
-            plan.check(cfg, shape, pending=sum(e.pending() for e in others))
+            plan.check(cfg, opts, pending=sum(e.pending() for e in others))
             own.write_text(
                 json.dumps({"pid": os.getpid(), "bytes": est.total, "loaded_rss": plan.loaded_rss})
             )

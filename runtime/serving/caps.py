@@ -4,14 +4,15 @@ A request's time grows with each of them; without a cap one request can hold an 
 days (a million steps). The engines' own limits (the manifest's, svd_trt/options.py) say what
 they can run; these say what this server is willing to run, and are refused (400 /
 INVALID_ARGUMENT) before anything runs. Memory is admission's concern (admission.py), not a cap's.
+Every family's options have these four fields (num_inference_steps, num_frames, height, width).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from svd_trt.errors import UserError
-from svd_trt.families.svd.options import GenerationOptions
 
 SERVE = "svd-trt serve"
 
@@ -24,12 +25,12 @@ class CapError(UserError, ValueError):
 class RequestCaps:
     """The defaults are documented in docs/serving.md; 0 turns a cap off."""
 
-    max_steps: int = 200  # 8x diffusers' default 25
+    max_steps: int = 200  # 4-8x the default step counts of video diffusion pipelines (25-50)
     max_frames: int = 256
     max_pixels: int = 4096 * 4096  # per frame; memory admission refuses what does not fit long before
 
-    def check(self, opts: GenerationOptions) -> None:
-        """`opts` resolved (num_frames filled): CapError for the first value over its cap."""
+    def check(self, opts: Any) -> None:
+        """`opts`: a family's resolved options (num_frames filled); CapError for the first value over its cap."""
         values = (
             ("num_inference_steps", opts.num_inference_steps, self.max_steps, "--max-steps"),
             ("num_frames", opts.num_frames, self.max_frames, "--max-frames"),

@@ -110,11 +110,12 @@ _ENGINES = click.option("--engines", "engine_dir", required=True, type=click.Pat
 @_serving_options
 @one_line_errors
 def triton_repo(engine_dir: str, out: str, **options) -> None:
-    """Write a Triton model repository (models svd, svd_stream) serving ENGINES."""
+    """Write a Triton model repository (models generate, generate_stream) serving ENGINES."""
+    from svd_trt.runtime.serving.contract import MODEL, STREAM_MODEL
     from svd_trt.runtime.serving.repository import write_repository
 
     path = write_repository(engine_dir, out, _repository_options(**options))
-    click.echo(f"wrote Triton model repository {path} (models svd, svd_stream)")
+    click.echo(f"wrote Triton model repository {path} (models {MODEL}, {STREAM_MODEL})")
 
 
 @click.command("serve")
@@ -132,6 +133,7 @@ def triton_repo(engine_dir: str, out: str, **options) -> None:
 @one_line_errors
 def serve(engine_dir, http_port, grpc_port, metrics_port, address, exit_timeout, **options) -> None:
     """Serve ENGINES with Triton Inference Server until SIGINT or SIGTERM."""
+    from svd_trt.runtime.serving.contract import MODEL, STREAM_MODEL
     from svd_trt.runtime.serving.serve import serve as run
     from svd_trt.runtime.serving.server import ServerConfig
 
@@ -146,7 +148,7 @@ def serve(engine_dir, http_port, grpc_port, metrics_port, address, exit_timeout,
     def ready(server) -> None:
         click.echo(
             f"serving {engine_dir}: HTTP {server.url}, gRPC {address}:{grpc_port}, "
-            f"metrics http://{address}:{metrics_port}/metrics (models svd, svd_stream); Ctrl-C stops",
+            f"metrics http://{address}:{metrics_port}/metrics (models {MODEL}, {STREAM_MODEL}); Ctrl-C stops",
             err=True,
         )
 

@@ -1,14 +1,15 @@
-"""Write a Triton model repository for an engine directory: the decoupled `svd_stream`, which
-holds the pipelines, and `svd`, which forwards to it.
+"""Write a Triton model repository for an engine directory: the decoupled `generate_stream`, which
+holds the pipelines, and `generate`, which forwards to it.
 
-One pipeline per instance (docs/serving.md, "Design"): `svd_stream` is the only model that loads
-the engines; `svd` is a light model with the same number of instances that forwards each
-request over BLS (triton_front.py), because HTTP and gRPC's unary call cannot reach a decoupled
-model. Both config.pbtxt files are rendered from contract.py by one function; each model.py is
-a two-line shim importing its model from svd_trt.runtime.serving, so the model code ships (and
-is tested) with the package. Instances are KIND_GPU when the engines run on a GPU (TensorRT's, or ONNX Runtime's with device
-cuda): Triton then starts `instances` of each model on every visible GPU, and instance k runs
-on CUDA device k.
+One pipeline per instance (docs/serving.md, "Design"): `generate_stream` is the only model that
+loads the engines; `generate` is a light model with the same number of instances that forwards
+each request over BLS (triton_front.py), because HTTP and gRPC's unary call cannot reach a
+decoupled model. Both config.pbtxt files are rendered by one function from the contract of the
+engines' family (contract.py; the manifest names the family); each model.py is a two-line shim
+importing its model from svd_trt.runtime.serving, so the model code ships (and is tested) with
+the package. Instances are KIND_GPU when the engines run on a GPU (TensorRT's, or ONNX Runtime's
+with device cuda): Triton then starts `instances` of each model on every visible GPU, and
+instance k runs on CUDA device k.
 """
 
 from __future__ import annotations
@@ -20,11 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from svd_trt.errors import UserError
+from svd_trt.family import family_named
 from svd_trt.manifest import load_manifest
 from svd_trt.runtime.devices import parse_device
 from svd_trt.runtime.serving import contract
 from svd_trt.runtime.serving.caps import RequestCaps
-from svd_trt.runtime.serving.contract import TensorSpec
+from svd_trt.runtime.serving.contract import Contract, TensorSpec, contract_for
 from svd_trt.runtime.serving.state import STATE_DIR
 
 log = logging.getLogger(__name__)
@@ -59,8 +61,8 @@ class RepositoryError(UserError, ValueError):
     """Options or paths a repository cannot be written with; one line."""
 
 
-def model_config(model: str, engine_dir: Path, kind: str, opts: RepositoryOptions) -> str:
-    """config.pbtxt of `model` (contract.MODEL or contract.STREAM_MODEL)."""
+def model_config(model: str, engine_dir: Path, kind: str, opts: RepositoryOptions, requests: Contract) -> str:
+    """config.pbtxt of `model` (contract.MODEL or contract.STREAM_MODEL) taking `requests`' inputs."""
     timeout = (
         f" default_timeout_microseconds: {round(opts.queue_timeout_s * 1e6)}" if opts.queue_timeout_s else ""
     )
@@ -69,7 +71,7 @@ def model_config(model: str, engine_dir: Path, kind: str, opts: RepositoryOption
         'backend: "python"',
         # Batching off: one request is one video, and the pipeline runs batch 1 (2 with CFG).
         "max_batch_size: 0",
-        _tensors("input", contract.INPUTS),
+        _tensors("input", requests.inputs),
         _tensors("output", contract.outputs_of(model)),
         # As many forwarding instances as pipelines: a plain request holds one while it runs.
         f"instance_group [ {{ count: {opts.instances} kind: {kind} }} ]",
@@ -113,7 +115,8 @@ def instance_kind(backend: str, device: str | None = None) -> str:
 
 
 def write_repository(engine_dir: str | Path, out: str | Path, opts: RepositoryOptions | None = None) -> Path:
-    """`out`/{svd,svd_stream}/{config.pbtxt,1/model.py}; written beside `out`, then renamed into place."""
+    """`out`/{generate,generate_stream}/{config.pbtxt,1/model.py}, taking the requests of the engines'
+    family; written beside `out`, then renamed into place."""
     opts = opts or RepositoryOptions()
     if opts.instances < 1:
         raise RepositoryError(f"instances must be at least 1, got {opts.instances}")
@@ -124,7 +127,9 @@ def write_repository(engine_dir: str | Path, out: str | Path, opts: RepositoryOp
             "max-queue, threads, queue-timeout, memory-limit and the caps must be >= 0 (0: no limit / automatic)"
         )
     engine_dir = Path(engine_dir).resolve()
-    kind = instance_kind(load_manifest(engine_dir).backend, opts.device)  # ManifestError for a bad directory
+    manifest = load_manifest(engine_dir)  # ManifestError for a bad directory
+    kind = instance_kind(manifest.backend, opts.device)
+    requests = contract_for(family_named(manifest.family))
     out = Path(out)
     if out.exists() and not (out.is_dir() and not any(out.iterdir())):
         raise RepositoryError(f"{out}: exists and is not empty; choose a new directory")
@@ -134,11 +139,18 @@ def write_repository(engine_dir: str | Path, out: str | Path, opts: RepositoryOp
         for model, module in MODULES.items():
             version = tmp / model / "1"
             version.mkdir(parents=True)
-            (tmp / model / "config.pbtxt").write_text(model_config(model, engine_dir, kind, opts))
+            (tmp / model / "config.pbtxt").write_text(model_config(model, engine_dir, kind, opts, requests))
             (version / "model.py").write_text(MODEL_SHIM.format(module=module))
         os.replace(tmp, out)  # rename(2) also replaces an empty directory
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    log.info("wrote Triton repository %s for %s (%s x %d)", out, engine_dir, kind, opts.instances)
+    log.info(
+        "wrote Triton repository %s for %s (%s, %s x %d)",
+        out,
+        engine_dir,
+        requests.family.title,
+        kind,
+        opts.instances,
+    )
     return out

@@ -1,24 +1,23 @@
-"""Request tensors in, GenerationOptions and result tensors out: the model's logic without Triton.
+"""Request tensors in, a family's inputs and options out, result tensors back: the model's logic
+without Triton.
 
-Works on plain `name -> ndarray` dicts, so it is tested without a server. Every problem
-with a request is a RequestError (a ValueError, as the CLI's input errors are) with one line.
+Works on plain `name -> ndarray` dicts, so it is tested without a server. Every problem with a
+request is a one-line UserError (the request's fault: 400 / INVALID_ARGUMENT).
 """
 
 from __future__ import annotations
 
-import io
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from svd_trt.errors import UserError
-from svd_trt.runtime.image_preprocess import load_image
-from svd_trt.runtime.serving import contract
-from svd_trt.runtime.serving.contract import GenerationOptions
+from svd_trt.runtime.inputs import load_inputs
+from svd_trt.runtime.serving.contract import FRAMES, OUTPUT_FORMAT, OUTPUT_FORMATS, VIDEO, Contract
 from svd_trt.runtime.video import to_uint8, write_mp4
 
 
@@ -28,31 +27,34 @@ class RequestError(UserError, ValueError):
 
 @dataclass(frozen=True)
 class GenerationRequest:
-    image: Image.Image
-    options: GenerationOptions
+    inputs: dict[str, Any]  # the family's conditioning inputs: PIL images, texts
+    options: Any  # the family's options dataclass, unresolved
     output_format: str | None = None
 
 
-def parse_request(inputs: Mapping[str, np.ndarray]) -> GenerationRequest:
-    """The image, the options (absent scalars keep GenerationOptions' defaults) and the output format."""
-    if contract.IMAGE.name not in inputs:
-        raise RequestError("image: missing; send an encoded PNG, JPEG or WebP file as BYTES [1]")
-    image = load_image(io.BytesIO(_one(inputs, contract.IMAGE.name, bytes)), name=contract.IMAGE.name)
-    options = {
-        f.name: _one(inputs, f.name, f.python_type) for f in contract.option_fields() if f.name in inputs
-    }
+def parse_request(contract: Contract, tensors: Mapping[str, np.ndarray]) -> GenerationRequest:
+    """The conditioning inputs (images opened, texts decoded), the options (absent scalars keep the
+    family's defaults) and the output format."""
+    raw = {}
+    for spec in contract.conditioning:
+        if spec.name in tensors:
+            raw[spec.name] = _one(tensors, spec.name, bytes)
+        elif not spec.optional:
+            raise RequestError(f"{spec.name}: missing; send {spec.doc} as BYTES [1]")
+    # Images are opened and checked here (runtime/inputs.py; bytes name the input in the message).
+    inputs = load_inputs(contract.family, raw)
+    options = {f.name: _one(tensors, f.name, f.python_type) for f in contract.options if f.name in tensors}
     fmt = None
-    if contract.OUTPUT_FORMAT.name in inputs:
-        fmt = _one(inputs, contract.OUTPUT_FORMAT.name, bytes).decode("utf-8", "replace").strip().lower()
-        if fmt not in contract.OUTPUT_FORMATS:
-            allowed = ", ".join(contract.OUTPUT_FORMATS)
-            raise RequestError(f"output_format must be one of: {allowed}; got {fmt!r}")
-    return GenerationRequest(image, GenerationOptions(**options), fmt)
+    if OUTPUT_FORMAT.name in tensors:
+        fmt = _one(tensors, OUTPUT_FORMAT.name, bytes).decode("utf-8", "replace").strip().lower()
+        if fmt not in OUTPUT_FORMATS:
+            raise RequestError(f"output_format must be one of: {', '.join(OUTPUT_FORMATS)}; got {fmt!r}")
+    return GenerationRequest(inputs, contract.family.options(**options), fmt)
 
 
-def _one(inputs: Mapping[str, np.ndarray], name: str, kind: type):
+def _one(tensors: Mapping[str, np.ndarray], name: str, kind: type):
     """The single value of a [1] tensor as `kind` (bytes, int, float, ...)."""
-    arr = np.asarray(inputs[name])
+    arr = np.asarray(tensors[name])
     if arr.size != 1:
         raise RequestError(f"{name} must hold one value, got shape {list(arr.shape)}")
     value = arr.reshape(-1)[0]
@@ -65,20 +67,15 @@ def _one(inputs: Mapping[str, np.ndarray], name: str, kind: type):
     return kind(value.item() if isinstance(value, np.generic) else value)
 
 
-def result_tensors(
-    frames: np.ndarray, request: GenerationRequest, fps: float | None = None
-) -> dict[str, np.ndarray]:
-    """`frames` uint8 [F, H, W, 3] and, for output_format 'mp4', `video` BYTES [1].
-
-    `fps` is the file's frame rate; default the conditioning fps, as `svd-trt infer`.
-    """
+def result_tensors(frames: np.ndarray, output_format: str | None, fps: float) -> dict[str, np.ndarray]:
+    """`frames` uint8 [F, H, W, 3] and, for output_format 'mp4', `video` BYTES [1] playing at `fps`
+    (the family's output frame rate, as `svd-trt infer` writes it)."""
     pixels = to_uint8(frames)
     if pixels.size == 0:  # Triton's Python backend crashes on zero-size outputs
         raise RequestError(f"the generation produced no frames (shape {list(pixels.shape)})")
-    out = {contract.FRAMES.name: pixels}
-    if request.output_format == "mp4":
-        rate = fps if fps is not None else request.options.fps
-        out[contract.VIDEO.name] = np.array([mp4_bytes(pixels, rate)], dtype=object)
+    out = {FRAMES.name: pixels}
+    if output_format == "mp4":
+        out[VIDEO.name] = np.array([mp4_bytes(pixels, fps)], dtype=object)
     return out
 
 
@@ -91,5 +88,5 @@ def mp4_bytes(frames: np.ndarray, fps: float) -> bytes:
 
 
 def progress_tensors(step: int, total: int) -> dict[str, np.ndarray]:
-    """One progress response of svd_stream: `step` of `total` denoising steps done."""
+    """One progress response of the stream model: `step` of `total` denoising steps done."""
     return {"step": np.array([step], dtype=np.int32), "total": np.array([total], dtype=np.int32)}

@@ -1,10 +1,11 @@
-"""The plain model (`svd`): one response per request, forwarded to the pipeline model over BLS.
+"""The plain model (`generate`): one response per request, forwarded to the pipeline model over BLS.
 
 HTTP and gRPC's unary call cannot reach a decoupled model (Triton's rule), and Triton models
 cannot share memory, so this model holds no pipeline: each request goes, inputs untouched, to
-the pipeline model (`svd_stream`, triton_model.py), whose instances serve both kinds of client.
-It imports neither ONNX Runtime nor the pipeline: an instance is a stub process of about 40 MB,
-one per pipeline, and it only waits.
+the pipeline model (`generate_stream`, triton_model.py), whose instances serve both kinds of
+client. It imports neither ONNX Runtime, the pipeline nor a family: the inputs and outputs it
+forwards are those of its own config.pbtxt (rendered from the same contract as the pipeline
+model's). An instance is a stub process of about 40 MB, one per pipeline, and it only waits.
 
 What Triton 2.51 does not carry across BLS, this model restores (each checked on the pip
 wheel's server):
@@ -28,7 +29,7 @@ from contextlib import contextmanager
 
 import triton_python_backend_utils as pb_utils
 
-from svd_trt.runtime.serving import contract
+from svd_trt.runtime.serving.contract import FRAMES
 from svd_trt.runtime.serving.failures import INTERNAL, triton_code, untag
 from svd_trt.runtime.serving.repository import PIPELINE_MODEL
 from svd_trt.runtime.serving.state import CANCEL_TOKEN, PROGRESS, STATE_DIR, CancelMarks, state_dir
@@ -45,6 +46,8 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         self.name = args["model_name"]
+        self.inputs = [t["name"] for t in config["input"]]
+        self.outputs = [t["name"] for t in config["output"]]
         self.pipeline = params[PIPELINE_MODEL]
         self.marks = CancelMarks(state_dir(params.get(STATE_DIR)))
 
@@ -53,18 +56,18 @@ class TritonPythonModel:
 
     def _forward(self, request):
         token = self.marks.new_token()
-        inputs = [pb_utils.get_input_tensor_by_name(request, spec.name) for spec in contract.INPUTS]
+        inputs = [pb_utils.get_input_tensor_by_name(request, name) for name in self.inputs]
         forwarded = pb_utils.InferenceRequest(
             model_name=self.pipeline,
             inputs=[t for t in inputs if t is not None],
-            requested_output_names=[o.name for o in contract.OUTPUTS],
+            requested_output_names=self.outputs,
             parameters={CANCEL_TOKEN: token, PROGRESS: False},
         )
         final = None
         try:
             with self._watch(request, token):
                 for response in forwarded.exec(decoupled=True):
-                    final = _relay(response) or final
+                    final = self._relay(response) or final
         except Exception as e:  # the pipeline model cannot be reached (unloaded, stopping)
             final = _error(*untag(str(e)))
         finally:
@@ -93,17 +96,14 @@ class TritonPythonModel:
             done.set()
             watcher.join()
 
-
-def _relay(response):
-    """The client's response for the pipeline model's: its result, or its error with its status."""
-    if response.has_error():
-        return _error(*untag(response.error().message()))
-    tensors = {t.name(): t for t in response.output_tensors()}
-    if contract.FRAMES.name not in tensors:
-        return None  # the empty response that only closes the stream
-    return pb_utils.InferenceResponse(
-        output_tensors=[tensors[o.name] for o in contract.OUTPUTS if o.name in tensors]
-    )
+    def _relay(self, response):
+        """The client's response for the pipeline model's: its result, or its error with its status."""
+        if response.has_error():
+            return _error(*untag(response.error().message()))
+        tensors = {t.name(): t for t in response.output_tensors()}
+        if FRAMES.name not in tensors:
+            return None  # the empty response that only closes the stream
+        return pb_utils.InferenceResponse(output_tensors=[tensors[n] for n in self.outputs if n in tensors])
 
 
 def _error(status: str, message: str):

@@ -1,16 +1,17 @@
-"""The pipeline model (`svd_stream`): the one Triton model that holds pipelines.
+"""The pipeline model (`generate_stream`): the one Triton model that holds pipelines.
 
-Each instance is its own stub process holding one SVDPipeline, so requests never share
-state. It is decoupled: after every denoising step it sends `step`/`total`, then one final
-response with the result. Streaming clients call it directly (gRPC); the plain model
-(triton_front.py) forwards every request to it over BLS, so an instance serves both and a
-server holds one pipeline per instance.
+Each instance is its own stub process holding one pipeline of the engines' family
+(runtime/engine_pipeline.py open_pipeline), so requests never share state. It is decoupled:
+after every denoising step it sends `step`/`total`, then one final response with the result.
+Streaming clients call it directly (gRPC); the plain model (triton_front.py) forwards every
+request to it over BLS, so an instance serves both and a server holds one pipeline per instance.
 
-Per request, in order: parse (request.py), resolve against the engines (svd_trt/options.py),
-the server's caps (caps.py), server-wide memory admission (admission.py), then the run, with
-cancellation checked between steps (the client's own cancel on a stream; the plain model's mark,
-state.py). An error is one line prefixed with its status (failures.py); an engine failure or a
-bug also goes to the server log with its traceback. The instance keeps serving.
+Per request, in order: parse by the family's contract (contract.py, request.py), resolve against
+the engines (the family's `resolve`), the server's caps (caps.py), server-wide memory admission
+(admission.py), then the family's `generate`, with cancellation checked between steps (the
+client's own cancel on a stream; the plain model's mark, state.py). An error is one line
+prefixed with its status (failures.py); an engine failure or a bug also goes to the server log
+with its traceback. The instance keeps serving.
 
 Importable only inside Triton's Python backend (triton_python_backend_utils).
 """
@@ -22,12 +23,12 @@ import logging
 
 import triton_python_backend_utils as pb_utils
 
-from svd_trt.families.svd.pipeline import SVDPipeline
 from svd_trt.manifest import load_manifest
+from svd_trt.runtime.engine_pipeline import open_pipeline
 from svd_trt.runtime.runners import _physical_cores
-from svd_trt.runtime.serving import contract
 from svd_trt.runtime.serving.admission import Admission
 from svd_trt.runtime.serving.caps import RequestCaps
+from svd_trt.runtime.serving.contract import contract_for
 from svd_trt.runtime.serving.failures import Cancelled, describe, tagged, triton_code
 from svd_trt.runtime.serving.repository import MEMORY_LIMIT
 from svd_trt.runtime.serving.request import parse_request, progress_tensors, result_tensors
@@ -49,7 +50,8 @@ class TritonPythonModel:
         options = {"device": "cpu" if self.gpu is None else f"cuda:{self.gpu}"}
         if load_manifest(engine_dir).backend == "onnxruntime":
             options["threads"] = _threads(int(params.get("threads", "0")), config)
-        self.pipe = SVDPipeline.from_engine_dir(engine_dir, **options)
+        self.pipe = open_pipeline(engine_dir, **options)
+        self.contract = contract_for(self.pipe.family)
         # Admission checks memory server-wide before the run; the pipeline's own check would
         # see this process alone.
         self.plan, self.pipe.memory = self.pipe.memory, None
@@ -57,7 +59,10 @@ class TritonPythonModel:
         self.admission = Admission(root, int(params.get(MEMORY_LIMIT, "0")))
         self.marks = CancelMarks(root)
         self.caps = RequestCaps.from_parameters(params)
-        log.info("%s: opened %s (%s; %s), %s", self.name, engine_dir, options, self.pipe.placement, self.caps)
+        log.info(
+            "%s: opened %s engines %s (%s; %s), %s",
+            self.name, self.pipe.family.title, engine_dir, options, self.pipe.placement, self.caps,
+        )  # fmt: skip
 
     def execute(self, requests: list) -> None:
         for request in requests:
@@ -94,17 +99,17 @@ class TritonPythonModel:
             log.warning("%s: could not send the final response: %s", self.name, e)
 
     def _generate(self, request, on_step) -> dict:
-        inputs = {}
-        for spec in contract.INPUTS:
+        tensors = {}
+        for spec in self.contract.inputs:
             tensor = pb_utils.get_input_tensor_by_name(request, spec.name)
             if tensor is not None:
-                inputs[spec.name] = tensor.as_numpy()
-        parsed = parse_request(inputs)
+                tensors[spec.name] = tensor.as_numpy()
+        parsed = parse_request(self.contract, tensors)
         opts = self.pipe.resolve(parsed.options)
         self.caps.check(opts)
         with self.admission.admit(self.plan, self.pipe.cfg, opts):
-            video = self.pipe(parsed.image, opts, on_step=on_step)
-        return result_tensors(video.frames, parsed)
+            video = self.pipe.generate(parsed.inputs, opts, None, on_step)
+        return result_tensors(video.frames, parsed.output_format, self.pipe.family.output_fps(opts))
 
 
 def _response(tensors: dict):
@@ -125,4 +130,3 @@ def _threads(configured: int, config: dict) -> int:
         return configured
     instances = sum(int(g.get("count", 1)) for g in config.get("instance_group", [])) or 1
     return max(1, _physical_cores() // instances)
-

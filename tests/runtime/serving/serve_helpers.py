@@ -26,7 +26,35 @@ ASSETS = Path(__file__).resolve().parents[3] / "runtime" / "assets"
 IMAGE_PATH = ASSETS / "coffee.jpg"
 # Small enough for the CI budget, big enough to pass every tiny-model block (as test_infer_cli's).
 REQUEST = {"num_frames": 2, "height": 32, "width": 48, "num_inference_steps": 2}
+# The tiny LTX-Video model (a VAE with spatial and temporal ratio 4): 9 frames are three latent
+# frames, 32x48 pixels 8x12 latents; two steps, CFG on (guidance 3, the default).
+LTX_REQUEST = {
+    "num_frames": 9,
+    "height": 32,
+    "width": 48,
+    "num_inference_steps": 2,
+    "max_sequence_length": 16,
+}
 LOOPBACK = "127.0.0.1"
+
+
+def ltx_engines(tmp_path_factory) -> Path:
+    """An ONNX Runtime engine directory of the tiny random LTX-Video checkpoint, built once per test
+    session with the commands a user runs (svd-export make-checkpoint --family ltx; build-engines)."""
+    from click.testing import CliRunner
+
+    from svd_trt.engines.cli import main as svd_export
+
+    root = tmp_path_factory.getbasetemp() / "ltx-serving"
+    engines = root / "engines"
+    if not (engines / "manifest.json").exists():
+        for args in (
+            ["make-checkpoint", "--family", "ltx", "--size", "tiny", "--out", str(root / "snapshot")],
+            ["build-engines", "--model", str(root / "snapshot"), "--out", str(engines)],
+        ):
+            result = CliRunner().invoke(svd_export, args)
+            assert result.exit_code == 0, result.output
+    return engines
 
 
 def serve_extra_missing() -> str | None:
@@ -149,18 +177,13 @@ def alive(pid: int) -> bool:
 class Stream:
     """One request to the stream model over gRPC, held open so that a test can cancel it."""
 
-    def __init__(self, url: str, image: bytes, **options) -> None:
+    def __init__(self, url: str, **values) -> None:
         import queue
 
-        import tritonclient.grpc as grpc
-
-        from svd_trt.runtime.serving import contract
-        from svd_trt.runtime.serving.client import _inputs, request_arrays
+        from svd_trt.runtime.serving.client import stream_request
 
         self.responses: queue.Queue = queue.Queue()
-        self.client = grpc.InferenceServerClient(url)
-        self.client.start_stream(callback=lambda result, error: self.responses.put((result, error)))
-        self.client.async_stream_infer(contract.STREAM_MODEL, _inputs(grpc, request_arrays(image, **options)))
+        self.client = stream_request(url, lambda result, error: self.responses.put((result, error)), **values)
 
     def progress(self, timeout_s: float = 120) -> int:
         """The step of the next progress response; fails the test on anything else."""
@@ -174,6 +197,29 @@ class Stream:
         """Cancel the request (gRPC stream cancellation) and close the client."""
         self.client.stop_stream(cancel_requests=True)
         self.client.close()
+
+
+def holds_onnxruntime(pid: int) -> bool:
+    """Whether the process has ONNX Runtime loaded (a pipeline's stub)."""
+    try:
+        with open(f"/proc/{pid}/maps") as f:
+            return "libonnxruntime" in f.read()
+    except OSError:
+        return False
+
+
+def infer_peak_rss(engines: Path, tmp_path: Path, inputs: list[str], request: dict) -> int:
+    """Peak RSS of one `svd-trt infer` process on `request` (a wrapper whose only child it is);
+    `inputs`: its input flags (--image FILE, --prompt TEXT)."""
+    args = ["infer", "--engines", str(engines), *inputs, "--out", str(tmp_path / "v.npy")]
+    args += [f"--{k.replace('_', '-')}={v}" for k, v in request.items()] + ["--no-progress"]
+    wrapper = (
+        "import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, capture_output=True); "
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+    )
+    cmd = [sys.executable, "-c", wrapper, sys.executable, "-m", "svd_trt.runtime.cli", *args]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return int(out.split()[-1]) * 1024  # ru_maxrss is in KiB on Linux
 
 
 def cancel_lines(log_text: str) -> list[tuple[int, int]]:

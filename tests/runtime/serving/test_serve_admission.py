@@ -10,9 +10,12 @@ import signal
 import pytest
 
 from svd_trt.errors import CapacityError
+from svd_trt.families.ltx import config as ltx_config
+from svd_trt.families.ltx.family import LTX
+from svd_trt.families.ltx.options import LTXOptions
 from svd_trt.families.svd.config import preset
-from svd_trt.families.svd.memory import estimate
-from svd_trt.families.svd.options import GenerationOptions, request_shape, resolve
+from svd_trt.families.svd.family import SVD
+from svd_trt.families.svd.options import GenerationOptions, resolve
 from svd_trt.memory import InsufficientMemory, MemoryPlan, resident_bytes
 from svd_trt.runtime.serving.admission import Admission, AdmissionError
 from svd_trt.runtime.serving.caps import CapError, RequestCaps
@@ -28,12 +31,12 @@ from svd_trt.runtime.serving.failures import (
 
 CFG = preset("tiny")
 OPTS = resolve(GenerationOptions(num_frames=2, height=256, width=256), CFG)
-NEED = estimate(CFG, request_shape(OPTS)).total  # ~0.38 GiB of activations and arrays, never allocated here
+NEED = MemoryPlan(SVD).estimate(CFG, OPTS).total  # ~0.38 GiB of activations and arrays, never allocated here
 
 
-def plan(available: int) -> MemoryPlan:
+def plan(available: int, family=SVD) -> MemoryPlan:
     """A loaded pipeline's plan that sees `available` bytes free on the host."""
-    return MemoryPlan(loaded_rss=resident_bytes(), available=lambda: available)
+    return MemoryPlan(family, loaded_rss=resident_bytes(), available=lambda: available)
 
 
 def hold(root, available, admitted, release) -> None:
@@ -86,6 +89,19 @@ def test_the_limit_counts_every_request_in_flight(tmp_path, holder):
         assert len(Admission(tmp_path).in_flight()) == 1  # the other process's, not this one's own
 
 
+def test_admission_takes_any_family_options(tmp_path, holder):
+    """An LTX-Video request is estimated by its family (the plan's) and counted against the same ledger."""
+    cfg = ltx_config.preset("tiny")
+    opts = LTX.resolve(LTXOptions(num_frames=9, height=256, width=256), cfg)
+    need = MemoryPlan(LTX).estimate(cfg, opts).total
+    assert need != NEED  # another family's estimate, not SVD's
+    with pytest.raises(AdmissionError, match="the 1 in flight"):
+        with Admission(tmp_path, limit=NEED + need - 1).admit(plan(100 * NEED, LTX), cfg, opts):
+            pass
+    with Admission(tmp_path, limit=NEED + need).admit(plan(100 * NEED, LTX), cfg, opts) as est:
+        assert est.total == need
+
+
 def test_a_dead_process_holds_nothing(tmp_path):
     proc, _ = start_holder(tmp_path)  # never released: setting the event would wait for the dead
     os.kill(proc.pid, signal.SIGKILL)  # its entry stays in the ledger
@@ -114,6 +130,17 @@ def test_caps():
         assert str(e.value) == message
     RequestCaps(0, 0, 0).check(resolve(GenerationOptions(num_inference_steps=10**6), CFG))  # 0: no cap
     assert RequestCaps.from_parameters(caps.parameters()) == caps
+    # Every family's options carry the four capped values under the same names.
+    ltx_cfg = ltx_config.preset("tiny")
+    with pytest.raises(CapError, match=r"^num_inference_steps 50 is over this server's cap of 10 "):
+        caps.check(
+            LTX.resolve(LTXOptions(num_frames=1, height=64, width=64), ltx_cfg)
+        )  # LTX's default 50 steps
+    with pytest.raises(CapError, match=r"^num_frames 9 is over this server's cap of 4 "):
+        caps.check(
+            LTX.resolve(LTXOptions(num_frames=9, height=64, width=64, num_inference_steps=10), ltx_cfg)
+        )
+    caps.check(LTX.resolve(LTXOptions(num_frames=1, height=64, width=64, num_inference_steps=10), ltx_cfg))
 
 
 def test_status_in_the_message_round_trips():

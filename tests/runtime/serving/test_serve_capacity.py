@@ -4,18 +4,26 @@ once, the queue timeout, and cancelled requests that free the instance within a 
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 
 import pytest
 from conftest import FAILING_COMPONENT, FAILING_HEIGHT
-from serve_helpers import IMAGE_PATH, REQUEST, Stream, cancel_lines, descendants, needs_triton, start_serve
+from serve_helpers import (
+    IMAGE_PATH,
+    REQUEST,
+    Stream,
+    cancel_lines,
+    descendants,
+    holds_onnxruntime,
+    infer_peak_rss,
+    needs_triton,
+    start_serve,
+)
 
-from svd_trt.families.svd.memory import estimate
-from svd_trt.families.svd.options import GenerationOptions, request_shape, resolve
+from svd_trt.families.svd.family import SVD
+from svd_trt.families.svd.options import GenerationOptions, resolve
 from svd_trt.manifest import load_manifest
-from svd_trt.memory import host_available, resident_bytes
+from svd_trt.memory import MemoryPlan, host_available, resident_bytes
 from svd_trt.runtime.serving.caps import RequestCaps
 from svd_trt.runtime.serving.client import generate, generate_streaming
 
@@ -49,35 +57,19 @@ def refusal(call) -> tuple[str, str, float]:
     return e.value.status(), e.value.message(), time.monotonic() - start
 
 
-def holds_onnxruntime(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/maps") as f:
-            return "libonnxruntime" in f.read()
-    except OSError:
-        return False
-
-
-def infer_peak_rss(engines, tmp_path) -> int:
-    """Peak RSS of one `svd-trt infer` process on REQUEST (a wrapper whose only child it is)."""
-    args = ["infer", "--engines", str(engines), "--image", str(IMAGE_PATH), "--out", str(tmp_path / "v.npy")]
-    args += [f"--{k.replace('_', '-')}={v}" for k, v in REQUEST.items()] + ["--no-progress"]
-    wrapper = (
-        "import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, capture_output=True); "
-        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
-    )
-    cmd = [sys.executable, "-c", wrapper, sys.executable, "-m", "svd_trt.runtime.cli", *args]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-    return int(out.split()[-1]) * 1024  # ru_maxrss is in KiB on Linux
-
-
 def test_both_models_share_one_pipeline(server, image, failing_engines, tmp_path):
-    assert generate(server.http, image, **REQUEST, seed=1)["frames"].shape == (2, 32, 48, 3)
-    assert generate_streaming(server.grpc, image, **REQUEST, seed=1).outputs["frames"].shape == (2, 32, 48, 3)
+    assert generate(server.http, image=image, **REQUEST, seed=1)["frames"].shape == (2, 32, 48, 3)
+    assert generate_streaming(server.grpc, image=image, **REQUEST, seed=1).outputs["frames"].shape == (
+        2,
+        32,
+        48,
+        3,
+    )
     processes = {pid: resident_bytes(pid) or 0 for pid in descendants(server.proc.pid)}
     pipelines = [pid for pid in processes if holds_onnxruntime(pid)]
     assert len(pipelines) == 1, f"{len(pipelines)} processes hold ONNX Runtime sessions; want 1"
     pipeline_rss = processes[pipelines[0]]
-    infer_rss = infer_peak_rss(failing_engines, tmp_path)
+    infer_rss = infer_peak_rss(failing_engines, tmp_path, ["--image", str(IMAGE_PATH)], REQUEST)
     others = {pid: rss for pid, rss in processes.items() if pid not in pipelines}
     print(
         f"server: pipeline stub {pipeline_rss / MIB:.0f} MiB, svd-trt infer peak {infer_rss / MIB:.0f} MiB "
@@ -96,14 +88,14 @@ def test_both_models_share_one_pipeline(server, image, failing_engines, tmp_path
 def test_each_failure_has_its_status_and_the_server_keeps_serving(server, image, failing_engines):
     # The request's fault: 400, at once.
     status, message, seconds = refusal(
-        lambda: generate(server.http, image, **{**REQUEST, "num_inference_steps": 10**6})
+        lambda: generate(server.http, image=image, **{**REQUEST, "num_inference_steps": 10**6})
     )
     assert (status, message) == (
         "400",
         "num_inference_steps 1000000 is over this server's cap of 200 (svd-trt serve --max-steps)",
     )
     assert seconds < 10  # a million tiny steps would take about a day
-    status, message, _ = refusal(lambda: generate(server.http, b"not an image", **REQUEST))
+    status, message, _ = refusal(lambda: generate(server.http, image=b"not an image", **REQUEST))
     assert (status, message) == ("400", "image: not a readable image (UnidentifiedImageError)")
 
     # Capacity: a 4096x4096 request needs more memory than this machine has (frames raised until
@@ -111,18 +103,19 @@ def test_each_failure_has_its_status_and_the_server_keeps_serving(server, image,
     manifest = load_manifest(failing_engines)
     big = {**REQUEST, "height": 4096, "width": 4096}
     while (
-        estimate(manifest.model, request_shape(resolve(GenerationOptions(**big), manifest.model))).total <= host_available()
+        MemoryPlan(SVD).estimate(manifest.model, resolve(GenerationOptions(**big), manifest.model)).total
+        <= host_available()
     ):
         big["num_frames"] *= 2
     assert big["num_frames"] <= RequestCaps().max_frames
-    status, message, seconds = refusal(lambda: generate(server.http, image, **big))
+    status, message, seconds = refusal(lambda: generate(server.http, image=image, **big))
     assert status == "503" and message.startswith("this request needs about "), message
     assert seconds < 10
 
     # An engine failing on a valid request: 500, one line naming the component; the traceback
     # (ONNX Runtime's own exception) in the server log.
     status, message, _ = refusal(
-        lambda: generate(server.http, image, **{**REQUEST, "height": FAILING_HEIGHT})
+        lambda: generate(server.http, image=image, **{**REQUEST, "height": FAILING_HEIGHT})
     )
     assert status == "500" and "\n" not in message
     assert message.startswith(
@@ -134,55 +127,60 @@ def test_each_failure_has_its_status_and_the_server_keeps_serving(server, image,
 
     # The stream model: the same lines, led by their status (a gRPC stream carries no code).
     _, streamed, _ = refusal(
-        lambda: generate_streaming(server.grpc, image, **{**REQUEST, "height": FAILING_HEIGHT})
+        lambda: generate_streaming(server.grpc, image=image, **{**REQUEST, "height": FAILING_HEIGHT})
     )
     assert streamed == f"INTERNAL: {message}"
-    _, streamed, _ = refusal(lambda: generate_streaming(server.grpc, image, **big))
+    _, streamed, _ = refusal(lambda: generate_streaming(server.grpc, image=image, **big))
     assert streamed.startswith("UNAVAILABLE: this request needs about ")
 
-    assert generate(server.http, image, **REQUEST)["frames"].shape == (2, 32, 48, 3)
+    assert generate(server.http, image=image, **REQUEST)["frames"].shape == (2, 32, 48, 3)
 
 
 def test_a_request_waiting_past_the_queue_timeout_is_refused(server, image):
-    running = Stream(server.grpc, image, **LONG)
+    running = Stream(server.grpc, image=image, **LONG)
     try:
         running.progress()  # the only pipeline is busy
-        status, message, seconds = refusal(lambda: generate(server.http, image, **REQUEST))
+        status, message, seconds = refusal(lambda: generate(server.http, image=image, **REQUEST))
     finally:
         running.cancel()
     assert (status, message) == ("503", "Request timeout expired")
     # Triton looks at its queue's deadlines about once a second (seen: the timeout + 0.0..1.5 s).
     assert QUEUE_TIMEOUT_S <= seconds < QUEUE_TIMEOUT_S + 5
-    assert generate(server.http, image, **REQUEST)["frames"].shape == (2, 32, 48, 3)  # served once free
+    assert generate(server.http, image=image, **REQUEST)["frames"].shape == (2, 32, 48, 3)  # served once free
 
 
 def test_cancelled_requests_free_the_instance_within_a_step(server, image):
     import tritonclient.grpc as grpc
 
-    from svd_trt.runtime.serving.client import _inputs, request_arrays
+    from svd_trt.runtime.serving import contract
+    from svd_trt.runtime.serving.client import input_datatypes, request_arrays, tensors
 
     # Streamed: cancelled after step 3 is seen. The pipeline checks between steps: it stops after
     # the step running when the cancel arrives, at most one more behind the response in flight.
     before = len(cancel_lines(server.log_text()))
-    stream = Stream(server.grpc, image, **LONG)
+    stream = Stream(server.grpc, image=image, **LONG)
     start = time.monotonic()
     seen = [stream.progress() for _ in range(3)][-1]
     step_s = (time.monotonic() - start) / 2  # two steps between the first and the third response
     stream.cancel()
-    assert generate(server.http, image, **REQUEST)["frames"].shape == (2, 32, 48, 3)  # the instance is free
+    assert generate(server.http, image=image, **REQUEST)["frames"].shape == (
+        2,
+        32,
+        48,
+        3,
+    )  # the instance is free
     (step, total), *_ = cancel_lines(server.log_text())[before:]
     assert total == LONG["num_inference_steps"] and step <= seen + 2, (step, seen)
 
     # Plain (HTTP/gRPC unary through the plain model, which forwards over BLS): cancelled after 1 s.
     client = grpc.InferenceServerClient(server.grpc)
     try:
-        call = client.async_infer(
-            "svd", _inputs(grpc, request_arrays(image, **LONG)), callback=lambda *_: None
-        )
+        arrays = request_arrays(input_datatypes(client, contract.MODEL), image=image, **LONG)
+        call = client.async_infer(contract.MODEL, tensors(grpc, arrays), callback=lambda *_: None)
         time.sleep(1.0)
         call.cancel()
         cancelled_at = time.monotonic()
-        assert generate(server.http, image, **REQUEST)["frames"].shape == (2, 32, 48, 3)
+        assert generate(server.http, image=image, **REQUEST)["frames"].shape == (2, 32, 48, 3)
         waited = time.monotonic() - cancelled_at
     finally:
         client.close()

@@ -39,7 +39,7 @@ def test_full_queue_is_refused_at_once(server):
         start.wait()
         t = time.monotonic()
         try:
-            generate(server.http, image, **LONG, seed=seed)
+            generate(server.http, image=image, **LONG, seed=seed)
             return "served", None, time.monotonic() - t
         except InferenceServerException as e:
             return e.message(), e.status(), time.monotonic() - t

@@ -24,15 +24,16 @@ from serve_helpers import (
     state_dir,
 )
 
-from svd_trt.families.svd.memory import estimate
-from svd_trt.families.svd.options import GenerationOptions, request_shape, resolve
+from svd_trt.families.svd.family import SVD
+from svd_trt.families.svd.options import GenerationOptions, resolve
 from svd_trt.families.svd.pipeline import SVDPipeline
 from svd_trt.manifest import load_manifest
-from svd_trt.memory import GIB
+from svd_trt.memory import GIB, MemoryPlan
 from svd_trt.runtime.cli import main as svd_trt
 from svd_trt.runtime.image_preprocess import load_image
 from svd_trt.runtime.serving import contract
 from svd_trt.runtime.serving.client import generate, generate_streaming, http_client
+from svd_trt.runtime.serving.contract import contract_for
 from svd_trt.runtime.video import to_uint8
 
 pytestmark = needs_triton
@@ -58,7 +59,7 @@ def estimated_bytes(engines, **options) -> int:
     """svd_trt.memory's estimate of a request, as the server's admission computes it."""
     manifest = load_manifest(engines)
     opts = resolve(GenerationOptions(**options), manifest.model, manifest.limits)
-    return estimate(manifest.model, request_shape(opts)).total
+    return MemoryPlan(SVD).estimate(manifest.model, opts).total
 
 
 @pytest.fixture(scope="module")
@@ -113,8 +114,8 @@ def test_health_ready_and_metadata(triton):
         for model in (contract.MODEL, contract.STREAM_MODEL):
             assert client.is_model_ready(model)
             meta = client.get_model_metadata(model)
-            assert [i["name"] for i in meta["inputs"]] == [s.name for s in contract.INPUTS]
-            assert [i["datatype"] for i in meta["inputs"]] == [s.datatype for s in contract.INPUTS]
+            assert {i["name"]: i["datatype"] for i in meta["inputs"]} == contract_for(SVD).datatypes()
+            assert [i["name"] for i in meta["inputs"]] == [s.name for s in contract_for(SVD).inputs]
             assert {o["name"] for o in meta["outputs"]} == {s.name for s in contract.outputs_of(model)}
         config = client.get_model_config(contract.MODEL)
         assert config["max_batch_size"] == 0
@@ -130,7 +131,7 @@ def test_one_request_equals_svd_trt_infer(triton, engines, image_bytes, tmp_path
     assert result.exit_code == 0, result.output
     expected = to_uint8(np.load(out))
 
-    served = generate(triton.http, image_bytes, **REQUEST, seed=7)
+    served = generate(triton.http, image=image_bytes, **REQUEST, seed=7)
     assert set(served) == {"frames"}  # no video unless asked for
     assert served["frames"].shape == (2, 32, 48, 3)
     assert max_level_diff(served["frames"], expected) <= ONE_LEVEL
@@ -140,7 +141,7 @@ def test_four_concurrent_requests_each_equal_their_single_result(triton, image_b
     seeds = [11, 12, 13, 14]
     with ThreadPoolExecutor(len(seeds)) as pool:
         served = list(
-            pool.map(lambda s: generate(triton.http, image_bytes, **REQUEST, seed=s)["frames"], seeds)
+            pool.map(lambda s: generate(triton.http, image=image_bytes, **REQUEST, seed=s)["frames"], seeds)
         )
     for seed, frames in zip(seeds, served):
         assert max_level_diff(frames, reference(seed)) <= ONE_LEVEL, seed
@@ -149,7 +150,7 @@ def test_four_concurrent_requests_each_equal_their_single_result(triton, image_b
 
 
 def test_mp4_output(triton, image_bytes, reference):
-    served = generate(triton.http, image_bytes, **REQUEST, seed=11, output_format="mp4")
+    served = generate(triton.http, image=image_bytes, **REQUEST, seed=11, output_format="mp4")
     assert served["video"].shape == (1,)
     with av.open(io.BytesIO(served["video"][0])) as container:
         decoded = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
@@ -160,7 +161,7 @@ def test_mp4_output(triton, image_bytes, reference):
 def test_streaming_progress_over_grpc(triton, image_bytes, reference):
     seen = []
     result = generate_streaming(
-        triton.grpc, image_bytes, on_progress=lambda i, n: seen.append(i), **REQUEST, seed=12
+        triton.grpc, image=image_bytes, on_progress=lambda i, n: seen.append(i), **REQUEST, seed=12
     )
     steps = REQUEST["num_inference_steps"]
     assert result.progress == [(i, steps) for i in range(1, steps + 1)]
@@ -206,7 +207,7 @@ def test_bad_requests_get_one_line_errors_and_the_server_keeps_serving(
     for override, expected in cases:
         request = {**REQUEST, "image": image_bytes, **override}
         with pytest.raises(InferenceServerException) as e:
-            generate(triton.http, request.pop("image"), **request)
+            generate(triton.http, **request)
         assert e.value.message() == expected
         assert e.value.status() == "400", (expected, e.value.status())
 
@@ -222,21 +223,21 @@ def test_bad_requests_get_one_line_errors_and_the_server_keeps_serving(
 
     # The stream model answers the same line; a gRPC stream carries no status, so it leads the message.
     with pytest.raises(InferenceServerException) as e:
-        generate_streaming(triton.grpc, image_bytes, **{**REQUEST, "num_frames": 0})
+        generate_streaming(triton.grpc, image=image_bytes, **{**REQUEST, "num_frames": 0})
     assert e.value.message() == "INVALID_ARGUMENT: --num-frames must be positive, got 0"
 
-    served = generate(triton.http, image_bytes, **REQUEST, seed=13)
+    served = generate(triton.http, image=image_bytes, **REQUEST, seed=13)
     assert max_level_diff(served["frames"], reference(13)) <= ONE_LEVEL
 
 
 def test_metrics_count_requests_and_latency(triton, image_bytes):
-    generate(triton.http, image_bytes, **REQUEST, seed=1)
+    generate(triton.http, image=image_bytes, **REQUEST, seed=1)
     with urllib.request.urlopen(f"http://{triton.metrics}/metrics", timeout=10) as r:
         text = r.read().decode()
-    success = re.search(r'^nv_inference_request_success\{model="svd",version="1"\} (\d+)', text, re.M)
+    success = re.search(r'^nv_inference_request_success\{model="generate",version="1"\} (\d+)', text, re.M)
     assert success and int(success.group(1)) >= 1, text[:2000]
     for metric in ("nv_inference_request_duration_us", "nv_inference_queue_duration_us"):
-        assert re.search(rf'^{metric}\{{model="svd",version="1"\}} \d+', text, re.M), metric
+        assert re.search(rf'^{metric}\{{model="generate",version="1"\}} \d+', text, re.M), metric
 
 
 def test_admission_counts_the_requests_in_flight_in_every_instance(triton, image_bytes):
@@ -245,13 +246,13 @@ def test_admission_counts_the_requests_in_flight_in_every_instance(triton, image
     from tritonclient.utils import InferenceServerException
 
     ledger = state_dir(triton) / "in_flight"
-    first = Stream(triton.grpc, image_bytes, **{**BIG, "num_inference_steps": 200})  # the default cap
+    first = Stream(triton.grpc, image=image_bytes, **{**BIG, "num_inference_steps": 200})  # the default cap
     try:
         assert first.progress() == 1  # admitted and running
         assert len(list(ledger.glob("*.json"))) == 1
         start = time.monotonic()
         with pytest.raises(InferenceServerException) as e:
-            generate(triton.http, image_bytes, **BIG)
+            generate(triton.http, image=image_bytes, **BIG)
         assert time.monotonic() - start < 10  # refused, not queued behind the first
         assert e.value.status() == "503", e.value.message()
         assert re.fullmatch(
@@ -265,4 +266,4 @@ def test_admission_counts_the_requests_in_flight_in_every_instance(triton, image
     while list(ledger.glob("*.json")) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not list(ledger.glob("*.json")), "the cancelled request kept its place in the ledger"
-    assert generate(triton.http, image_bytes, **BIG)["frames"].shape == (2, 64, 96, 3)
+    assert generate(triton.http, image=image_bytes, **BIG)["frames"].shape == (2, 64, 96, 3)
