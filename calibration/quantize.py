@@ -85,12 +85,14 @@ DEFAULT_EXCLUDE = tuple(EXCLUDE_GROUPS)
 # Bump when the quantization code changes what a quantized UNet holds (this module's and Model
 # Optimizer's, calibration/modelopt_quantize.py): quantized UNets of an older version are made
 # again. tests/export/test_export_version.py fails when QUANTIZE_SOURCES change without a bump.
-QUANTIZE_VERSION = 1
+# 2: TensorRT's int8 / fp8 UNets keep an fp16 remainder (Q/DQ transplanted onto the fp16 export).
+QUANTIZE_VERSION = 2
 QUANTIZE_SOURCES = (
     "calibration/quantize.py",
     "calibration/modelopt_quantize.py",
     "calibration/fused_attention.py",
     "calibration/tensor_ranges.py",
+    "calibration/qdq_transplant.py",
 )
 
 

@@ -58,7 +58,9 @@ ONNX_PROTO_LIMIT = 2**31 - 1
 # output): graphs of an older version are then exported again, and TensorRT engines rebuilt
 # from them. tests/export/test_export_version.py fails when EXPORT_SOURCES change without a bump.
 # 1: the first versioned export (fp32 islands, standard or contrib attention, target in the key).
-EXPORT_VERSION = 1
+# 2: the family and its port's export_version in the key; shared port layers (export/layers.py) with
+#    diffusers' timestep-embedding operation order and no identity Casts.
+EXPORT_VERSION = 2
 # The shared modules whose code decides the graphs, relative to the source tree's root; each
 # family's port_sources() (its port and loader) are versioned by its own export_version.
 EXPORT_SOURCES = ("export/onnx_export.py", "export/layers.py", "export/checkpoint.py")

@@ -14,6 +14,8 @@ import pytest
 
 from svd_trt.calibration.quantize import QUANTIZE_SOURCES, QUANTIZE_VERSION
 from svd_trt.export.onnx_export import EXPORT_SOURCES, EXPORT_VERSION
+from svd_trt.families.ltx.family import LTX
+from svd_trt.families.svd.family import SVD
 
 ROOT = Path(__file__).resolve().parents[2]
 # The fingerprints are of this Python's syntax trees (ast.unparse spells a few constructs
@@ -22,9 +24,13 @@ FINGERPRINT_PYTHON = (3, 11)
 # Append-only, one per version: the code fingerprint of EXPORT_SOURCES / QUANTIZE_SOURCES.
 EXPORT_CODE = {
     1: "60380f013666940c",  # fp32 islands, standard or contrib attention by target
+    2: "d82a93fc62ab6c17",  # the family in the key; shared port layers; diffusers' timestep-embedding order
 }
+SVD_PORT_CODE = {1: "550f5ffa56fd0cd7"}  # CLIP, UNet, temporal VAE as of the family split
+LTX_PORT_CODE = {1: "d4566e471d63dadf"}  # T5, DiT, causal VAE: the first LTX port
 QUANTIZE_CODE = {
     1: "1c5a02cc53d79770",  # ONNX Runtime's quantize_static; Model Optimizer answered from fused-attention ranges
+    2: "0e21748cf2994ff8",  # TensorRT UNets' unquantized remainder fp16 (Q/DQ transplanted)
 }
 
 
@@ -57,8 +63,10 @@ needs_recorded_python = pytest.mark.skipif(
     [
         ("EXPORT_VERSION", EXPORT_VERSION, EXPORT_SOURCES, EXPORT_CODE, "export/onnx_export.py"),
         ("QUANTIZE_VERSION", QUANTIZE_VERSION, QUANTIZE_SOURCES, QUANTIZE_CODE, "calibration/quantize.py"),
+        ("SVD.export_version", SVD.export_version, SVD.port_sources(), SVD_PORT_CODE, "families/svd/family.py"),
+        ("LTX.export_version", LTX.export_version, LTX.port_sources(), LTX_PORT_CODE, "families/ltx/family.py"),
     ],
-    ids=["export", "quantize"],
+    ids=["export", "quantize", "svd-port", "ltx-port"],
 )
 def test_the_version_tracks_the_code(name, version, sources, recorded, where):
     assert list(recorded) == list(range(1, version + 1)), "one fingerprint per version"
@@ -82,5 +90,5 @@ def test_the_fingerprint_sees_code_and_ignores_comments(tmp_path, monkeypatch):
 
 
 def test_every_listed_source_exists():
-    for rel in EXPORT_SOURCES + QUANTIZE_SOURCES:
+    for rel in EXPORT_SOURCES + QUANTIZE_SOURCES + SVD.port_sources() + LTX.port_sources():
         assert (ROOT / rel).is_file(), rel
