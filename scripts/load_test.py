@@ -8,7 +8,7 @@ latency. The baseline runs `svd-trt infer` processes one after another on the sa
 requests (each process loads the engines: what a CLI-per-video deployment pays).
 Stops the server at the end. Traffic goes to 127.0.0.1 only.
 
-    python scripts/load_test.py --engines out/engines-small --clients 1 2 4 --requests 8
+    python scripts/load_test.py --engines out/engines-svd-small --clients 1 2 4 --requests 8
     python scripts/load_test.py --engines out/engines-ltx --prompt "A fox in snow" --num-frames 9
 
 The inputs are the engines' family's: --image (SVD's default: the sample photograph) and/or

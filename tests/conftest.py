@@ -289,3 +289,27 @@ def small_trt_onnx(small_snapshot, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("engines") / "small-trt-onnx"
     build_onnx_dir(small_snapshot, out, "tensorrt", {"unet": "fp32"})
     return out
+
+
+def ltx_engines(tmp_path_factory) -> Path:
+    """An ONNX Runtime engine directory of the tiny random LTX-Video checkpoint, built once per test
+    session with the commands a user runs (svd-export make-checkpoint --family ltx; build-engines)."""
+    from click.testing import CliRunner
+
+    from svd_trt.engines.cli import main as svd_export
+
+    root = tmp_path_factory.getbasetemp() / "ltx-serving"
+    engines = root / "engines"
+    if not (engines / "manifest.json").exists():
+        for args in (
+            ["make-checkpoint", "--family", "ltx", "--size", "tiny", "--out", str(root / "snapshot")],
+            ["build-engines", "--model", str(root / "snapshot"), "--out", str(engines)],
+        ):
+            result = CliRunner().invoke(svd_export, args)
+            assert result.exit_code == 0, result.output
+    return engines
+
+
+@pytest.fixture(scope="session")
+def ltx_tiny_engines(tmp_path_factory) -> Path:
+    return ltx_engines(tmp_path_factory)

@@ -38,25 +38,6 @@ LTX_REQUEST = {
 LOOPBACK = "127.0.0.1"
 
 
-def ltx_engines(tmp_path_factory) -> Path:
-    """An ONNX Runtime engine directory of the tiny random LTX-Video checkpoint, built once per test
-    session with the commands a user runs (svd-export make-checkpoint --family ltx; build-engines)."""
-    from click.testing import CliRunner
-
-    from svd_trt.engines.cli import main as svd_export
-
-    root = tmp_path_factory.getbasetemp() / "ltx-serving"
-    engines = root / "engines"
-    if not (engines / "manifest.json").exists():
-        for args in (
-            ["make-checkpoint", "--family", "ltx", "--size", "tiny", "--out", str(root / "snapshot")],
-            ["build-engines", "--model", str(root / "snapshot"), "--out", str(engines)],
-        ):
-            result = CliRunner().invoke(svd_export, args)
-            assert result.exit_code == 0, result.output
-    return engines
-
-
 def serve_extra_missing() -> str | None:
     """Why the serving tests cannot run here, or None."""
     from svd_trt.runtime.serving.server import ServeError, find_triton

@@ -12,6 +12,7 @@ import av
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import ltx_engines
 from serve_helpers import (
     IMAGE_PATH,
     LTX_REQUEST,
@@ -20,7 +21,6 @@ from serve_helpers import (
     descendants,
     holds_onnxruntime,
     infer_peak_rss,
-    ltx_engines,
     needs_triton,
     serve_extra_missing,
     start_serve,

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 from click.testing import CliRunner
-from serve_helpers import ltx_engines
+from conftest import ltx_engines
 
 from svd_trt.engines.cli import main as svd_export
 from svd_trt.families.ltx.family import LTX
