@@ -147,6 +147,23 @@ def load_strict(
     module.load_state_dict(state, strict=True)
 
 
+def load_port(
+    module: nn.Module,
+    folder: Path,
+    component: Component,
+    dtype: torch.dtype = torch.float32,
+    variant: str | None = "auto",
+    derived: Callable[[dict[str, torch.Tensor]], dict[str, Callable[[torch.Tensor], bool]]] | None = None,
+) -> nn.Module:
+    """`module` (a family's un-loaded port module) filled strictly with the weights of `folder`;
+    `derived(state)` names the keys a checkpoint may store that the port computes (load_strict)."""
+    state, source = read_folder(folder, component.weights_stem, variant)
+    # load_state_dict copies with a dtype cast, so fp16 files fill an fp32 module directly.
+    load_strict(module, state, source, derived(state) if derived else None)
+    log.info("loaded %s from %s (%d tensors)", component.folder, source, len(state))
+    return module.to(dtype).eval()
+
+
 class MethodModule(nn.Module):
     """One method of a module as its forward: the VAE's encode and decode are two components."""
 

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
+
+log = logging.getLogger(__name__)
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -45,3 +49,27 @@ def save_weights(
         paths.append(path)
     write_json(folder / f"{stem}.safetensors.index{infix}.json", {"metadata": {}, "weight_map": weight_map})
     return paths
+
+
+def write_random_components(
+    root: Path,
+    components: dict,
+    build: Callable[[str], torch.nn.Module],
+    config_of: Callable[[str], dict],
+    variant: str | None = None,
+    seed: int = 0,
+    max_shard_bytes: int | None = None,
+) -> None:
+    """Each component's config file and random weights (the port's default init, seeded), one at a
+    time so only one module is alive: `components` name -> checkpoint Component; variant None = fp32."""
+    torch.manual_seed(seed)
+    dtype = torch.float16 if variant == "fp16" else torch.float32
+    for name, comp in components.items():
+        folder = Path(root) / comp.folder
+        write_json(folder / comp.config_file, config_of(name))
+        module = build(name)
+        state = {k: v.to(dtype) for k, v in module.state_dict().items()}
+        del module
+        files = save_weights(state, folder, comp.weights_stem, variant, max_shard_bytes)
+        log.info("wrote %s: %d tensors in %d file(s)", name, len(state), len(files))
+        del state

@@ -313,3 +313,15 @@ def ltx_engines(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def ltx_tiny_engines(tmp_path_factory) -> Path:
     return ltx_engines(tmp_path_factory)
+
+
+def assert_one_line_error(result, pattern: str, out: Path) -> None:
+    """A CLI failure as users must see it: exit 2, one `Error:` line with `pattern`, no traceback,
+    and nothing written at or beside `out`."""
+    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
+    assert pattern in lines[0], lines[0]
+    assert "Traceback" not in result.output
+    assert not out.exists()
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".")], "temporary file left behind"

@@ -79,7 +79,7 @@ class LTXFamily:
 
     def schedule_timesteps(self, cfg: LTXConfig, opts: LTXOptions):
         """The transformer's timesteps of a request (svd-export check draws its inputs from them)."""
-        sched = flow_match.FlowMatchConfig.from_mapping(cfg.scheduler.to_dict())
+        sched = cfg.scheduler
         f, h, w = ltx_spec.latent_grid(cfg, opts.num_frames, opts.height, opts.width)
         return flow_match.make_schedule(sched, opts.num_inference_steps, f * h * w).timesteps
 
@@ -98,7 +98,7 @@ class LTXFamily:
         from svd_trt.families.ltx.port.checkpoint import read_config
 
         cfg = read_config(snapshot)
-        flow_match.check_config(flow_match.FlowMatchConfig.from_mapping(cfg.scheduler.to_dict()))
+        flow_match.check_config(cfg.scheduler)
         return cfg
 
     def weight_files(self, snapshot: str | Path, source: str, variant: str | None) -> list[Path]:

@@ -12,15 +12,14 @@ Pure functions: no step counter; the caller walks sigmas[i] -> sigmas[i + 1].
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
 from numbers import Real
 
 import numpy as np
 
 from svd_trt.errors import UserError
+from svd_trt.families.ltx.config import FlowMatchSchedulerConfig
 
 F32 = np.float32
 TIME_SHIFT_TYPES = ("exponential", "linear")
@@ -40,32 +39,6 @@ class FlowMatchError(UserError, ValueError):
 
 
 @dataclass(frozen=True)
-class FlowMatchConfig:
-    """scheduler_config.json of FlowMatchEulerDiscreteScheduler; defaults are diffusers' for missing keys."""
-
-    num_train_timesteps: int = 1000
-    shift: float = 1.0
-    use_dynamic_shifting: bool = False
-    base_shift: float | None = 0.5
-    max_shift: float | None = 1.15
-    base_image_seq_len: int = 256
-    max_image_seq_len: int = 4096
-    invert_sigmas: bool = False
-    shift_terminal: float | None = None
-    use_karras_sigmas: bool = False
-    use_exponential_sigmas: bool = False
-    use_beta_sigmas: bool = False
-    time_shift_type: str = "exponential"
-    stochastic_sampling: bool = False
-
-    @classmethod
-    def from_mapping(cls, config: Mapping) -> FlowMatchConfig:
-        """From the config dict; keys diffusers' scheduler does not take (`_class_name`, ...) are ignored."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in config.items() if k in names})
-
-
-@dataclass(frozen=True)
 class FlowSchedule:
     """Step i runs the transformer at timesteps[i] and moves sigmas[i] -> sigmas[i + 1]; float32, N and N + 1."""
 
@@ -80,11 +53,11 @@ def _is_number(v) -> bool:
     return isinstance(v, Real) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def _refuse(cfg: FlowMatchConfig, field: str, why: str) -> FlowMatchError:
+def _refuse(cfg: FlowMatchSchedulerConfig, field: str, why: str) -> FlowMatchError:
     return FlowMatchError(f"scheduler {field}={getattr(cfg, field)!r} is not supported: {why}")
 
 
-def check_config(cfg: FlowMatchConfig) -> None:
+def check_config(cfg: FlowMatchSchedulerConfig) -> None:
     """Raise a one-line FlowMatchError for the first field diffusers fails on or this runtime does not reproduce."""
     for field in FLAGS:
         if not isinstance(getattr(cfg, field), bool):
@@ -120,14 +93,14 @@ def video_sequence_length(latent_frames: int, latent_height: int, latent_width: 
     return latent_frames * latent_height * latent_width
 
 
-def calculate_shift(seq_len: int, cfg: FlowMatchConfig) -> float:
+def calculate_shift(seq_len: int, cfg: FlowMatchSchedulerConfig) -> float:
     """mu = seq_len * m + (base_shift - m * base_seq), m = (max_shift - base_shift) / (max_seq - base_seq); Python floats."""
     m = (cfg.max_shift - cfg.base_shift) / (cfg.max_image_seq_len - cfg.base_image_seq_len)
     b = cfg.base_shift - m * cfg.base_image_seq_len
     return seq_len * m + b
 
 
-def time_shift(cfg: FlowMatchConfig, mu: float, t: np.ndarray) -> np.ndarray:
+def time_shift(cfg: FlowMatchSchedulerConfig, mu: float, t: np.ndarray) -> np.ndarray:
     """exponential: e^mu / (e^mu + (1/t - 1)); linear: mu / (mu + (1/t - 1)); float32.
 
     diffusers raises (1/t - 1) to its `sigma` argument, which LTX passes as 1.0: x ** 1 is x exactly.
@@ -163,7 +136,7 @@ def exponential_sigmas(sigma_min: float, sigma_max: float, n: int) -> np.ndarray
     return np.exp(np.linspace(math.log(sigma_max), math.log(sigma_min), n))
 
 
-def make_schedule(cfg: FlowMatchConfig, num_inference_steps: int, seq_len: int) -> FlowSchedule:
+def make_schedule(cfg: FlowMatchSchedulerConfig, num_inference_steps: int, seq_len: int) -> FlowSchedule:
     """LTXPipeline's retrieve_timesteps(scheduler, N, sigmas=linspace(1, 1/N, N), mu=calculate_shift(seq_len)).
 
     seq_len: video_sequence_length(F', H', W'); it matters only with use_dynamic_shifting.

@@ -50,17 +50,13 @@ class LTXVideoPipeline(EnginePipeline):
 
     @classmethod
     def check_model(cls, cfg: LTXConfig) -> None:
-        flow_match.check_config(flow_match.FlowMatchConfig.from_mapping(cfg.scheduler.to_dict()))
+        flow_match.check_config(cfg.scheduler)
 
     @functools.cached_property
     def tokenizer(self) -> Any:
         if TOKENIZER_FILE not in self.assets:
             raise PipelineError(f"this pipeline was given no {TOKENIZER_FILE} (an LTX engine directory holds one)")
         return load_tokenizer(self.assets[TOKENIZER_FILE])
-
-    @functools.cached_property
-    def schedule_cfg(self) -> flow_match.FlowMatchConfig:
-        return flow_match.FlowMatchConfig.from_mapping(self.cfg.scheduler.to_dict())
 
     # ------------------------------------------------------------------ geometry and draws
 
@@ -115,7 +111,7 @@ class LTXVideoPipeline(EnginePipeline):
         """The flow-match Euler loop on packed latents [1, S, C]; image_mask [1, S] for image to video."""
         tc, grid = self.cfg.transformer, self.grid(opts)
         schedule = flow_match.make_schedule(
-            self.schedule_cfg, opts.num_inference_steps, flow_match.video_sequence_length(*grid)
+            self.cfg.scheduler, opts.num_inference_steps, flow_match.video_sequence_length(*grid)
         )
         batch = len(embeds)
         cos, sin = rope_cos_sin(

@@ -9,13 +9,14 @@ shared with SVD). Every failure is a one-line CheckpointError naming the file (a
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from svd_trt.export.checkpoint import CheckpointError, Component, load_strict, read_folder, read_json
+from svd_trt.export.checkpoint import CheckpointError, Component, load_port, read_folder, read_json
 from svd_trt.families.ltx.config import DEFAULT_TOKENIZER_MAX_LENGTH, LTXConfig, LTXConfigError
 
 log = logging.getLogger(__name__)
@@ -130,9 +131,5 @@ def load_component(
     root = Path(snapshot)
     cfg = cfg or read_config(root)
     comp = COMPONENTS[name]
-    state, source = read_folder(root / comp.folder, comp.weights_stem, variant)
-    module = build_module(name, cfg)
-    # load_state_dict copies with a dtype cast, so fp16 files fill an fp32 module directly.
-    load_strict(module, state, source, _derived_keys(name, state))
-    log.info("loaded %s from %s (%d tensors)", name, source, len(state))
-    return module.to(dtype).eval()
+    derived = functools.partial(_derived_keys, name)
+    return load_port(build_module(name, cfg), root / comp.folder, comp, dtype, variant, derived)

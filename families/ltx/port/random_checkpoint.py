@@ -13,9 +13,7 @@ import json
 import logging
 from pathlib import Path
 
-import torch
-
-from svd_trt.export.snapshot_writer import save_weights, write_json
+from svd_trt.export.snapshot_writer import write_json, write_random_components
 from svd_trt.families.ltx.config import LTXConfig
 from svd_trt.families.ltx.port.checkpoint import COMPONENTS, build_module
 from svd_trt.families.ltx.tokenizer import write_tokenizer_files
@@ -58,17 +56,15 @@ def write_random_checkpoint(
 ) -> Path:
     """Random weights (the port's default init) for every component; variant None = fp32, 'fp16'."""
     root = Path(out)
-    torch.manual_seed(seed)
-    dtype = torch.float16 if variant == "fp16" else torch.float32
-    for name, comp in COMPONENTS.items():
-        folder = root / comp.folder
-        write_json(folder / comp.config_file, _component_config(name, cfg))
-        module = build_module(name, cfg)
-        state = {k: v.to(dtype) for k, v in module.state_dict().items()}
-        del module
-        files = save_weights(state, folder, comp.weights_stem, variant, max_shard_bytes)
-        log.info("wrote %s: %d tensors in %d file(s)", name, len(state), len(files))
-        del state
+    write_random_components(
+        root,
+        COMPONENTS,
+        lambda name: build_module(name, cfg),
+        lambda name: _component_config(name, cfg),
+        variant,
+        seed,
+        max_shard_bytes,
+    )
     write_json(root / "scheduler" / "scheduler_config.json", cfg.scheduler.to_dict())
     write_tokenizer(root / "tokenizer", cfg)
     write_json(root / "model_index.json", MODEL_INDEX)

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from svd_trt.export.checkpoint import CheckpointError, Component, load_strict, read_folder, read_json
+from svd_trt.export.checkpoint import CheckpointError, Component, load_port, read_json
 from svd_trt.families.svd.config import SVDConfig
 
 log = logging.getLogger(__name__)
@@ -113,11 +113,7 @@ def load_component(
     root = Path(snapshot)
     cfg = cfg or read_config(root)
     comp = COMPONENTS[name]
-    state, source = read_folder(root / comp.folder, comp.weights_stem, variant)
-    module = build_module(name, cfg)
-    # load_state_dict copies with a dtype cast, so fp16 files fill an fp32 module directly.
-    load_strict(module, state, source, derived_keys(name, cfg))
-    log.info("loaded %s from %s (%d tensors)", name, source, len(state))
-    return module.to(dtype).eval()
+    derived = derived_keys(name, cfg)
+    return load_port(build_module(name, cfg), root / comp.folder, comp, dtype, variant, lambda state: derived)
 
 

@@ -15,6 +15,7 @@ from diffusers import FlowMatchEulerDiscreteScheduler
 from diffusers.pipelines.ltx.pipeline_ltx import calculate_shift as diffusers_shift
 
 from svd_trt.families.ltx import flow_match as fm
+from svd_trt.families.ltx.config import FlowMatchSchedulerConfig
 
 # Lightricks/LTX-Video's scheduler_config.json (0.9.x)
 LTX = {
@@ -69,7 +70,7 @@ def _diffusers(config: dict, n: int, seq_len: int) -> FlowMatchEulerDiscreteSche
 def test_schedule_is_diffusers(name, n, size):
     config = CONFIGS[name]
     seq_len = fm.video_sequence_length(*size)
-    cfg = fm.FlowMatchConfig.from_mapping(config)
+    cfg = FlowMatchSchedulerConfig.from_dict(config)
     if n == 1 and cfg.shift_terminal:
         with pytest.raises(fm.FlowMatchError, match="num_inference_steps=1"):
             fm.make_schedule(cfg, n, seq_len)
@@ -84,7 +85,7 @@ def test_schedule_is_diffusers(name, n, size):
 
 def test_golden_ltx_schedule():
     """The real config at 161 frames, 512x704: mu from 7392 tokens; the last sigma is shift_terminal."""
-    cfg = fm.FlowMatchConfig.from_mapping(LTX)
+    cfg = FlowMatchSchedulerConfig.from_dict(LTX)
     seq_len = fm.video_sequence_length(21, 16, 22)
     assert seq_len == 7392
     assert fm.calculate_shift(seq_len, cfg) == pytest.approx(0.95 + (7392 - 1024) * 1.1 / 3072, rel=1e-12)
@@ -116,7 +117,7 @@ def test_n_equals_1_nan_in_diffusers():
     ),
 )
 def test_refused_configs_name_the_field(change, field):
-    cfg = fm.FlowMatchConfig.from_mapping({**LTX, **change})
+    cfg = FlowMatchSchedulerConfig.from_dict({**LTX, **change})
     with pytest.raises(fm.FlowMatchError, match=f"scheduler {field}=") as e:
         fm.make_schedule(cfg, 10, 100)
     assert "\n" not in str(e.value)
@@ -125,12 +126,12 @@ def test_refused_configs_name_the_field(change, field):
 @pytest.mark.parametrize("n", (0, -1, 2.0, True))
 def test_bad_step_counts(n):
     with pytest.raises(fm.FlowMatchError, match="num_inference_steps"):
-        fm.make_schedule(fm.FlowMatchConfig.from_mapping(LTX), n, 100)
+        fm.make_schedule(FlowMatchSchedulerConfig.from_dict(LTX), n, 100)
 
 
 def test_overflowing_mu_is_refused():
     """e^mu past float32's range: diffusers' sigmas are inf / inf = NaN."""
-    cfg = fm.FlowMatchConfig.from_mapping(LTX)
+    cfg = FlowMatchSchedulerConfig.from_dict(LTX)
     with pytest.raises(fm.FlowMatchError, match="too large"):
         fm.make_schedule(cfg, 10, 300_000)
 
@@ -146,7 +147,7 @@ def test_loop_is_diffusers(name):
     x_ref = torch.from_numpy(x0)
     for t, v in zip(ref.timesteps, velocities):
         x_ref = ref.step(torch.from_numpy(v), t, x_ref, return_dict=False)[0]
-    s = fm.make_schedule(fm.FlowMatchConfig.from_mapping(config), n, seq_len)
+    s = fm.make_schedule(FlowMatchSchedulerConfig.from_dict(config), n, seq_len)
     x = x0
     for i, v in enumerate(velocities):
         x = fm.step(v, x, s.sigmas[i], s.sigmas[i + 1])
@@ -157,7 +158,7 @@ def test_loop_is_diffusers(name):
 def test_stochastic_step_is_diffusers():
     config = {**LTX, "stochastic_sampling": True}
     ref = _diffusers(config, 4, 12)
-    s = fm.make_schedule(fm.FlowMatchConfig.from_mapping(config), 4, 12)
+    s = fm.make_schedule(FlowMatchSchedulerConfig.from_dict(config), 4, 12)
     rng = np.random.default_rng(1)
     x = rng.standard_normal((1, 12, 8), dtype=np.float32)
     v = rng.standard_normal((1, 12, 8), dtype=np.float32)
@@ -171,9 +172,9 @@ def test_stochastic_step_is_diffusers():
 
 def test_from_mapping_defaults_are_diffusers():
     """Missing keys take FlowMatchEulerDiscreteScheduler's defaults; `_class_name` and unknown keys are ignored."""
-    ours = fm.FlowMatchConfig.from_mapping({"_class_name": "x", "_diffusers_version": "0.32"})
+    ours = FlowMatchSchedulerConfig.from_dict({"_class_name": "x", "_diffusers_version": "0.32"})
     ref = FlowMatchEulerDiscreteScheduler().config
-    for field in fm.FlowMatchConfig.__dataclass_fields__:
+    for field in FlowMatchSchedulerConfig.__dataclass_fields__:
         assert getattr(ours, field) == ref[field], field
 
 
@@ -181,7 +182,7 @@ def test_from_mapping_defaults_are_diffusers():
 @pytest.mark.parametrize("name", CONFIGS)
 def test_same_bits_under_numpy_1_promotion(name):
     """The serve extra pins numpy < 2: its value-based promotion must not change a bit."""
-    cfg = fm.FlowMatchConfig.from_mapping(CONFIGS[name])
+    cfg = FlowMatchSchedulerConfig.from_dict(CONFIGS[name])
     results = []
     for state in ("legacy", "weak"):
         previous = np._get_promotion_state()

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import assert_one_line_error
 
 from svd_trt.runtime.cli import main
 
@@ -18,16 +19,6 @@ OK = ["--num-frames", "9", "--height", "32", "--width", "48", "--num-inference-s
 
 def infer(engines, out, *extra):
     return CliRunner().invoke(main, ["infer", "--engines", str(engines), "--out", str(out), *OK, *extra])
-
-
-def assert_one_line_error(result, pattern: str, out: Path) -> None:
-    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
-    assert pattern in lines[0], lines[0]
-    assert "Traceback" not in result.output
-    assert not out.exists()
-    assert not [p for p in out.parent.iterdir() if p.name.startswith(".")], "temporary file left behind"
 
 
 def test_text_and_image_to_video_write_their_frames(ltx_tiny_engines, tmp_path):

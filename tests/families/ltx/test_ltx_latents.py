@@ -28,6 +28,7 @@ from test_ltx_flow_match import LTX
 
 from svd_trt.families.ltx import flow_match as fm
 from svd_trt.families.ltx import latents as lat
+from svd_trt.families.ltx.config import FlowMatchSchedulerConfig
 from svd_trt.families.ltx.image_preprocess import video_pixel_values
 
 U = 2.0**-24  # float32 unit roundoff
@@ -211,7 +212,7 @@ def test_text_to_video_is_diffusers_step_by_step(
     noise = torch.randn(shape, generator=g).numpy()
     decode_noise = torch.randn(shape, generator=g).numpy() if timestep_conditioning else None
     schedule = fm.make_schedule(
-        fm.FlowMatchConfig.from_mapping(config), STEPS, fm.video_sequence_length(*grid)
+        FlowMatchSchedulerConfig.from_dict(config), STEPS, fm.video_sequence_length(*grid)
     )
     x = _replay_loop(tr.calls, lat.pack(noise), schedule, guidance_scale, guidance_rescale)
     if guidance_rescale > 0:
@@ -243,7 +244,7 @@ def test_image_to_video_is_diffusers_step_by_step(guidance_scale, timestep_condi
     )
     x, mask = lat.image_to_video_latents(image_latents, noise)
     assert mask.shape == (1, np.prod(grid)) and mask.sum() == grid[1] * grid[2]
-    schedule = fm.make_schedule(fm.FlowMatchConfig.from_mapping(LTX), STEPS, fm.video_sequence_length(*grid))
+    schedule = fm.make_schedule(FlowMatchSchedulerConfig.from_dict(LTX), STEPS, fm.video_sequence_length(*grid))
     x = _replay_loop(tr.calls, x, schedule, guidance_scale, 0.0, mask=mask, grid=grid)
     # frame 0 was never stepped: still the image's latents
     np.testing.assert_array_equal(lat.unpack(x, *grid)[:, :, 0], image_latents[:, :, 0])
