@@ -24,10 +24,10 @@ FINGERPRINT_PYTHON = (3, 11)
 # Append-only, one per version: the code fingerprint of EXPORT_SOURCES / QUANTIZE_SOURCES.
 EXPORT_CODE = {
     1: "60380f013666940c",  # fp32 islands, standard or contrib attention by target
-    2: "d82a93fc62ab6c17",  # the family in the key; shared port layers; diffusers' timestep-embedding order
+    2: "5ba9ab89e7615cc6",  # the family in the key; shared port layers; diffusers' timestep-embedding order
 }
-SVD_PORT_CODE = {1: "550f5ffa56fd0cd7"}  # CLIP, UNet, temporal VAE as of the family split
-LTX_PORT_CODE = {1: "d4566e471d63dadf"}  # T5, DiT, causal VAE: the first LTX port
+SVD_PORT_CODE = {1: "cb6cd16e1740f4c7"}  # CLIP, UNet, temporal VAE as of the family split
+LTX_PORT_CODE = {1: "f3d4bb91c971cfa6"}  # T5, DiT, causal VAE: the first LTX port
 QUANTIZE_CODE = {
     1: "1c5a02cc53d79770",  # ONNX Runtime's quantize_static; Model Optimizer answered from fused-attention ranges
     2: "0e21748cf2994ff8",  # TensorRT UNets' unquantized remainder fp16 (Q/DQ transplanted)
