@@ -401,7 +401,10 @@ def preset(name: str) -> LTXConfig:
             VAE_095,
             latent_channels=32,
             block_out_channels=(16, 32, 32, 64, 64),
-            decoder_block_out_channels=(32, 64, 64),
+            # each level twice the one above, as the 0.9.5 VAE's (256, 512, 1024): with its 2x
+            # depth-to-space upsamplers every up block keeps its width, which the timestep-conditioned
+            # decoder needs (diffusers embeds t at a block's input width: (32, 64, 64) fails there)
+            decoder_block_out_channels=(32, 64, 128),
             layers_per_block=(1, 1, 1, 1, 1),
             decoder_layers_per_block=(1, 1, 1, 1),
         )
