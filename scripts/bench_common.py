@@ -121,9 +121,16 @@ def interleaved(
 # ----------------------------------------------------------------------------- agreement
 
 
+def max_abs_error(ours: np.ndarray, ref: np.ndarray) -> float:
+    """max |ours - ref| one frame at a time (NaN if any is), so memory-mapped frames stay on disk."""
+    assert ours.shape == ref.shape, (ours.shape, ref.shape)
+    worst = [np.abs(a - b).max() for a, b in zip(ours, ref)]
+    return float(np.max(worst)) if worst else 0.0  # np.max, not max(): NaN propagates
+
+
 def frame_errors(work: Path, contenders: list[str], reference: str = "diffusers") -> dict[str, float]:
     """Max abs frame error of each contender against the reference's frames (frames in [0, 1])."""
-    return {c: float(np.abs(ours - ref).max()) for c, ours, ref in _frame_pairs(work, contenders, reference)}
+    return {c: max_abs_error(ours, ref) for c, ours, ref in _frame_pairs(work, contenders, reference)}
 
 
 def frame_psnr(work: Path, contenders: list[str], reference: str = "diffusers") -> dict[str, float]:
@@ -135,10 +142,10 @@ def frame_psnr(work: Path, contenders: list[str], reference: str = "diffusers") 
 
 
 def _frame_pairs(work: Path, contenders: list[str], reference: str):
-    ref = np.load(work / f"frames-{reference}.npy")
+    ref = np.load(work / f"frames-{reference}.npy", mmap_mode="r")
     for c in contenders:
         if c != reference:
-            ours = np.load(work / f"frames-{c}.npy")
+            ours = np.load(work / f"frames-{c}.npy", mmap_mode="r")
             assert ours.shape == ref.shape, (ours.shape, ref.shape)
             yield c, ours, ref
 
