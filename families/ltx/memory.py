@@ -52,9 +52,10 @@ ENCODER_LIVE, ENCODER_IMAGE = 14.5, 3
 # T5: per token, the feed-forward's two d_ff projections and GELU, the stream and attention
 # (6 d_model). Small next to its weights (T5-XXL: 57 MB at 2 x 128 tokens against 19 GB).
 T5_LIVE_DFF, T5_LIVE_D = 3, 6
-# Host arrays beside the decoder's output: the postprocessed frames (one copy of [F, H, W, 3]);
-# with tiled decoding the windows are assembled into one video, then postprocessed: two copies, or
-# one while a window's decoded tiles (up to 3 windows of frames) are alive.
+# Host arrays beside the decoder's output: the postprocessed frames (one copy of [F, H, W, 3]).
+# With tiled decoding (families/ltx/tiled_decode.py) the kept frames, their concatenation and the
+# last decoded window are alive together (two videos and a window; measured 0.88 .. 1.03 of it with
+# the rest of the estimate), then the video and its postprocessed copy.
 # RoPE's cos and sin [B, S, inner] are fed at every step; about 12 packed-latent arrays [S, C].
 ROPE_TABLES, LATENT_COPIES = 2, 12
 
@@ -81,17 +82,24 @@ def decoder_bytes(cfg: LTXConfig, frames: int, height: int, width: int) -> int:
     return int(frames * height * width * per_pixel * F32)
 
 
+def _window_frames(cfg: LTXConfig, frames: int) -> int | None:
+    """Frames of one temporal window of the tiled decode (3 latent frames: 17), None when the video
+    is one window's or shorter (no temporal tiling)."""
+    tiles, r = TileSizes(), cfg.temporal_ratio
+    latent_frames = (frames - 1) // r + 1
+    if latent_frames <= tiles.min_num_frames // r:
+        return None
+    return (min(latent_frames, tiles.min_num_frames // r + 1) - 1) * r + 1
+
+
 def decode_extent(cfg: LTXConfig, frames: int, height: int, width: int, tiling: bool) -> tuple[int, int, int]:
     """(frames, height, width) of the largest decoder call: the whole video, or with tiling one
     temporal window (diffusers' 16 + 1 frames: 3 latent frames) of one spatial tile (512 x 512),
     as families/ltx/tiled_decode.py cuts it with diffusers' default tile sizes."""
     if not tiling:
         return frames, height, width
-    tiles, r = TileSizes(), cfg.temporal_ratio
-    latent_frames = (frames - 1) // r + 1
-    if latent_frames > tiles.min_num_frames // r:  # windows of tile + 1 latent frames
-        frames = (min(latent_frames, tiles.min_num_frames // r + 1) - 1) * r + 1
-    return frames, min(height, tiles.min_height), min(width, tiles.min_width)
+    tiles = TileSizes()
+    return _window_frames(cfg, frames) or frames, min(height, tiles.min_height), min(width, tiles.min_width)
 
 
 def encoder_bytes(cfg: LTXConfig, height: int, width: int) -> int:
@@ -108,19 +116,26 @@ def t5_bytes(cfg: LTXConfig, batch: int, text: int, attention: str) -> int:
     return total
 
 
-def array_bytes(cfg: LTXConfig, batch: int, tokens: int, frames: int, height: int, width: int, tiling: bool) -> int:
+def array_bytes(
+    cfg: LTXConfig, batch: int, tokens: int, frames: int, height: int, width: int, tiling: bool
+) -> int:
     """The pipeline's own arrays at their peak (the decode), beside the decoder's returned frames."""
     video = frames * height * width * 3 * F32
+    frames_held = video
     if tiling:
-        window, _, _ = decode_extent(cfg, frames, height, width, True)
-        frames_held = max(2 * video, video + 3 * window * height * width * 3 * F32)
-    else:
-        frames_held = video
+        window = _window_frames(cfg, frames)
+        # no temporal windows: two rows of spatial tiles are alive beside the assembled rows instead
+        extra = (
+            window * height * width if window else 2 * frames * min(height, TileSizes().min_height) * width
+        )
+        frames_held = 2 * video + extra * 3 * F32
     rope = ROPE_TABLES * batch * tokens * cfg.transformer.inner_dim * F32
     return frames_held + rope + LATENT_COPIES * tokens * cfg.transformer.in_channels * F32
 
 
-def estimate(cfg: LTXConfig, opts: LTXOptions, attention: str = "fused", host_activations: bool = True) -> Estimate:
+def estimate(
+    cfg: LTXConfig, opts: LTXOptions, attention: str = "fused", host_activations: bool = True
+) -> Estimate:
     """Bytes one resolved request needs: working memory per component and the pipeline's arrays.
 
     With decode_tiling the decoder's term is one tile's (a window of 17 frames of at most 512 x
