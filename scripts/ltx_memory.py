@@ -284,13 +284,16 @@ def markdown(results: dict) -> str:
     if results["components"]:
         lines += [
             "",
-            "| model | component | request | loading | working memory | its term | term / measured |",
+            "| model | component | shape | loading | working memory | its term | term / measured |",
             "|---|---|---|---|---|---|---|",
         ]
         for c in results["components"]:
-            work = c["peak"] - c["loaded"]
+            work, z = c["peak"] - c["loaded"], c["sizes"]
+            shape = f"B {z['B']}, {z['F']} x {z['H']}x{z['W']}" + (
+                f", S {z['S']}" if c["component"] == "transformer" else ""
+            )
             lines.append(
-                f"| {c['model']} | {c['component']} | {c['request']} | {(c['loaded'] - c['before']) / MIB:.0f} MiB | "
+                f"| {c['model']} | {c['component']} | {shape} | {(c['loaded'] - c['before']) / MIB:.0f} MiB | "
                 f"{work / MIB:.0f} MiB | {c['estimate'] / MIB:.0f} MiB | {c['estimate'] / work:.2f} |"
             )
     return "\n".join(lines) + "\n"
@@ -307,6 +310,7 @@ def main(argv: list[str] | None = None) -> int:
         "--real", default=None, help="also measure scripts/ltx_real_shapes.py's VAE graphs in this folder"
     )
     ap.add_argument("--json", default=None)
+    ap.add_argument("--report", default=None, help="print the tables of an earlier --json and stop")
     # children
     ap.add_argument("--engines", default=None)
     ap.add_argument("--request", default=None)
@@ -327,6 +331,9 @@ def main(argv: list[str] | None = None) -> int:
             else child_component(engines, args.component, request)
         )
         Path(args.result).write_text(json.dumps(r))
+        return 0
+    if args.report:
+        print(markdown(json.loads(Path(args.report).read_text())))
         return 0
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
