@@ -121,16 +121,32 @@ def interleaved(
 # ----------------------------------------------------------------------------- agreement
 
 
-def max_abs_error(ours: np.ndarray, ref: np.ndarray) -> float:
-    """max |ours - ref| one frame at a time (NaN if any is), so memory-mapped frames stay on disk."""
-    assert ours.shape == ref.shape, (ours.shape, ref.shape)
-    worst = [np.abs(a - b).max() for a, b in zip(ours, ref)]
+def npy_frames(path: Path):
+    """The frames of a .npy file one at a time, read into a buffer of one frame: the file is never
+    mapped, so this process's peak RSS (which a child started later inherits) stays small."""
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        read_header = (
+            np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        )
+        shape, fortran, dtype = read_header(f)
+        assert not fortran, path
+        for _ in range(shape[0]):
+            yield np.fromfile(f, dtype, int(np.prod(shape[1:]))).reshape(shape[1:])
+
+
+def max_abs_error(ours: Path, ref: Path) -> float:
+    """max |ours - ref| over two .npy files of frames (NaN if any is), one frame at a time."""
+    shapes = [np.load(p, mmap_mode="r").shape for p in (ours, ref)]
+    assert shapes[0] == shapes[1], shapes
+    worst = [np.abs(a - b).max() for a, b in zip(npy_frames(ours), npy_frames(ref))]
     return float(np.max(worst)) if worst else 0.0  # np.max, not max(): NaN propagates
 
 
 def frame_errors(work: Path, contenders: list[str], reference: str = "diffusers") -> dict[str, float]:
     """Max abs frame error of each contender against the reference's frames (frames in [0, 1])."""
-    return {c: max_abs_error(ours, ref) for c, ours, ref in _frame_pairs(work, contenders, reference)}
+    ref = work / f"frames-{reference}.npy"
+    return {c: max_abs_error(work / f"frames-{c}.npy", ref) for c in contenders if c != reference}
 
 
 def frame_psnr(work: Path, contenders: list[str], reference: str = "diffusers") -> dict[str, float]:
@@ -138,16 +154,8 @@ def frame_psnr(work: Path, contenders: list[str], reference: str = "diffusers") 
     inf when identical, NaN when a frame is not finite (json writes both as Python reads them)."""
     from svd_trt.calibration.report import psnr
 
-    return {c: psnr(ours, ref) for c, ours, ref in _frame_pairs(work, contenders, reference)}
-
-
-def _frame_pairs(work: Path, contenders: list[str], reference: str):
-    ref = np.load(work / f"frames-{reference}.npy", mmap_mode="r")
-    for c in contenders:
-        if c != reference:
-            ours = np.load(work / f"frames-{c}.npy", mmap_mode="r")
-            assert ours.shape == ref.shape, (ours.shape, ref.shape)
-            yield c, ours, ref
+    ref = np.load(work / f"frames-{reference}.npy")
+    return {c: psnr(np.load(work / f"frames-{c}.npy"), ref) for c in contenders if c != reference}
 
 
 def disagreeing(errors: Mapping[str, float], tolerance: float) -> dict[str, float]:
