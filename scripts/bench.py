@@ -29,6 +29,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import flops  # noqa: E402  (the sibling script; scripts/ is not a package)
 from bench_common import (  # noqa: E402
+    add_output_args,
     cell,
     disagreeing,
     environment,
@@ -39,6 +40,7 @@ from bench_common import (  # noqa: E402
     psnr_text,
     rss_mb,
     run_process,
+    start_logging,
     stats,
     sync,
     timed_method,
@@ -51,7 +53,6 @@ from svd_trt.spec import FRAME_MAX_ABS  # noqa: E402
 log = logging.getLogger("bench")
 ROOT = Path(__file__).resolve().parents[1]
 IMAGE = ROOT / "runtime" / "assets" / "coffee.jpg"
-DOCS = ROOT / "docs" / "benchmarks.md"
 CONTENDERS = ("diffusers", "ours-ort", "ours-torch")
 # Max abs frame error (frames in [0, 1]) that counts as equal output (svd_trt/spec.py).
 TOLERANCE = FRAME_MAX_ABS
@@ -508,9 +509,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument(
         "--decode-chunks", type=int, nargs="*", default=[], help="chunk sizes of the memory sweep"
     )
-    ap.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "svd-bench"))
-    ap.add_argument("--json", default=None, help="also write every number here")
-    ap.add_argument("--docs", default=None, help=f"update this markdown file (e.g. {DOCS.relative_to(ROOT)})")
+    add_output_args(ap)
     ap.add_argument("--section", default=None, help="section name in --docs (default: the case name)")
     # child-only
     ap.add_argument("--contender", default=None)
@@ -522,7 +521,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    start_logging()
     args = parse_args(argv)
     if args.mode == "child":
         run_child(args)

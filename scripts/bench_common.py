@@ -11,6 +11,7 @@ resident set a forked child would inherit into its ru_maxrss.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import platform
@@ -25,6 +26,21 @@ from pathlib import Path
 import numpy as np
 
 log = logging.getLogger("bench")
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
+
+
+def start_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+
+
+def add_output_args(ap: argparse.ArgumentParser, work: str = "svd-bench", docs: Path = DOCS) -> None:
+    """--work (where checkpoints, engines and draws are kept between runs), --json, --docs."""
+    ap.add_argument("--work", default=str(Path(tempfile.gettempdir()) / work))
+    ap.add_argument("--json", default=None, help="also write every number here")
+    ap.add_argument(
+        "--docs", default=None, help=f"update this markdown file (e.g. {docs.relative_to(docs.parents[1])})"
+    )
+
 
 # ----------------------------------------------------------------------------- memory of this process
 

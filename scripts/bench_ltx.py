@@ -33,6 +33,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common import (  # noqa: E402  (scripts/ is not a package)
     ProcessRun,
+    add_output_args,
     cell,
     disagreeing,
     environment,
@@ -40,6 +41,7 @@ from bench_common import (  # noqa: E402  (scripts/ is not a package)
     interleaved,
     peak_mb,
     run_process,
+    start_logging,
     stats,
     timed_method,
     update_section,
@@ -48,8 +50,6 @@ from bench_common import (  # noqa: E402  (scripts/ is not a package)
 from svd_trt.spec import FRAME_MAX_ABS  # noqa: E402
 
 log = logging.getLogger("bench")
-ROOT = Path(__file__).resolve().parents[1]
-DOCS = ROOT / "docs" / "benchmarks.md"
 CONTENDERS = ("diffusers", "ours-ort")
 PROMPT = "A red fox trots through fresh snow at dawn, its breath steaming in the cold air."
 STAGES = ("T5", "transformer", "decode")  # the runtime's Timings labels (families/ltx/pipeline.py)
@@ -334,9 +334,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--guidance-scale", type=float, default=default.guidance_scale)
     ap.add_argument("--decode-timestep", type=float, default=default.decode_timestep)
     ap.add_argument("--rounds", type=int, default=5, help="processes per contender, interleaved")
-    ap.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "svd-bench"))
-    ap.add_argument("--json", default=None, help="also write every number here")
-    ap.add_argument("--docs", default=None, help=f"update this markdown file (e.g. {DOCS.relative_to(ROOT)})")
+    add_output_args(ap)
     # the diffusers child
     ap.add_argument("--case", default=None)
     ap.add_argument("--snapshot", default=None)
@@ -346,7 +344,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    start_logging()
     args = parse_args(argv)
     if args.mode == "diffusers":
         run_diffusers(args)

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import environment, run_process  # noqa: E402  (scripts/ is not a package)
+from bench_common import environment, run_process, start_logging  # noqa: E402  (scripts/ is not a package)
 
 log = logging.getLogger("ltx-memory")
 MIB = 2**20
@@ -300,7 +300,7 @@ def markdown(results: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    start_logging()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("mode", nargs="?", default="measure", choices=["measure", "run", "component", "make"])
     ap.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "ltx-memory"))
