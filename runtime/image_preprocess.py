@@ -101,9 +101,9 @@ def vae_pixel_values(image: Image.Image, height: int, width: int, vae_scale_fact
 
 
 def postprocess(frames: np.ndarray) -> np.ndarray:
-    """VAE output [F, 3, H, W] (about [-1, 1]) -> [F, H, W, 3] float32 in [0, 1]: clip(x * 0.5 + 0.5, 0, 1)."""
+    """VAE output [..., 3, H, W] (about [-1, 1]) -> [..., H, W, 3] float32 in [0, 1]: clip(x * 0.5 + 0.5, 0, 1)."""
     # one copy into the output layout, then in place: the frames are the largest arrays of a run
-    out = np.ascontiguousarray(frames.transpose(0, 2, 3, 1), dtype=F32)
+    out = np.ascontiguousarray(np.moveaxis(frames, -3, -1), dtype=F32)
     np.multiply(out, F32(0.5), out=out)
     np.add(out, F32(0.5), out=out)
     return np.clip(out, F32(0), F32(1), out=out)

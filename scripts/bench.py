@@ -18,10 +18,6 @@ import argparse
 import dataclasses
 import json
 import logging
-import os
-import platform
-import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,6 +28,24 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import flops  # noqa: E402  (the sibling script; scripts/ is not a package)
+from bench_common import (  # noqa: E402
+    add_output_args,
+    cell,
+    disagreeing,
+    environment,
+    frame_errors,
+    frame_psnr,
+    interleaved,
+    peak_mb,
+    psnr_text,
+    rss_mb,
+    run_process,
+    start_logging,
+    stats,
+    sync,
+    timed_method,
+    update_section,
+)
 
 from svd_trt.families.svd.config import preset  # noqa: E402
 from svd_trt.spec import FRAME_MAX_ABS  # noqa: E402
@@ -39,7 +53,6 @@ from svd_trt.spec import FRAME_MAX_ABS  # noqa: E402
 log = logging.getLogger("bench")
 ROOT = Path(__file__).resolve().parents[1]
 IMAGE = ROOT / "runtime" / "assets" / "coffee.jpg"
-DOCS = ROOT / "docs" / "benchmarks.md"
 CONTENDERS = ("diffusers", "ours-ort", "ours-torch")
 # Max abs frame error (frames in [0, 1]) that counts as equal output (svd_trt/spec.py).
 TOLERANCE = FRAME_MAX_ABS
@@ -68,47 +81,6 @@ class Case:
 # ----------------------------------------------------------------------------- children
 
 
-def _rss_mb() -> float:
-    """Current resident set of this process."""
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def _peak_mb() -> float:
-    """Peak resident set of this process since its exec (VmHWM).
-
-    ru_maxrss is not used alone: Linux carries the parent's resident set at fork into the
-    child's ru_maxrss, so a child of a parent that imported torch reports torch's footprint.
-    """
-    try:
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024
-    except (OSError, StopIteration):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        import torch
-
-        torch.cuda.synchronize()
-
-
-def _timed_method(obj, attr: str, sink: dict[str, list[float]], key: str, device: str) -> None:
-    """Wrap obj.attr so each call adds its wall time to sink[key] (synchronised on CUDA)."""
-    inner = getattr(obj, attr)
-
-    def wrapper(*args, **kwargs):
-        _sync(device)
-        start = time.perf_counter()
-        out = inner(*args, **kwargs)
-        _sync(device)
-        sink.setdefault(key, []).append(time.perf_counter() - start)
-        return out
-
-    setattr(obj, attr, wrapper)
-
-
 class DiffusersContender:
     """diffusers' pipeline, fed our latents and our noise-augmentation draw; stages timed by hooks."""
 
@@ -134,16 +106,16 @@ class DiffusersContender:
         svd_mod.randn_tensor = fake_randn
         self.stages: dict[str, list[float]] = {}
         p, dev = self.pipe, case.device
-        _timed_method(p.image_encoder, "forward", self.stages, "clip", dev)
-        _timed_method(p.vae, "encode", self.stages, "vae_encode", dev)
-        _timed_method(p.unet, "forward", self.stages, "unet_steps", dev)
-        _timed_method(p.vae, "decode", self.stages, "decode", dev)
+        timed_method(p.image_encoder, "forward", self.stages, "clip", dev)
+        timed_method(p.vae, "encode", self.stages, "vae_encode", dev)
+        timed_method(p.unet, "forward", self.stages, "unet_steps", dev)
+        timed_method(p.vae, "decode", self.stages, "decode", dev)
 
     def __call__(self, image, latents: np.ndarray, steps: int) -> tuple[np.ndarray, dict]:
         torch, c = self.torch, self.case
         self.stages.clear()
         lat = torch.from_numpy(latents).to(c.device, self.dtype)
-        _sync(c.device)
+        sync(c.device)
         start = time.perf_counter()
         with torch.no_grad():
             out = self.pipe(
@@ -156,7 +128,7 @@ class DiffusersContender:
                 latents=lat,
                 output_type="np",
             )
-        _sync(c.device)
+        sync(c.device)
         total = time.perf_counter() - start
         s = self.stages
         stages = {k: float(sum(s.get(k, []))) for k in ("clip", "vae_encode", "decode")}
@@ -196,10 +168,10 @@ class OursContender:
         out = self.pipe(image, opts, latents=latents, image_noise=noise)
         t = out.timings
         stages = {
-            "clip": t.clip,
-            "vae_encode": t.vae_encode,
-            "decode": t.decode,
-            "unet_steps": list(t.unet_steps),
+            "clip": t["CLIP"],
+            "vae_encode": t["VAE encode"],
+            "decode": t["decode"],
+            "unet_steps": list(t.steps),
         }
         return out.frames, _stage_dict(stages, t.total)
 
@@ -241,7 +213,7 @@ def run_child(args: argparse.Namespace) -> None:
             return contender(image, latents, steps, noise)
 
     load_s = time.perf_counter() - start
-    rss_loaded = _rss_mb()
+    rss_loaded = rss_mb()
     call(image, latents, min(case.steps, 1))  # warm-up at the same shapes (arenas, autotuning, graphs)
     runs = []
     for _ in range(args.repeat):
@@ -254,7 +226,7 @@ def run_child(args: argparse.Namespace) -> None:
 
 
 def _memory() -> dict:
-    out = {"peak_rss_mb": _peak_mb()}
+    out = {"peak_rss_mb": peak_mb()}
     if "torch" in sys.modules:
         import torch
 
@@ -268,7 +240,7 @@ def run_decode_child(args: argparse.Namespace) -> None:
     case = Case(**json.loads(args.case))
     z = np.load(Path(args.work) / "latents.npy")[0] * np.float32(4.0)  # latent magnitudes near the end
     decode = _decoder(args.contender, Path(args.snapshot), Path(args.engines) if args.engines else None, case)
-    rss_loaded = _rss_mb()
+    rss_loaded = rss_mb()
     start = time.perf_counter()
     for i in range(0, len(z), case.chunk):
         decode(z[i : i + case.chunk])
@@ -376,47 +348,8 @@ def _spawn(
     ]
     cmd += ["--repeat", str(repeat)]
     log.info("%s %s (%s)", mode, contender, case.name)
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{mode} {contender} failed:\n{proc.stderr[-3000:]}")
+    run_process(cmd)
     return json.loads(result.read_text())
-
-
-def interleaved(case, work, snapshot, engines, contenders, rounds, repeat) -> dict[str, list[dict]]:
-    """rounds x (one child per contender, in order): A B A B ..."""
-    results: dict[str, list[dict]] = {c: [] for c in contenders}
-    for r in range(rounds):
-        for c in contenders:
-            results[c].append(_spawn("child", c, case, work, snapshot, engines, repeat))
-            runs = results[c][-1]["runs"]
-            log.info("round %d %s: %s", r + 1, c, ", ".join(f"{x['total']:.2f}s" for x in runs))
-    return results
-
-
-def frame_errors(work: Path, contenders: list[str], reference: str = "diffusers") -> dict[str, float]:
-    """Max abs frame error of each contender against the reference's frames (frames in [0, 1])."""
-    return {c: float(np.abs(ours - ref).max()) for c, ours, ref in _frame_pairs(work, contenders, reference)}
-
-
-def frame_psnr(work: Path, contenders: list[str], reference: str = "diffusers") -> dict[str, float]:
-    """PSNR (dB, peak 1: frames in [0, 1]) of each contender's frames against the reference's;
-    inf when identical, NaN when a frame is not finite (json writes both as Python reads them)."""
-    from svd_trt.calibration.report import psnr
-
-    return {c: psnr(ours, ref) for c, ours, ref in _frame_pairs(work, contenders, reference)}
-
-
-def _frame_pairs(work: Path, contenders: list[str], reference: str):
-    ref = np.load(work / f"frames-{reference}.npy")
-    for c in contenders:
-        if c != reference:
-            ours = np.load(work / f"frames-{c}.npy")
-            assert ours.shape == ref.shape, (ours.shape, ref.shape)
-            yield c, ours, ref
-
-
-def stats(values: list[float]) -> dict[str, float]:
-    return {"median": float(np.median(values)), "min": float(np.min(values)), "max": float(np.max(values))}
 
 
 def summarise(results: dict[str, list[dict]]) -> dict[str, dict]:
@@ -443,42 +376,6 @@ def summarise(results: dict[str, list[dict]]) -> dict[str, dict]:
 # ----------------------------------------------------------------------------- report
 
 
-def environment() -> dict[str, str]:
-    import onnxruntime
-
-    env = {"python": platform.python_version(), "onnxruntime": onnxruntime.__version__}
-    for name in ("torch", "diffusers", "transformers"):
-        try:
-            env[name] = __import__(name).__version__
-        except ImportError:
-            env[name] = "-"
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    env["cpu"] = f"{cpu}, {os.cpu_count()} logical cores"
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            env["gpu"] = torch.cuda.get_device_name()
-    except ImportError:
-        pass
-    return env
-
-
-def _db(db: float) -> str:
-    if db == float("inf"):
-        return "inf dB (identical)"
-    return f"{db:.2f} dB" if np.isfinite(db) else "n/a (non-finite frames)"
-
-
-def _ms(s: dict[str, float], scale: float = 1.0) -> str:
-    return f"{s['median'] * scale:.3f} ({s['min'] * scale:.3f}-{s['max'] * scale:.3f})"
-
-
 def markdown(
     case: Case,
     summary: dict,
@@ -502,7 +399,7 @@ def markdown(
         "Max abs frame error vs diffusers (frames in [0, 1]): "
         + ", ".join(f"{c} {e:.2e}" for c, e in errors.items())
         + f" (tolerance {TOLERANCE[case.dtype]:g})."
-        + ("" if not psnr else " PSNR: " + ", ".join(f"{c} {_db(db)}" for c, db in psnr.items()) + "."),
+        + ("" if not psnr else " PSNR: " + ", ".join(f"{c} {psnr_text(db)}" for c, db in psnr.items()) + "."),
         "",
         "Seconds, median (min-max) over every timed run; runtime overhead = wall time outside model calls.",
         "",
@@ -513,8 +410,8 @@ def markdown(
         speed = ref["total"]["median"] / s["total"]["median"] if ref else float("nan")
         mem = f"{s['peak_rss_mb']:.0f}" + (f" (GPU {s['cuda_peak_mb']:.0f})" if "cuda_peak_mb" in s else "")
         lines.append(
-            f"| {c} | {s['runs']} | {_ms(s['total'])} | {speed:.2f}x | {_ms(s['clip'])} | {_ms(s['vae_encode'])} | "
-            f"{_ms(s['unet'])} | {_ms(s['unet_step'])} | {_ms(s['decode'])} | {_ms(s['overhead'])} | "
+            f"| {c} | {s['runs']} | {cell(s['total'])} | {speed:.2f}x | {cell(s['clip'])} | {cell(s['vae_encode'])} | "
+            f"{cell(s['unet'])} | {cell(s['unet_step'])} | {cell(s['decode'])} | {cell(s['overhead'])} | "
             f"{s['overhead_pct']['median']:.2f}% | {mem} |"
         )
     lines += [
@@ -551,20 +448,6 @@ def markdown(
     return "\n".join(lines) + "\n"
 
 
-def update_section(doc: Path, name: str, body: str) -> None:
-    """Replace (or append) the text between <!-- bench:name --> markers."""
-    start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
-    text = doc.read_text() if doc.exists() else "# Benchmarks\n"
-    block = f"{start}\n{body}{end}"
-    if start in text and end in text:
-        head, rest = text.split(start, 1)
-        text = head + block + rest.split(end, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    doc.parent.mkdir(parents=True, exist_ok=True)
-    doc.write_text(text)
-
-
 def run_parent(args: argparse.Namespace) -> int:
     case = Case(
         args.size, args.frames, args.height, args.width, args.steps, args.chunk, args.device, args.dtype
@@ -573,7 +456,9 @@ def run_parent(args: argparse.Namespace) -> int:
     work.mkdir(parents=True, exist_ok=True)
     contenders = args.contenders
     snapshot, engines = prepare(case, work, contenders)
-    results = interleaved(case, work, snapshot, engines, contenders, args.rounds, args.repeat)
+    results = interleaved(
+        contenders, args.rounds, lambda c, r: _spawn("child", c, case, work, snapshot, engines, args.repeat)
+    )
     errors = frame_errors(work, contenders) if "diffusers" in contenders else {}
     psnr = frame_psnr(work, contenders) if "diffusers" in contenders else {}
     summary = summarise(results)
@@ -596,7 +481,7 @@ def run_parent(args: argparse.Namespace) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1))
     tol = TOLERANCE[case.dtype]
-    bad = {c: e for c, e in errors.items() if not e <= tol}
+    bad = disagreeing(errors, tol)
     if bad:
         log.error("outputs disagree with diffusers (tolerance %g): %s; no times reported", tol, bad)
         return 1
@@ -624,9 +509,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument(
         "--decode-chunks", type=int, nargs="*", default=[], help="chunk sizes of the memory sweep"
     )
-    ap.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "svd-bench"))
-    ap.add_argument("--json", default=None, help="also write every number here")
-    ap.add_argument("--docs", default=None, help=f"update this markdown file (e.g. {DOCS.relative_to(ROOT)})")
+    add_output_args(ap)
     ap.add_argument("--section", default=None, help="section name in --docs (default: the case name)")
     # child-only
     ap.add_argument("--contender", default=None)
@@ -638,7 +521,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    start_logging()
     args = parse_args(argv)
     if args.mode == "child":
         run_child(args)

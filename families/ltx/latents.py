@@ -251,4 +251,4 @@ def decode_inputs(
 
 def frames(video: np.ndarray) -> np.ndarray:
     """Decoder output [B, 3, F, H, W] -> frames [B, F, H, W, 3] in [0, 1]: clip(x / 2 + 0.5, 0, 1), float32."""
-    return np.stack([postprocess(v.transpose(1, 0, 2, 3)) for v in video])
+    return postprocess(video.transpose(0, 2, 1, 3, 4))  # one copy: the frames are a run's largest array

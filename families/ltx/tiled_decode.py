@@ -152,10 +152,11 @@ def decode_temporal_tiles(
         else:
             decoded = _run(decode, window, timestep)
         if previous is None:
-            kept.append(decoded[:, :, : tiles.stride_num_frames + 1])
+            keep = decoded[:, :, : tiles.stride_num_frames + 1]
         else:
             decoded = blend_t(previous, decoded[:, :, :-1], blend_frames)
-            kept.append(decoded[:, :, : tiles.stride_num_frames])
+            keep = decoded[:, :, : tiles.stride_num_frames]
+        kept.append(keep.copy())  # a view would keep its whole window alive: 2.1x the video at 17 / 8
         previous = decoded
     return np.concatenate(kept, axis=2)[:, :, : (f - 1) * temporal_ratio + 1]
 
