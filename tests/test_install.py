@@ -91,6 +91,19 @@ def test_runtime_install_renders_a_video_without_torch(runtime_venv, tiny_engine
 
 
 @pytest.mark.install
+def test_runtime_install_renders_an_ltx_video_without_torch(runtime_venv, ltx_tiny_engines, tmp_path):
+    """LTX-Video's runtime (its tokenizer included: the `tokenizers` library) needs no torch either."""
+    out = tmp_path / "v.npy"
+    sizes = ["--num-frames", "9", "--height", "32", "--width", "48", "--num-inference-steps", "2"]
+    rendered = _run(
+        runtime_venv / "svd-trt", "infer", "--engines", ltx_tiny_engines, "--prompt", "a fox", "--image", IMAGE,
+        "--out", out, *sizes, "--no-progress",
+    )  # fmt: skip
+    assert rendered.returncode == 0, rendered.stderr
+    assert out.stat().st_size > 0
+
+
+@pytest.mark.install
 @pytest.mark.parametrize(
     "command",
     [
