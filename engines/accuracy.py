@@ -5,7 +5,7 @@ rendering are engines/report.py.
 
 Per component, one seeded feed at the requested shapes (spec.sample_inputs: realistic
 ranges, UNet timesteps drawn from the snapshot's own schedule at the requested step count,
-families/svd/euler.py) goes to the engine, cast by Polygraphy to
+the family's schedule_timesteps) goes to the engine, cast by Polygraphy to
 the engine's input dtypes, and to the port in fp32. Polygraphy's simple comparator checks
 every element: one fails where |engine - ref| > atol AND |engine - ref| > rtol * |ref|.
 Optionally the whole pipeline runs through the engines and through the port with the same
@@ -139,8 +139,8 @@ def component_sizes(manifest: Manifest, gen: Any, spec: ComponentSpec) -> dict[s
 
 def component_feed(spec: ComponentSpec, manifest: Manifest, gen: Any) -> dict[str, np.ndarray]:
     """The seeded inputs one component is checked on: sizes as the pipeline calls it, timesteps drawn
-    from the snapshot's own schedule at the requested step count (SVD: a discrete-timestep
-    scheduler's UNet is fed its 0..999 timesteps, a continuous one 0.25 ln(sigma))."""
+    from the snapshot's own schedule at the requested step count (a discrete-timestep scheduler's
+    denoiser is fed its 0..999 timesteps, a continuous one its own)."""
     timesteps = family_named(manifest.family).schedule_timesteps(manifest.model, gen)
     sizes = component_sizes(manifest, gen, spec)
     return spec.sample_inputs(sizes, np.random.default_rng(gen.seed), timesteps=timesteps)
@@ -261,7 +261,7 @@ def run_end_to_end(opts: CheckOptions, manifest: Manifest, backend: str) -> EndT
     with open_pipeline(opts.engine_dir, backend) as engines:  # one model set at a time
         draws = engines.draw(gen, inputs)  # both pipelines get these arrays
         ours = engines.generate(inputs, gen, draws)
-    # the same assets as the engines' pipeline (LTX's tokenizer.json): only the runners differ
+    # the same assets as the engines' pipeline (a tokenizer.json): only the runners differ
     assets = {name: Path(opts.engine_dir) / name for name in manifest.assets}
     reference = family.pipeline_class()(
         manifest, torch_runners(opts.snapshot, manifest.model, opts.device), assets=assets

@@ -120,7 +120,7 @@ VARIANT = click.option(
 
 @main.command("export-onnx")
 @click.option(
-    "--model", "snapshot", required=True, type=click.Path(), help="diffusers snapshot directory (SVD, LTX-Video)."
+    "--model", "snapshot", required=True, type=click.Path(), help="diffusers snapshot directory (its model_index.json names the family)."
 )
 @click.option("--out", required=True, type=click.Path(), help="ONNX directory to write.")
 @click.option(
@@ -200,7 +200,7 @@ def served_size_options(command):
 
 @main.command("build-engines")
 @click.option(
-    "--model", "snapshot", required=True, type=click.Path(), help="diffusers snapshot directory (SVD, LTX-Video)."
+    "--model", "snapshot", required=True, type=click.Path(), help="diffusers snapshot directory (its model_index.json names the family)."
 )
 @click.option("--out", required=True, type=click.Path(), help="Engine directory to write.")
 @click.option(

@@ -81,7 +81,7 @@ def result_tensors(frames: np.ndarray, output_format: str | None, fps: float) ->
 
 def mp4_bytes(frames: np.ndarray, fps: float) -> bytes:
     """Frames as an H.264 mp4 file's bytes, written by runtime/video.py's writer."""
-    with tempfile.TemporaryDirectory(prefix="svd-mp4-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="svd-trt-mp4-") as tmp:
         path = Path(tmp) / "video.mp4"
         write_mp4(frames, path, fps)
         return path.read_bytes()
