@@ -12,7 +12,7 @@ from typing import Any
 from svd_trt.families.ltx import flow_match
 from svd_trt.families.ltx import memory as ltx_memory
 from svd_trt.families.ltx import spec as ltx_spec
-from svd_trt.families.ltx.config import LTXConfig, preset
+from svd_trt.families.ltx.config import LTXConfig, LTXConfigError, preset
 from svd_trt.families.ltx.options import CHECK_DEFAULTS, LIMIT_NAMES, LTXOptions, resolve
 from svd_trt.family import DrawSpec, InputSpec
 from svd_trt.limits import Request
@@ -127,6 +127,8 @@ class LTXFamily:
     def write_random_checkpoint(self, out, size: str, variant: str | None = None, seed: int = 0, **kw):
         from svd_trt.families.ltx.port.random_checkpoint import write_random_checkpoint
 
+        if kw.get("num_frames") is not None:
+            raise LTXConfigError("--num-frames: LTX-Video's transformer has no default frame count to set")
         return write_random_checkpoint(out, preset(size), variant, seed)
 
     def speed_up(self, module) -> int:
