@@ -28,6 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench  # noqa: E402  (sibling scripts; scripts/ is not a package)
+import bench_common  # noqa: E402
 import bench_gpu  # noqa: E402
 
 SECTION = "gpu-check"
@@ -56,7 +57,7 @@ def e2e_section(work: Path) -> list[str]:
     bad = {c: e for c, e in r["errors"].items() if not e <= tol}
     if bad:
         worst = ", ".join(f"{c} max abs {e:.3g}" for c, e in bad.items())
-        psnr = ", ".join(f"{c} {bench._db(db)}" for c, db in r.get("psnr_db", {}).items())
+        psnr = ", ".join(f"{c} {bench_common.psnr_text(db)}" for c, db in r.get("psnr_db", {}).items())
         return [
             f"Case `{case.name}`: frames DISAGREE with diffusers' beyond the tolerance {tol:g} "
             f"({worst}; PSNR {psnr}), so no time is reported (scripts/bench.py's rule); "
@@ -183,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.docs is None:
         ap.error("--docs is required")
     text = render(args.work, args.title)
-    bench.update_section(args.docs, SECTION, text)
+    bench_common.update_section(args.docs, SECTION, text)
     print(text)
     return 0
 
