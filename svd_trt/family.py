@@ -63,11 +63,14 @@ class VideoOutput:
 
 
 class Pipeline(Protocol):
-    """A family's pipeline over one engine directory (its runners); each call renders one video."""
+    """A family's pipeline over one engine directory (runtime/engine_pipeline.EnginePipeline and its
+    `draw` / `generate`); each `generate` renders one video."""
 
     def resolve(self, opts: Any) -> Any: ...
 
-    def draw(self, opts: Any, given: Mapping[str, np.ndarray | None]) -> dict[str, np.ndarray]: ...
+    def draw(
+        self, opts: Any, inputs: Mapping[str, Any] | None = None, given: Mapping[str, np.ndarray | None] | None = None
+    ) -> dict[str, np.ndarray]: ...
 
     def generate(
         self,
@@ -81,7 +84,11 @@ class Pipeline(Protocol):
 
 
 class Family(Protocol):
-    """The interface every families/<name>/family.py implements (see families/svd/family.py)."""
+    """What families/<name>/family.py implements (families/svd/family.py, families/ltx/family.py).
+
+    numpy side: options, specs, sizes, limits, memory, the pipeline class. Export side (imports
+    torch inside the method): read_config, weight_files, load_component, trace_sizes, write_assets,
+    write_random_checkpoint, speed_up, port_sources."""
 
     name: str  # recorded in manifests
     title: str  # in messages
@@ -91,10 +98,15 @@ class Family(Protocol):
     inputs: tuple[InputSpec, ...]
     draws: tuple[DrawSpec, ...]  # in the order diffusers draws them
     limit_names: tuple[str, ...]  # option fields whose ranges an engine directory records
+    quantizable: str | None  # the component calibration/ can make int8 / fp8, if any
+    denoiser: str  # the component run once per step
+    presets: tuple[str, ...]  # random-checkpoint sizes
+    export_version: int  # of its port: in every exported graph's key (tests pin it to its code)
 
-    def read_config(self, snapshot: Path) -> Any: ...
-
+    # numpy side
     def config_from_dict(self, d: Mapping[str, Any]) -> Any: ...
+
+    def preset(self, size: str) -> Any: ...
 
     def component_specs(self, cfg: Any) -> dict[str, ComponentSpec]: ...
 
@@ -106,11 +118,32 @@ class Family(Protocol):
 
     def request_values(self, opts: Any) -> dict[str, int]: ...
 
+    def estimate(self, cfg: Any, opts: Any, attention: str, host_activations: bool) -> Any: ...
+
     def output_fps(self, opts: Any) -> float: ...
 
-    def open_pipeline(self, manifest: Any, runners: Mapping[str, Any]) -> Pipeline: ...
+    def schedule_timesteps(self, cfg: Any, opts: Any) -> np.ndarray: ...
 
-    def port(self) -> Any: ...
+    def check_inputs(self) -> dict[str, Any]: ...
+
+    def pipeline_class(self) -> type: ...
+
+    # export side
+    def read_config(self, snapshot: str | Path) -> Any: ...
+
+    def weight_files(self, snapshot: str | Path, source: str, variant: str | None) -> list[Path]: ...
+
+    def load_component(self, snapshot: str | Path, source: str, cfg: Any, dtype: Any, variant: str | None = ...) -> Any: ...
+
+    def trace_sizes(self, cfg: Any) -> dict[str, int]: ...
+
+    def write_assets(self, snapshot: str | Path, out: Path) -> list[str]: ...
+
+    def write_random_checkpoint(self, out: Any, size: str, variant: str | None = ..., seed: int = ..., **kw: Any) -> Any: ...
+
+    def speed_up(self, module: Any) -> int: ...
+
+    def port_sources(self) -> tuple[str, ...]: ...
 
 
 def _registry() -> dict[str, str]:
