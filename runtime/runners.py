@@ -48,6 +48,12 @@ def _physical_cores() -> int:
         return n
 
 
+# Idle ONNX Runtime workers spin, by default, waiting for the next parallel op, on the cores the main
+# thread, the host code and the other components' pools need. Sleeping instead made an LTX call 8%
+# faster on a 2-core machine (docs/benchmarks.md, LTX section).
+SPIN_WAIT = False
+
+
 class OrtRunner:
     """One ONNX Runtime session; inputs are cast to the dtypes the graph declares.
 
@@ -66,6 +72,7 @@ class OrtRunner:
         opts.intra_op_num_threads = threads or _physical_cores()
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if SPIN_WAIT else "0")
         opts.log_severity_level = 3
         # The memory pattern allocates a second, contiguous copy of a graph's planned buffers from
         # its second run on, beside the first run's: the arena doubles for every component run

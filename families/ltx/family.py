@@ -42,7 +42,7 @@ class LTXFamily:
     presets = ("tiny", "tiny-32x8", "small", "full")
     # Bump when the port changes what a graph holds; tests/export/test_export_version.py pins it to
     # the code of port_sources().
-    export_version = 1
+    export_version = 2
 
     # ------------------------------------------------------------------ config and components
 

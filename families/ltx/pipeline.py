@@ -2,7 +2,8 @@
 LTXImageToVideoPipeline in numpy.
 
 Same steps, order of random draws and dtypes as diffusers (pipeline_ltx.py, pipeline_ltx_image2video.py):
-T5 called without its mask (the mask reaches the transformer as a cross-attention bias), CFG batch
+T5 called without its mask (the mask reaches the transformer as a cross-attention bias, over the
+positions some prompt of the batch uses: see trim_text_padding), CFG batch
 [negative, positive], RoPE cos/sin computed here in float32, per-token timesteps (image to video:
 frame 0's tokens get t * (1 - mask) = 0 and are never stepped), the flow-match Euler schedule of the
 snapshot's scheduler config, then decode (whole, or in tiles as vae.enable_tiling()) with decode
@@ -41,6 +42,22 @@ DENOISER = "transformer"
 def cfg_on(guidance_scale: float) -> bool:
     """diffusers' do_classifier_free_guidance: guidance_scale > 1."""
     return guidance_scale > 1.0
+
+
+def trim_text_padding(embeds: np.ndarray, mask: np.ndarray, floor: int) -> tuple[np.ndarray, np.ndarray]:
+    """embeds [B, L, D], mask [B, L] -> the first L' positions, L' = the last one any prompt of the
+    batch uses (at least `floor`, the shortest text the engines serve).
+
+    What is dropped is padding in every row: its cross-attention bias is -10000, so its softmax weight
+    is exp(-10000 + ...) = 0 in float32 and the transformer's output is unchanged up to summation
+    order (T5 has seen every position: it runs without the mask). A row with no token at all attends
+    to every position evenly, so then nothing is dropped.
+    """
+    used = mask.any(axis=0)
+    if not mask.any(axis=1).all():
+        return embeds, mask
+    n = max(int(np.flatnonzero(used)[-1]) + 1, floor)
+    return embeds[:, :n], mask[:, :n]
 
 
 class LTXVideoPipeline(EnginePipeline):
@@ -124,6 +141,8 @@ class LTXVideoPipeline(EnginePipeline):
             patch_size=tc.patch_size,
             patch_size_t=tc.patch_size_t,
         )
+        span = self.manifest.limits.get("max_sequence_length")
+        embeds, text_mask = trim_text_padding(embeds, text_mask, span.min if span else embeds.shape[1])
         masks = None if image_mask is None else np.concatenate([image_mask] * batch)
         transformer = self._timed("transformer", timings, DENOISER).run
         n = len(schedule.timesteps)

@@ -27,7 +27,10 @@ EXPORT_CODE = {
     2: "5ba9ab89e7615cc6",  # the family in the key; shared port layers; diffusers' timestep-embedding order
 }
 SVD_PORT_CODE = {1: "cb6cd16e1740f4c7"}  # CLIP, UNet, temporal VAE as of the family split
-LTX_PORT_CODE = {1: "f3d4bb91c971cfa6"}  # T5, DiT, causal VAE: the first LTX port
+LTX_PORT_CODE = {
+    1: "f3d4bb91c971cfa6",  # T5, DiT, causal VAE: the first LTX port
+    2: "cbcff9cf22c80d80",  # VAE depth-to-space one factor at a time, unpatchify order in conv_out
+}
 QUANTIZE_CODE = {
     1: "1c5a02cc53d79770",  # ONNX Runtime's quantize_static; Model Optimizer answered from fused-attention ranges
     2: "0e21748cf2994ff8",  # TensorRT UNets' unquantized remainder fp16 (Q/DQ transplanted)

@@ -97,3 +97,34 @@ def test_latent_statistics_load_as_buffers(snapshot) -> None:
     ours = load_component(path, "vae")
     assert torch.equal(ours.latents_mean, ref.latents_mean) and torch.equal(ours.latents_std, ref.latents_std)
     assert not torch.equal(ours.latents_std, torch.ones_like(ours.latents_std))
+
+
+# diffusers' rearrangements, as autoencoder_kl_ltx.py writes them (one rank-8 permute each)
+def _diffusers_depth_to_space(x: torch.Tensor, stride: tuple[int, int, int]) -> torch.Tensor:
+    b, c, f, h, w = x.shape
+    x = x.reshape(b, -1, *stride, f, h, w).permute(0, 1, 5, 2, 6, 3, 7, 4)
+    return x.flatten(6, 7).flatten(4, 5).flatten(2, 3)
+
+
+def _diffusers_space_to_depth(x: torch.Tensor, stride: tuple[int, int, int], w_first: bool) -> torch.Tensor:
+    b, c, f, h, w = x.shape
+    s0, s1, s2 = stride
+    x = x.reshape(b, c, f // s0, s0, h // s1, s1, w // s2, s2)
+    # downsampler: (C, s0, s_h, s_w); encoder patchify: (C, pt, p_w, p_h)
+    return x.permute(0, 1, 3, 7, 5, 2, 4, 6).flatten(1, 4) if w_first else x.permute(0, 1, 3, 5, 7, 2, 4, 6).flatten(1, 4)
+
+
+@pytest.mark.parametrize("stride", [(1, 1, 1), (2, 2, 2), (1, 2, 2), (2, 1, 1), (1, 4, 4), (3, 2, 4)])
+def test_rearrangements_are_diffusers_exactly(stride):
+    """The one-factor-at-a-time rearrangements move the same elements as diffusers' rank-8 permutes:
+    equal bit for bit (a permutation rounds nothing)."""
+    from svd_trt.families.ltx.port.vae import depth_to_space, space_to_depth
+
+    volume = stride[0] * stride[1] * stride[2]
+    x = torch.randn(2, 3 * volume, 2, 3, 5)
+    assert torch.equal(depth_to_space(x, stride), _diffusers_depth_to_space(x, stride))
+    y = torch.randn(2, 3, 2 * stride[0], 3 * stride[1], 5 * stride[2])
+    for w_first in (False, True):
+        if w_first and stride[1] != stride[2]:
+            continue  # patchify's p_w, p_h are one patch size
+        assert torch.equal(space_to_depth(y, stride, w_first), _diffusers_space_to_depth(y, stride, w_first))
