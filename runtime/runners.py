@@ -50,8 +50,10 @@ def _physical_cores() -> int:
 
 # Idle ONNX Runtime workers spin, by default, waiting for the next parallel op, on the cores the main
 # thread, the host code and the other components' pools need. Sleeping instead made an LTX call 8%
-# faster on a 2-core machine (docs/benchmarks.md, LTX section).
-SPIN_WAIT = False
+# faster on a 2-core machine and left SVD's unchanged (docs/benchmarks.md, LTX section); measured on
+# 2 cores only, so a many-core server can turn spinning back on: SVD_TRT_ORT_SPIN=1.
+SPIN_ENV = "SVD_TRT_ORT_SPIN"
+SPIN_WAIT = os.environ.get(SPIN_ENV, "0") not in ("", "0")
 
 
 class OrtRunner:
