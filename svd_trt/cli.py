@@ -133,28 +133,39 @@ def generation_options(*names: str, families: Sequence[Any] | None = None, **def
     return decorate
 
 
+def _take_given(kwargs: dict[str, Any], names: set[str], family: Any, own: set[str]) -> dict[str, Any]:
+    """Pop every one of `names` (all families' options of one kind) out of a command's keyword
+    arguments; the values given (not None). One `family` does not take (not in `own`) is a UserError."""
+    given = {name: kwargs.pop(name) for name in list(kwargs) if name in names}
+    given = {name: value for name, value in given.items() if value is not None}
+    foreign = sorted(set(given) - own)
+    if foreign:
+        raise UserError(f"{flag(foreign[0])} does not apply to {family.title} engines")
+    return given
+
+
+def _by_name(kind: str) -> dict[str, list[tuple[Any, Any]]]:
+    """Every family's InputSpecs (`kind` "inputs") or DrawSpecs ("draws"): name -> [(family, spec)]."""
+    specs: dict[str, list[tuple[Any, Any]]] = {}
+    for family in all_families():
+        for spec in getattr(family, kind):
+            specs.setdefault(spec.name, []).append((family, spec))
+    return specs
+
+
 def pop_generation(kwargs: dict[str, Any], family: Any, defaults: dict[str, Any] | None = None) -> Any:
     """Take every generation field out of a command's keyword arguments and build `family`'s options:
     the values given, then `defaults` (a command's own), then the family's. A given option the
     family does not take is a UserError (one line)."""
-    names = set(_union_fields(all_families()))
-    given = {name: kwargs.pop(name) for name in list(kwargs) if name in names}
-    given = {name: value for name, value in given.items() if value is not None}
     own = {f.name for f in dataclasses.fields(family.options)}
-    foreign = sorted(set(given) - own)
-    if foreign:
-        raise UserError(f"{flag(foreign[0])} does not apply to {family.title} engines")
+    given = _take_given(kwargs, set(_union_fields(all_families())), family, own)
     values = {k: v for k, v in (defaults or {}).items() if k in own}
     return family.options(**{**values, **given})
 
 
 def input_options(command: Callable) -> Callable:
     """--image, --prompt, ...: every family's conditioning inputs (svd_trt/family.py InputSpec)."""
-    specs: dict[str, list[Any]] = {}
-    for family in all_families():
-        for spec in family.inputs:
-            specs.setdefault(spec.name, []).append((family, spec))
-    for name, owners in reversed(specs.items()):
+    for name, owners in reversed(_by_name("inputs").items()):
         spec = owners[0][1]
         needs = ", ".join(f"{fam.title}: {'required' if s.required else 'optional'}" for fam, s in owners)
         command = click.option(
@@ -170,13 +181,8 @@ def input_options(command: Callable) -> Callable:
 def pop_inputs(kwargs: dict[str, Any], family: Any, required: bool = True) -> dict[str, Any]:
     """Take every conditioning input out of a command's keyword arguments: `family`'s given ones.
     A required one missing (when `required`) or one the family does not take is a UserError."""
-    names = {spec.name for fam in all_families() for spec in fam.inputs}
-    given = {name: kwargs.pop(name) for name in list(kwargs) if name in names}
-    given = {name: value for name, value in given.items() if value is not None}
     own = {spec.name: spec for spec in family.inputs}
-    foreign = sorted(set(given) - set(own))
-    if foreign:
-        raise UserError(f"{flag(foreign[0])} does not apply to {family.title} engines")
+    given = _take_given(kwargs, set(_by_name("inputs")), family, set(own))
     missing = [name for name, spec in own.items() if spec.required and name not in given]
     if required and missing:
         raise UserError(f"{family.title} engines need {flag(missing[0])}")
@@ -185,11 +191,7 @@ def pop_inputs(kwargs: dict[str, Any], family: Any, required: bool = True) -> di
 
 def draw_options(command: Callable) -> Callable:
     """--latents, --image-noise, ...: every family's random draws a user may give as .npy files."""
-    specs: dict[str, list[Any]] = {}
-    for family in all_families():
-        for spec in family.draws:
-            specs.setdefault(spec.name, []).append((family, spec))
-    for name, owners in reversed(specs.items()):
+    for name, owners in reversed(_by_name("draws").items()):
         helps = "; ".join(f"{fam.title}: {s.help}" for fam, s in owners)
         command = click.option(flag(name), name, type=click.Path(dir_okay=False), default=None, help=helps)(command)
     return command
@@ -197,10 +199,4 @@ def draw_options(command: Callable) -> Callable:
 
 def pop_draws(kwargs: dict[str, Any], family: Any) -> dict[str, Any]:
     """Take every draw option out of a command's keyword arguments: `family`'s given ones (files)."""
-    names = {spec.name for fam in all_families() for spec in fam.draws}
-    given = {name: kwargs.pop(name) for name in list(kwargs) if name in names}
-    given = {name: value for name, value in given.items() if value is not None}
-    foreign = sorted(set(given) - {spec.name for spec in family.draws})
-    if foreign:
-        raise UserError(f"{flag(foreign[0])} does not apply to {family.title} engines")
-    return given
+    return _take_given(kwargs, set(_by_name("draws")), family, {spec.name for spec in family.draws})
