@@ -324,8 +324,9 @@ def resolve_options(opts: CheckOptions, manifest: Manifest) -> CheckOptions:
             raise CheckError(
                 f"no end-to-end PSNR bound for {missing[0]} (E2E_MIN_PSNR in svd_trt/spec.py)"
             )
+        images = {spec.name for spec in family.inputs if spec.kind == "image"}
         for name, value in opts.inputs.items():
-            if name == "image" and not Path(value).is_file():
+            if name in images and not Path(value).is_file():
                 raise CheckError(f"{value}: no such image")
     return opts
 

@@ -19,9 +19,10 @@ from svd_trt.errors import EngineError
 from svd_trt.family import family_named
 from svd_trt.manifest import Manifest, load_manifest
 from svd_trt.memory import MemoryPlan, plan_for
-from svd_trt.options import PipelineError
+from svd_trt.options import PipelineError, flag
 from svd_trt.runtime.devices import check_device
 from svd_trt.runtime.runners import Runner, open_runner
+from svd_trt.runtime.timings import Timed, Timings
 
 
 class EnginePipeline:
@@ -65,6 +66,10 @@ class EnginePipeline:
         }
         memory = plan_for(engine_dir, manifest, backend, options.get("device") or "cpu", loaded=True)
         return cls(manifest, runners, memory, {name: Path(engine_dir) / name for name in manifest.assets})
+
+    def timed(self, name: str, timings: Timings, stage: str) -> Timed:
+        """Component `name`'s runner, its calls added to `stage` of `timings` (runtime/timings.py)."""
+        return Timed(self.runners[name], self.specs[name], timings, stage)
 
     @property
     def placement(self) -> str:
@@ -116,12 +121,11 @@ def check_draws(given: Mapping[str, np.ndarray | None], shapes: Mapping[str, tup
     for name, array in given.items():
         if array is None:
             continue
-        flag = "--" + name.replace("_", "-")
         if name not in shapes:
-            raise PipelineError(f"{flag} does not apply to this request (it draws {', '.join(shapes)})")
+            raise PipelineError(f"{flag(name)} does not apply to this request (it draws {', '.join(shapes)})")
         if tuple(array.shape) != tuple(shapes[name]):
-            raise PipelineError(f"{flag} must have shape {list(shapes[name])}, got {list(array.shape)}")
-        check_finite_input(array, flag)
+            raise PipelineError(f"{flag(name)} must have shape {list(shapes[name])}, got {list(array.shape)}")
+        check_finite_input(array, flag(name))
 
 
 def check_finite_input(array: np.ndarray, what: str) -> None:

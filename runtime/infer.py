@@ -15,6 +15,7 @@ from svd_trt.errors import UserError
 from svd_trt.family import VideoOutput, family_named
 from svd_trt.manifest import load_manifest
 from svd_trt.memory import plan_for
+from svd_trt.options import flag
 from svd_trt.runtime.devices import check_device
 from svd_trt.runtime.engine_pipeline import check_finite_input, open_pipeline
 from svd_trt.runtime.inputs import input_paths, load_inputs
@@ -76,10 +77,9 @@ def infer_to_file(
     files = {"--engines": Path(engine_dir), **input_paths(family, inputs)}
     arrays = {}
     for name, given in (draws or {}).items():
-        flag = "--" + name.replace("_", "-")
         if isinstance(given, (str, os.PathLike)):
-            files[flag] = Path(given)
-        arrays[name] = _load_array(given, flag)
+            files[flag(name)] = Path(given)
+        arrays[name] = _load_array(given, flag(name))
     check_outputs(outputs, files, opts.num_frames, fps, opts.height, opts.width)
     loaded = load_inputs(family, inputs)
     result = _render(engine_dir, backend, device, loaded, opts, arrays, progress)

@@ -31,7 +31,7 @@ from svd_trt.families.ltx.tokenizer import TOKENIZER_FILE, encode, load_tokenize
 from svd_trt.family import VideoOutput
 from svd_trt.options import PipelineError
 from svd_trt.runtime.engine_pipeline import EnginePipeline, check_draws, check_finite
-from svd_trt.runtime.timings import Timed, Timings
+from svd_trt.runtime.timings import Timings
 
 log = logging.getLogger(__name__)
 
@@ -105,13 +105,13 @@ class LTXVideoPipeline(EnginePipeline):
         """T5 embeddings [B, L, D] and masks [B, L] float32: [negative, positive] when CFG is on."""
         texts = [negative, prompt] if cfg_on(opts.guidance_scale) else [prompt]
         ids, mask = encode(self.tokenizer, texts, opts.max_sequence_length)
-        out = self._timed("text_encoder", timings, "T5").run(input_ids=ids)
+        out = self.timed("text_encoder", timings, "T5").run(input_ids=ids)
         return out["text_embeds"], mask.astype(F32)
 
     def image_latents(self, image: Image.Image, noise: np.ndarray, opts, timings: Timings) -> np.ndarray:
         """The normalized posterior sample of the image, [1, C, 1, H', W'] (prepare_latents)."""
         pixels = video_pixel_values(image, opts.height, opts.width, self.cfg.spatial_ratio)
-        out = self._timed("vae_encoder", timings, "VAE encode").run(image=pixels)
+        out = self.timed("vae_encoder", timings, "VAE encode").run(image=pixels)
         sample = lat.posterior_sample(out["latent_mean"], out["latent_std"], noise)
         return lat.normalize(sample, self.cfg.latents_mean, self.cfg.latents_std)
 
@@ -144,7 +144,7 @@ class LTXVideoPipeline(EnginePipeline):
         span = self.manifest.limits.get("max_sequence_length")
         embeds, text_mask = trim_text_padding(embeds, text_mask, span.min if span else embeds.shape[1])
         masks = None if image_mask is None else np.concatenate([image_mask] * batch)
-        transformer = self._timed("transformer", timings, DENOISER).run
+        transformer = self.timed("transformer", timings, DENOISER).run
         n = len(schedule.timesteps)
         for i, t in enumerate(schedule.timesteps):
             pred = transformer(
@@ -172,7 +172,7 @@ class LTXVideoPipeline(EnginePipeline):
         z = lat.unpack(x, *self.grid(opts), tc.patch_size, tc.patch_size_t)
         z = lat.denormalize(z, c.latents_mean, c.latents_std, c.vae.scaling_factor)
         z, timestep = lat.decode_inputs(z, noise, opts.decode_timestep, opts.decode_noise_scale)
-        decoder = self._timed("vae_decoder", timings, "decode").run
+        decoder = self.timed("vae_decoder", timings, "decode").run
 
         def run(latents: np.ndarray, t: np.ndarray | None) -> np.ndarray:
             feed = {"latents": latents} if t is None else {"latents": latents, "timestep": t}
@@ -186,9 +186,6 @@ class LTXVideoPipeline(EnginePipeline):
         return lat.frames(video)[0]
 
     # ------------------------------------------------------------------ one generation
-
-    def _timed(self, name: str, timings: Timings, stage: str) -> Timed:
-        return Timed(self.runners[name], self.specs[name], timings, stage)
 
     def generate(
         self,

@@ -23,7 +23,7 @@ from svd_trt.family import VideoOutput
 from svd_trt.options import PipelineError
 from svd_trt.runtime.engine_pipeline import EnginePipeline, check_draws, check_finite
 from svd_trt.runtime.image_preprocess import postprocess, vae_pixel_values
-from svd_trt.runtime.timings import Timed, Timings
+from svd_trt.runtime.timings import Timings
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +72,6 @@ class SVDPipeline(EnginePipeline):
         image_noise, latents = self.draw_noise(opts, given.get("image_noise"), given.get("latents"))
         return {"image_noise": image_noise, "latents": latents}
 
-    def _timed(self, name: str, timings: Timings, stage: str) -> Timed:
-        return Timed(self.runners[name], self.specs[name], timings, stage)
-
     def latent_shape(self, opts: GenerationOptions) -> tuple[int, ...]:
         s = self.cfg.vae.scale_factor
         return (1, opts.num_frames, self.cfg.vae.latent_channels, opts.height // s, opts.width // s)
@@ -95,7 +92,7 @@ class SVDPipeline(EnginePipeline):
     def encode_image(self, image: Image.Image, cfg_on: bool, timings: Timings) -> np.ndarray:
         """CLIP embedding of the original image, [B, 1, D]; the unconditional one is zeros."""
         pixels = clip_pixel_values(image, self.cfg.feature_extractor, self.cfg.clip.image_size)
-        embeds = self._timed("image_encoder", timings, "CLIP")(pixels)[:, None]
+        embeds = self.timed("image_encoder", timings, "CLIP")(pixels)[:, None]
         return np.concatenate([np.zeros_like(embeds), embeds]) if cfg_on else embeds
 
     def encode_vae(self, image, noise, opts, cfg_on, timings) -> np.ndarray:
@@ -104,7 +101,7 @@ class SVDPipeline(EnginePipeline):
             vae_pixel_values(image, opts.height, opts.width, self.cfg.vae.scale_factor)
             + np.float32(opts.noise_aug_strength) * noise
         )
-        latent = self._timed("vae_encoder", timings, "VAE encode")(pixels)
+        latent = self.timed("vae_encoder", timings, "VAE encode")(pixels)
         if cfg_on:
             latent = np.concatenate([np.zeros_like(latent), latent])
         return np.repeat(latent[:, None], opts.num_frames, axis=1)
@@ -116,7 +113,7 @@ class SVDPipeline(EnginePipeline):
         batch = image_latents.shape[0]
         time_ids = added_time_ids(opts.fps, opts.motion_bucket_id, opts.noise_aug_strength, batch)
         scale = guidance.guidance_scale(opts.min_guidance_scale, opts.max_guidance_scale, opts.num_frames, 1)
-        unet = self._timed("unet", timings, "UNet")
+        unet = self.timed("unet", timings, "UNet")
 
         def model(x_in: np.ndarray, t: np.float32) -> np.ndarray:
             """One UNet call for [B, F, C, h, w]: at batch 2B (uncond first) when CFG is on."""
@@ -135,7 +132,7 @@ class SVDPipeline(EnginePipeline):
     def decode(self, latents: np.ndarray, opts: GenerationOptions, timings: Timings) -> np.ndarray:
         """Chunks of decode_chunk_size frames, each decoded on its own (as diffusers): [F, H, W, 3]."""
         z = latents[0] / np.float32(self.cfg.vae.scaling_factor)
-        decoder = self._timed("vae_decoder", timings, "decode")
+        decoder = self.timed("vae_decoder", timings, "decode")
         chunks = [
             decoder(z[i : i + opts.decode_chunk_size])
             for i in range(0, len(z), opts.decode_chunk_size)
