@@ -29,20 +29,33 @@ GIB = 2**30
 SKIP_ENV = "SVD_TRT_SKIP_MEMORY_CHECK"
 
 
+ARRAYS = "the frames"  # the pipeline's own arrays, as messages name them
+
+
 @dataclass(frozen=True)
 class Estimate:
-    """Bytes of one request, by where they go; `widest` names the largest term for the message."""
+    """Bytes of one request, by where they go."""
 
     weights: int
-    activations: dict[str, int]
+    activations: dict[str, int]  # working memory by component, as messages name them ("the UNet")
     arrays: int
-    widest: str
     where: str = ""  # the request's sizes, for the message: "25 frames of 576x1024, decode chunk 8"
     lower: str = ""  # the options that lower it, for the message: "--height/--width or --num-frames"
 
     @property
     def total(self) -> int:
         return self.weights + sum(self.activations.values()) + self.arrays
+
+    @property
+    def terms(self) -> dict[str, int]:
+        """The activations and the arrays, by name."""
+        return {**self.activations, ARRAYS: self.arrays}
+
+    @property
+    def widest(self) -> str:
+        """The largest term's name (the first of equals), for the message."""
+        terms = self.terms
+        return max(terms, key=terms.get)
 
 
 class InsufficientMemory(CapacityError):
@@ -172,7 +185,7 @@ class MemoryPlan:
 
 def refusal(est: Estimate, available: int) -> str:
     """The refusal's one line: the estimate, its largest part, what is available, what to lower."""
-    widest = est.activations.get(est.widest, est.arrays)
+    widest = est.terms[est.widest]
     return (
         f"this request needs about {est.total / GIB:.1f} GiB of memory ({est.widest}: {widest / GIB:.1f} GiB at "
         f"{est.where}) but {available / GIB:.1f} GiB is available; lower {est.lower} "

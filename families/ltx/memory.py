@@ -16,7 +16,7 @@ Runtime's arena grows by regions, so single runs scatter by ~10% around these co
 from __future__ import annotations
 
 from svd_trt.families.ltx.config import LTXConfig
-from svd_trt.families.ltx.options import LTXOptions
+from svd_trt.families.ltx.options import LTXOptions, cfg_on
 from svd_trt.families.ltx.spec import latent_grid, video_tokens
 from svd_trt.families.ltx.tiled_decode import TileSizes
 from svd_trt.memory import F32, Estimate
@@ -141,7 +141,7 @@ def estimate(
     With decode_tiling the decoder's term is one tile's (a window of 17 frames of at most 512 x
     512): its arena is bounded there, whatever the video's size; the assembled frames still count
     whole in the arrays."""
-    batch = 2 if opts.guidance_scale > 1 else 1
+    batch = 2 if cfg_on(opts.guidance_scale) else 1  # the CFG batch [negative, positive]
     f, h, w = latent_grid(cfg, opts.num_frames, opts.height, opts.width)
     tokens = video_tokens(cfg, f, h, w)
     frames = (f - 1) * cfg.temporal_ratio + 1
@@ -155,11 +155,9 @@ def estimate(
             "T5": t5_bytes(cfg, batch, opts.max_sequence_length, attention),
         }
     arrays = array_bytes(cfg, batch, tokens, frames, opts.height, opts.width, opts.decode_tiling)
-    terms = {**activations, "the frames": arrays}
-    widest = max(terms, key=terms.get)
     tiled = ", tiled decode" if opts.decode_tiling else ""
     where = f"{frames} frames of {opts.height}x{opts.width}, {tokens} video tokens{tiled}"
     lower = f"{flag('height')}/{flag('width')} or {flag('num_frames')}"
     if not opts.decode_tiling:
         lower += f", or add {flag('decode_tiling')}"
-    return Estimate(0, activations, arrays, widest, where, lower)
+    return Estimate(0, activations, arrays, where, lower)

@@ -51,6 +51,11 @@ FLOATS = ("guidance_scale", "guidance_rescale", "decode_timestep", "decode_noise
 LIMIT_NAMES = ("num_frames", "height", "width", "max_sequence_length")
 
 
+def cfg_on(guidance_scale: float) -> bool:
+    """diffusers' do_classifier_free_guidance: guidance_scale > 1."""
+    return guidance_scale > 1.0
+
+
 def resolve(opts: LTXOptions, cfg: LTXConfig, limits: Mapping[str, Span] | None = None) -> LTXOptions:
     """Refuse, in one line, anything the engines cannot run (before any component runs)."""
     check_common(opts, POSITIVE, FLOATS, cfg.spatial_ratio, limits)

@@ -25,6 +25,7 @@ from svd_trt.families.ltx import flow_match
 from svd_trt.families.ltx import latents as lat
 from svd_trt.families.ltx.config import LTXConfig
 from svd_trt.families.ltx.image_preprocess import video_pixel_values
+from svd_trt.families.ltx.options import cfg_on
 from svd_trt.families.ltx.rope import rope_cos_sin
 from svd_trt.families.ltx.tiled_decode import tiled_decode
 from svd_trt.families.ltx.tokenizer import TOKENIZER_FILE, encode, load_tokenizer
@@ -37,11 +38,6 @@ log = logging.getLogger(__name__)
 
 F32 = np.float32
 DENOISER = "transformer"
-
-
-def cfg_on(guidance_scale: float) -> bool:
-    """diffusers' do_classifier_free_guidance: guidance_scale > 1."""
-    return guidance_scale > 1.0
 
 
 def trim_text_padding(embeds: np.ndarray, mask: np.ndarray, floor: int) -> tuple[np.ndarray, np.ndarray]:

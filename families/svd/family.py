@@ -36,7 +36,6 @@ class SVDFamily:
     limit_names = LIMIT_NAMES
     quantizable = "unet"  # the component calibration/ quantizes to int8 / fp8
     denoiser = "unet"  # the component run once per step
-    sizes_help = {"num_frames": "the model's count", "height": svd_spec.DEFAULT_HEIGHT, "width": svd_spec.DEFAULT_WIDTH}
     presets = ("tiny", "small", "full", "full-14")
     # Bump when the port changes what a graph holds; tests/export/test_export_version.py pins it to
     # the code of port_sources().

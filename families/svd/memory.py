@@ -134,8 +134,6 @@ def estimate(
         }
     pixels = frames * shape.height * shape.width
     arrays = FRAME_COPIES * pixels * 3 * F32 + LATENT_COPIES * frames * cfg.vae.latent_channels * h * w * F32
-    terms = {**activations, "the frames": arrays}
-    widest = max(terms, key=terms.get)
     where = f"{shape.frames} frames of {shape.height}x{shape.width}, decode chunk {shape.decode_chunk}"
     lower = f"{flag('height')}/{flag('width')}, {flag('num_frames')} or {flag('decode_chunk_size')}"
-    return Estimate(0, activations, arrays, widest, where, lower)
+    return Estimate(0, activations, arrays, where, lower)
