@@ -39,6 +39,21 @@ def check_pair(pair: Range, option: str) -> None:
         raise RangeError(f"{option} {lo}:{hi}: min {lo} is larger than max {hi}")
 
 
+def requested(request: Request, name: str, default: Range) -> Range:
+    """The range asked for `name` (a single N is N:N), or `default` where none was asked."""
+    value = request.get(name)
+    if value is None:
+        return default
+    return (value, value) if isinstance(value, int) else value
+
+
+def check_pixel_ranges(height: Range, width: Range, unit: int) -> None:
+    """RangeError unless both ranges' bounds are multiples of `unit` pixels."""
+    for option, (lo, hi) in (("--height", height), ("--width", width)):
+        if lo % unit or (hi is not None and hi % unit):
+            raise RangeError(f"{option} {lo}:{hi}: this model needs multiples of {unit} pixels")
+
+
 def span(pair: Range, default: int, unit: int = 1) -> Span:
     """opt = the default (rounded down to `unit`) clamped into the range."""
     lo, hi = pair

@@ -12,7 +12,7 @@ import functools
 import numpy as np
 
 from svd_trt.families.ltx.config import LTXConfig
-from svd_trt.limits import RangeError, Request, check_pair, span
+from svd_trt.limits import RangeError, Request, check_pair, check_pixel_ranges, requested, span
 from svd_trt.spec import TARGETS, ComponentSpec, Span, TensorSpec, Tolerance, draw_from
 
 CFG_BATCH = Span(1, 2, 2)
@@ -176,15 +176,13 @@ def served_limits(cfg: LTXConfig, request: Request, bounded: bool) -> dict[str, 
     (161 frames of 512x704, 128 tokens). Unbounded (ONNX Runtime): any size >= the smallest valid.
     """
     s, r = cfg.spatial_ratio, cfg.temporal_ratio
-    frames = _pair(request, "num_frames", (DEFAULT_FRAMES,) * 2 if bounded else (1, None))
-    height = _pair(request, "height", (DEFAULT_HEIGHT,) * 2 if bounded else (s, None))
-    width = _pair(request, "width", (DEFAULT_WIDTH,) * 2 if bounded else (s, None))
-    text = _pair(request, "max_sequence_length", (DEFAULT_TEXT,) * 2 if bounded else (1, None))
+    frames = requested(request, "num_frames", (DEFAULT_FRAMES,) * 2 if bounded else (1, None))
+    height = requested(request, "height", (DEFAULT_HEIGHT,) * 2 if bounded else (s, None))
+    width = requested(request, "width", (DEFAULT_WIDTH,) * 2 if bounded else (s, None))
+    text = requested(request, "max_sequence_length", (DEFAULT_TEXT,) * 2 if bounded else (1, None))
     for option, pair in (("--num-frames", frames), ("--height", height), ("--width", width), ("--max-sequence-length", text)):
         check_pair(pair, option)
-    for option, (lo, hi) in (("--height", height), ("--width", width)):
-        if lo % s or (hi is not None and hi % s):
-            raise RangeError(f"{option} {lo}:{hi}: this model needs multiples of {s} pixels")
+    check_pixel_ranges(height, width, s)
     lo, hi = frames
     if (lo - 1) % r or (hi is not None and (hi - 1) % r):
         raise RangeError(f"--num-frames {lo}:{hi}: this model needs 1 + a multiple of {r} frames")
@@ -194,10 +192,3 @@ def served_limits(cfg: LTXConfig, request: Request, bounded: bool) -> dict[str, 
         "width": span(width, DEFAULT_WIDTH, s),
         "max_sequence_length": span(text, DEFAULT_TEXT),
     }
-
-
-def _pair(request: Request, name: str, default: tuple[int, int | None]) -> tuple[int, int | None]:
-    value = request.get(name)
-    if value is None:
-        return default
-    return (value, value) if isinstance(value, int) else value

@@ -10,7 +10,7 @@ import math
 import numpy as np
 
 from svd_trt.families.svd.config import SVDConfig
-from svd_trt.limits import RangeError, Request, check_pair, span
+from svd_trt.limits import RangeError, Request, check_pair, check_pixel_ranges, requested, span
 from svd_trt.spec import ComponentSpec, Span, TensorSpec, Tolerance, draw_from
 
 # diffusers' StableVideoDiffusionPipeline.__call__ defaults (SVD's training resolution).
@@ -142,14 +142,12 @@ def served_limits(cfg: SVDConfig, request: Request, bounded: bool) -> dict[str, 
     """
     unit = size_multiple(cfg)
     default_frames = (cfg.unet.num_frames, cfg.unet.num_frames) if bounded else (1, None)
-    frames = request.get("num_frames") or default_frames
-    height = request.get("height") or ((DEFAULT_HEIGHT, DEFAULT_HEIGHT) if bounded else (unit, None))
-    width = request.get("width") or ((DEFAULT_WIDTH, DEFAULT_WIDTH) if bounded else (unit, None))
+    frames = requested(request, "num_frames", default_frames)
+    height = requested(request, "height", (DEFAULT_HEIGHT, DEFAULT_HEIGHT) if bounded else (unit, None))
+    width = requested(request, "width", (DEFAULT_WIDTH, DEFAULT_WIDTH) if bounded else (unit, None))
     for option, pair in (("--num-frames", frames), ("--height", height), ("--width", width)):
         check_pair(pair, option)
-    for option, (lo, hi) in (("--height", height), ("--width", width)):
-        if lo % unit or (hi is not None and hi % unit):
-            raise RangeError(f"{option} {lo}:{hi}: this model needs multiples of {unit} pixels")
+    check_pixel_ranges(height, width, unit)
     asked = request.get("decode_chunk_size")
     asked = asked[1] if isinstance(asked, tuple) else asked  # N or MIN:MAX: the largest chunk matters
     chunk = asked if asked is not None else frames[1]
