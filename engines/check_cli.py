@@ -105,12 +105,13 @@ def check(
             failed.append("end-to-end")
     if report.quantized is not None:
         q = report.quantized
+        quantized = f"quantized {q.get('component', 'component')}"
         click.echo(
-            f"quantized {q.get('component', 'component')} ({q['precision']}) vs float: {'PASS' if q['passed'] else 'FAIL'} "
+            f"{quantized} ({q['precision']}) vs float: {'PASS' if q['passed'] else 'FAIL'} "
             f"(worst PSNR {q['worst_psnr_db']:.2f} dB, bound {q['min_psnr_db']:g} dB)"
         )
         if not q["passed"]:
-            failed.append(f"quantized {q.get('component', 'component')}")
+            failed.append(quantized)
     if failed:
         click.echo(f"accuracy FAILED ({', '.join(failed)}); report: {md_path}", err=True)
         sys.exit(EXIT_FAILED)

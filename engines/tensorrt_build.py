@@ -142,8 +142,7 @@ def build_tensorrt_dir(
     with writing(out, protect=[snapshot, onnx_dir], force=options.force) as stage:
         ctx = _Context(out, stage, previous_engines(out), platform, timing_cache)
         entries = _build_all(ctx, specs, onnx_dir, onnx.components, profiles, on_component)
-        for asset in onnx.assets:  # what the runtime reads besides the engines (a tokenizer)
-            carry(onnx_dir, [asset], stage)
+        carry(onnx_dir, onnx.assets, stage)  # what the runtime reads besides the engines (a tokenizer)
         manifest = Manifest(
             "tensorrt",
             family.name,
